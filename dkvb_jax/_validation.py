@@ -1,0 +1,85 @@
+"""Input checks shared by the library's entry points.
+
+Shape and dtype checks are static and run under `jit` too. Value checks (finiteness, label
+range) need concrete arrays, so they run only when the input is not a tracer: callers that
+`jit` their own code validate their data once, outside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when `x` holds values (not a tracer inside `jit`/`vmap`/`grad`)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_embeddings(
+    x: Any, embed_dim: int, *, name: str = "embeddings", allow_tokens: bool = True
+):
+    """Checks `x` is a float array `[batch, embed_dim]` (or `[batch, tokens, embed_dim]`).
+
+    Raises:
+      TypeError: `x` is not a floating-point array.
+      ValueError: wrong rank, wrong last dimension, empty batch, or NaN/inf values.
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+    ranks = (2, 3) if allow_tokens else (2,)
+    if x.ndim not in ranks:
+        expected = (
+            "[batch, embed_dim] or [batch, tokens, embed_dim]"
+            if allow_tokens
+            else "[batch, embed_dim]"
+        )
+        raise ValueError(f"{name} must have shape {expected}, got shape {tuple(x.shape)}.")
+    if x.shape[-1] != embed_dim:
+        raise ValueError(
+            f"{name} have dimension {x.shape[-1]} but the model was configured with "
+            f"embed_dim={embed_dim} (shape {tuple(x.shape)}). Use embeddings from the encoder the "
+            "model was built for, or set DKVBConfig.embed_dim to match."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be floating point, got dtype {x.dtype}. Cast with x.astype(jnp.float32)."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (batch size 0): nothing to look up.")
+    if is_concrete(x) and not bool(np.isfinite(np.asarray(x)).all()):
+        bad = int((~np.isfinite(np.asarray(x))).any(axis=tuple(range(1, x.ndim))).sum())
+        raise ValueError(
+            f"{name} contain NaN or inf in {bad} of {x.shape[0]} rows; check the encoder output "
+            "or the preprocessing."
+        )
+
+
+def check_labels(y: Any, num_classes: int, *, n: int | None = None, name: str = "labels"):
+    """Checks `y` is an integer vector `[n]` with values in `[0, num_classes)`."""
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(y).__name__}.")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must have shape [batch], got {tuple(y.shape)}.")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(f"{name} must be integer class ids, got dtype {y.dtype}.")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} entries but there are {n} embeddings.")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name} is empty: nothing to train or count on.")
+    if is_concrete(y):
+        y_np = np.asarray(y)
+        lo, hi = int(y_np.min()), int(y_np.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}) for a model with num_classes="
+                f"{num_classes}, got values in [{lo}, {hi}]."
+            )
+
+
+def check_positive_int(value: Any, name: str):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,0 +1,25 @@
+"""Training a DKVB model: key initialisation, value training, codes and key-usage counting."""
+
+from dkvb_jax.training.codes import compute_codes
+from dkvb_jax.training.keys import KeyInitConfig, KeyInitReport, fit_keys, quantisation_error
+from dkvb_jax.training.usage import key_usage, usage_from_codes
+from dkvb_jax.training.values import (
+    TrainHistory,
+    ValueTrainConfig,
+    smoothed_cross_entropy,
+    train_values,
+)
+
+__all__ = [
+    "KeyInitConfig",
+    "KeyInitReport",
+    "TrainHistory",
+    "ValueTrainConfig",
+    "compute_codes",
+    "fit_keys",
+    "key_usage",
+    "quantisation_error",
+    "smoothed_cross_entropy",
+    "train_values",
+    "usage_from_codes",
+]

@@ -1,0 +1,253 @@
+"""Key initialisation without labels: EMA k-means over the codebook queries.
+
+After this phase the keys are frozen. The EMA state (running sums and Laplace-smoothed counts)
+is kept consistent with the keys at every re-seed: a re-seeded key gets a running sum equal to
+`key * count`, so the next EMA step starts from the new key instead of dragging it to zero (a
+pitfall of public implementations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dkvb_jax import _validation
+from dkvb_jax.model import DKVB
+from dkvb_jax.model.lookup import nearest_keys
+
+Batches = np.ndarray | Sequence[np.ndarray] | Callable[[], Iterable[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyInitConfig:
+    """EMA k-means settings (paper: decay 0.95, about 10 epochs).
+
+    Attributes:
+      epochs: Passes over the unlabelled data.
+      batch_size: Rows per step when the data is given as one array.
+      decay: EMA decay of the running sums and counts.
+      epsilon: Laplace smoothing of the cluster counts.
+      seeding: ``random`` (normal keys, the paper), ``sample`` (random inputs of the first
+        batch) or ``kmeans++`` (D^2 sampling over the first batch, per codebook).
+      dead_threshold: A key whose smoothed EMA count falls below this is dead and re-seeded
+        from a random input of the current batch; 0 disables re-seeding.
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    decay: float = 0.95
+    epsilon: float = 1e-5
+    seeding: Literal["random", "sample", "kmeans++"] = "sample"
+    dead_threshold: float = 1e-3
+
+    def __post_init__(self):
+        _validation.check_positive_int(self.epochs, "KeyInitConfig.epochs")
+        _validation.check_positive_int(self.batch_size, "KeyInitConfig.batch_size")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"KeyInitConfig.decay must be in [0, 1), got {self.decay}.")
+        if self.seeding not in ("random", "sample", "kmeans++"):
+            raise ValueError(
+                f"KeyInitConfig.seeding must be 'random', 'sample' or 'kmeans++', got "
+                f"{self.seeding!r}."
+            )
+        if self.dead_threshold < 0:
+            raise ValueError(
+                f"KeyInitConfig.dead_threshold must be >= 0, got {self.dead_threshold}."
+            )
+
+
+class EMAState(NamedTuple):
+    """Running k-means statistics per codebook."""
+
+    keys: jax.Array  # [codebooks, keys, key_dim]
+    sums: jax.Array  # [codebooks, keys, key_dim]
+    counts: jax.Array  # [codebooks, keys]
+
+
+class KeyInitReport(NamedTuple):
+    """Per-epoch quality of the keys.
+
+    Attributes:
+      quantisation_error: Mean squared distance of each query to its nearest key, `[epochs]`.
+      dead_fraction: Fraction of keys no input of the epoch was assigned to, `[epochs]`.
+    """
+
+    quantisation_error: list[float]
+    dead_fraction: list[float]
+
+
+def _assign(queries: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    res = nearest_keys(queries, keys, top_k=1, chunk=None)
+    return res.indices[..., 0], res.distances[..., 0]
+
+
+def _batch_stats(queries, weights, keys):
+    """One-hot counts `[codebooks, keys]` and sums `[codebooks, keys, key_dim]` of a batch."""
+    idx, dist = _assign(queries, keys)  # [batch, codebooks]
+    num_codebooks, num_keys, _ = keys.shape
+    onehot = jax.nn.one_hot(idx, num_keys, dtype=queries.dtype) * weights[:, None, None]
+    counts = onehot.sum(axis=0)
+    sums = jnp.einsum("bck,bcd->ckd", onehot, queries, precision=jax.lax.Precision.HIGHEST)
+    return counts, sums, (dist * weights[:, None]).sum()
+
+
+@jax.jit
+def _ema_step(state: EMAState, queries, weights, rng, decay, epsilon, dead_threshold):
+    counts, sums, sq_err = _batch_stats(queries, weights, state.keys)
+    new_counts = decay * state.counts + (1.0 - decay) * counts
+    new_sums = decay * state.sums + (1.0 - decay) * sums
+    total = new_counts.sum(axis=-1, keepdims=True)
+    num_keys = new_counts.shape[-1]
+    smoothed = (new_counts + epsilon) / (total + num_keys * epsilon) * total
+    keys = new_sums / smoothed[..., None]
+
+    # Re-seed dead keys from random (valid) inputs of this batch, and reset their running
+    # statistics to match: sums = key * count, so keys == sums / counts still holds.
+    dead = smoothed < dead_threshold
+    batch = queries.shape[0]
+    p = weights / weights.sum()
+    pick = jax.random.choice(rng, batch, shape=(keys.shape[0], num_keys), p=p)
+    seeds = queries[pick, jnp.arange(keys.shape[0])[:, None]]  # [codebooks, keys, key_dim]
+    reset_count = jnp.maximum(total / num_keys, epsilon)  # [codebooks, 1]
+    keys = jnp.where(dead[..., None], seeds, keys)
+    smoothed = jnp.where(dead, reset_count, smoothed)
+    new_sums = jnp.where(dead[..., None], seeds * reset_count[..., None], new_sums)
+    return EMAState(keys, new_sums, smoothed), sq_err, counts
+
+
+def _kmeans_plus_plus(rng: jax.Array, queries: jax.Array, num_keys: int) -> jax.Array:
+    """D^2 seeding per codebook. queries `[n, codebooks, key_dim]` -> keys `[codebooks, keys, key_dim]`."""
+    n, num_codebooks, _ = queries.shape
+    q = jnp.swapaxes(queries, 0, 1)  # [codebooks, n, key_dim]
+
+    def seed_one(rng, pts):
+        rng, sub = jax.random.split(rng)
+        first = pts[jax.random.randint(sub, (), 0, n)]
+        d2 = jnp.sum((pts - first) ** 2, axis=-1)
+        chosen = jnp.zeros((num_keys, pts.shape[-1]), pts.dtype).at[0].set(first)
+
+        def body(i, carry):
+            chosen, d2, rng = carry
+            rng, sub = jax.random.split(rng)
+            logits = jnp.log(jnp.maximum(d2, 1e-30))
+            j = jax.random.categorical(sub, logits)
+            c = pts[j]
+            return chosen.at[i].set(c), jnp.minimum(d2, jnp.sum((pts - c) ** 2, -1)), rng
+
+        chosen, _, _ = jax.lax.fori_loop(1, num_keys, body, (chosen, d2, rng))
+        return chosen
+
+    return jax.jit(jax.vmap(seed_one))(jax.random.split(rng, num_codebooks), q)
+
+
+def _epoch_batches(data: Batches, batch_size: int, rng: np.random.Generator) -> Iterable[Any]:
+    if callable(data):
+        yield from data()
+    elif isinstance(data, np.ndarray | jax.Array):
+        order = rng.permutation(len(data))
+        for start in range(0, len(data), batch_size):
+            yield np.asarray(data)[order[start : start + batch_size]]
+    else:
+        yield from data
+
+
+def fit_keys(
+    model: DKVB,
+    variables: dict,
+    data: Batches,
+    *,
+    key: jax.Array,
+    config: KeyInitConfig = KeyInitConfig(),
+    progress: bool = True,
+) -> tuple[dict, KeyInitReport]:
+    """Fits the keys of every codebook by EMA k-means on unlabelled embeddings.
+
+    Args:
+      model: The DKVB module.
+      variables: Its variables; only ``frozen/keys`` changes.
+      data: Embeddings `[n, embed_dim]`, a sequence of batches, or a callable returning a fresh
+        iterable of batches `[b, embed_dim]` for each epoch.
+      key: PRNG key (seeding, re-seeding, shuffling).
+      config: k-means settings.
+      progress: Show a progress bar over epochs.
+
+    Returns:
+      New variables with fitted keys, and a per-epoch :class:`KeyInitReport`.
+    """
+    cfg = model.config
+    key_seed, key_loop = jax.random.split(key)
+    shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())
+
+    @jax.jit
+    def to_queries(v, x):
+        return model.apply(v, x, method=DKVB.queries)
+
+    def batches():
+        n_seen = 0
+        for b in _epoch_batches(data, config.batch_size, shuffle_rng):
+            b = np.asarray(b)
+            _validation.check_embeddings(
+                b, cfg.embed_dim, name="key-init batch", allow_tokens=False
+            )
+            n_seen += len(b)
+            yield b
+        if n_seen == 0:
+            raise ValueError(
+                "fit_keys got an empty dataset: pass at least one batch of embeddings."
+            )
+
+    keys = variables["frozen"]["keys"]
+    if config.seeding != "random":
+        first = to_queries(variables, jnp.asarray(next(iter(batches()))))
+        if config.seeding == "sample":
+            pick = jax.random.choice(key_seed, first.shape[0], (cfg.num_keys,), replace=True)
+            keys = jnp.swapaxes(first[pick], 0, 1)
+        else:
+            keys = _kmeans_plus_plus(key_seed, first, cfg.num_keys)
+    # Start from "every key holds one average share" so early steps do not divide by ~0.
+    counts = jnp.ones(keys.shape[:2], jnp.float32)
+    state = EMAState(keys=keys, sums=keys * counts[..., None], counts=counts)
+
+    report = KeyInitReport([], [])
+    rng = key_loop
+    for _ in tqdm(range(config.epochs), desc="key init (EMA k-means)", disable=not progress):
+        err, n, used = 0.0, 0, jnp.zeros(keys.shape[:2], bool)
+        for b in batches():
+            rng, sub = jax.random.split(rng)
+            q = to_queries(variables, jnp.asarray(b))
+            w = jnp.ones((q.shape[0],), q.dtype)
+            state, sq, batch_counts = _ema_step(
+                state, q, w, sub, config.decay, config.epsilon, config.dead_threshold
+            )
+            err += float(sq)
+            n += q.shape[0]
+            used = used | (batch_counts > 0)
+        report.quantisation_error.append(err / (n * cfg.num_codebooks))
+        report.dead_fraction.append(float(1.0 - used.mean()))
+
+    frozen = {**variables["frozen"], "keys": state.keys}
+    return {**variables, "frozen": frozen}, report
+
+
+def quantisation_error(
+    model: DKVB, variables: dict, x: np.ndarray, batch_size: int = 1024
+) -> float:
+    """Mean squared distance from each query `[n, codebooks, key_dim]` to its nearest active key."""
+    _validation.check_embeddings(x, model.config.embed_dim, allow_tokens=False)
+
+    @jax.jit
+    def err(v, xb):
+        res = model.apply(v, xb, method=DKVB.lookup)
+        return jnp.sum(jnp.where(res.valid[..., 0], res.distances[..., 0], 0.0))
+
+    total = sum(
+        float(err(variables, jnp.asarray(x[i : i + batch_size])))
+        for i in range(0, len(x), batch_size)
+    )
+    return total / (len(x) * model.config.num_codebooks)
