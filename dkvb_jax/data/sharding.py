@@ -52,7 +52,7 @@ def resolve_process(process_index: int | None, process_count: int | None) -> tup
         raise ValueError(f"process_count must be a positive int, got {process_count!r}.")
     if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
         raise ValueError(
-                f"process_index must be an int in [0, process_count={process_count}), got {process_index!r}."
+            f"process_index must be an int in [0, process_count={process_count}), got {process_index!r}."
         )
     return int(process_index), int(process_count)
 
@@ -71,15 +71,15 @@ def global_order(num_examples: int, *, shuffle: bool, seed: int, epoch: int = 0)
 
 
 def batch_plan(
-        num_examples: int,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: int = 0,
-        drop_remainder: bool = True,
-        process_index: int | None = None,
-        process_count: int | None = None,
+    num_examples: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> BatchPlan:
     """Plans one epoch of batches for one host (see the module docstring for the two modes).
 
