@@ -1,0 +1,410 @@
+"""Generic optax training loop shared by every baseline (and by training the original model).
+
+Only ``variables['params']`` is trained; every other collection (DKVB keys, projections, masks) is
+passed through unchanged. An epoch runs one or more *phases* (e.g. SCRUB's max-step over forget
+batches, then its min-step over retain batches); each phase is one ahead-of-time compiled step
+called once per shuffled, padded minibatch, so the FLOPs counted by XLA are those of the exact
+executable that ran (see ``dkvb_jax.evaluation.cost`` for the counting rule).
+
+What the cost record counts: the training steps only. Per-epoch accuracy measurements (the
+trajectory and the stopping check) are reported separately as ``extra['monitor_forward_flops']``
+and ``extra['monitor_wall_s']``; leaving them out makes the baselines look as cheap as possible,
+which is the conservative side for a comparison against DKVB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from dkvb_jax.baselines.stopping import StoppingConfig, stop_reason
+from dkvb_jax.baselines.types import ApplyFn, NonFiniteLossError, Trajectory, check_label_space, validate_split
+from dkvb_jax.evaluation.cost import CostRecord, Timer, step_flops
+from dkvb_jax.evaluation.metrics import compiled_accuracy
+
+__all__ = [
+    "OptimizerConfig",
+    "Phase",
+    "TrainConfig",
+    "cross_entropy",
+    "distill_kl",
+    "epoch_batches",
+    "fit_classifier",
+    "lr_at_epoch",
+    "make_optimizer",
+    "merge_params",
+    "train_loop",
+]
+
+Batch = tuple[jax.Array, jax.Array, jax.Array]  # x [b, dim], y [b], weight [b] (0 = padding)
+LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]  # (params, context, batch) -> (loss, aux)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer with a step-wise learning-rate decay at given epochs (the repdistiller rule SCRUB uses).
+
+    Attributes:
+      name: ``'sgd'`` (with ``momentum``) or ``'adam'``.
+      learning_rate: initial learning rate.
+      momentum: SGD momentum (ignored by Adam); 0 disables it.
+      weight_decay: L2 penalty added to the gradient (PyTorch-style ``weight_decay``).
+      grad_clip: global-norm clipping, or None.
+      lr_decay_epochs: epochs (1-based) after which the rate is multiplied by ``lr_decay_rate``.
+      lr_decay_rate: the multiplier.
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
+
+    def __post_init__(self):
+        if self.name not in ("sgd", "adam"):
+            raise ValueError(f"OptimizerConfig.name must be 'sgd' or 'adam', got {self.name!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum!r}.")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"OptimizerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}.")
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"OptimizerConfig.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate!r}.")
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The optax transformation; its learning rate is an injected hyperparameter set per epoch."""
+
+    def build(learning_rate):
+        parts = []
+        if config.grad_clip is not None:
+            parts.append(optax.clip_by_global_norm(config.grad_clip))
+        if config.weight_decay:
+            parts.append(optax.add_decayed_weights(config.weight_decay))
+        if config.name == "sgd":
+            parts.append(optax.sgd(learning_rate, momentum=config.momentum or None))
+        else:
+            parts.append(optax.adam(learning_rate))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+
+
+def lr_at_epoch(config: OptimizerConfig, epoch: int) -> float:
+    """Learning rate for 1-based ``epoch``: decayed once for every decay epoch already passed."""
+    steps = sum(epoch > e for e in config.lr_decay_epochs)
+    return config.learning_rate * config.lr_decay_rate**steps
+
+
+def _set_lr(opt_state: Any, lr: float) -> Any:
+    hyper = dict(opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
+    return opt_state._replace(hyperparams=hyper)
+
+
+def merge_params(variables: Mapping[str, Any], params: Any) -> dict[str, Any]:
+    """``variables`` with ``params`` replaced; every other collection is the same object."""
+    return {**dict(variables), "params": params}
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
+    """Weighted mean cross-entropy; ``weight`` [b] is 0 on padding rows."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, weight: jax.Array) -> jax.Array:
+    """KL(teacher || student) at ``temperature``, times T^2, weighted mean over the batch (SCRUB's DistillKL)."""
+    log_ps = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    log_pt = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+    return jnp.sum(weight * kl) / jnp.maximum(jnp.sum(weight), 1.0) * temperature**2
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled minibatch indices for one epoch over ``n`` examples.
+
+    Returns:
+      ``(idx [num_batches, batch_size] int32, weight [num_batches, batch_size] float32)``: the last
+      batch is padded (index 0, weight 0) so every step has one static shape and one compilation.
+    """
+    perm = np.asarray(jax.random.permutation(key, n))
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    idx = np.concatenate([perm, np.zeros(pad, perm.dtype)]).reshape(nb, batch_size).astype(np.int32)
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(nb, batch_size)
+    return idx, weight
+
+
+def _cycled_batches(key: jax.Array, n: int, batch_size: int, num_batches: int) -> np.ndarray:
+    """[num_batches, batch_size] indices drawn from fresh permutations of ``n``, cycled as needed."""
+    need = num_batches * batch_size
+    keys = jax.random.split(key, -(-need // n))
+    idx = np.concatenate([np.asarray(jax.random.permutation(k, n)) for k in keys])[:need]
+    return idx.reshape(num_batches, batch_size).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One pass of an epoch: a loss over shuffled minibatches of ``(x, y)``.
+
+    Attributes:
+      name: label for progress bars and the cost record (e.g. ``'min'``, ``'max'``).
+      loss_fn: ``(params, context, batch) -> (loss, aux)``; ``batch`` is ``(x, y, weight)`` or,
+        with ``paired``, ``((x, y, weight), (x2, y2, weight2))``.
+      x, y: the stream the pass iterates over once per epoch.
+      batch_size: minibatch size of that stream.
+      paired: optional second stream ``(x2, y2, batch_size2)`` drawn cyclically, one batch per
+        step (NegGrad+'s forget batches alongside retain batches).
+      active: ``active(epoch) -> bool`` (1-based); e.g. SCRUB runs its max-step only early.
+      context: constant pytree passed to ``loss_fn`` (other collections, teacher variables).
+    """
+
+    name: str
+    loss_fn: LossFn
+    x: jax.Array
+    y: jax.Array
+    batch_size: int
+    paired: tuple[jax.Array, jax.Array, int] | None = None
+    active: Callable[[int], bool] = lambda epoch: True
+    context: Any = None
+
+
+def _make_step(optimizer: optax.GradientTransformation, loss_fn: LossFn):
+    def step(params, opt_state, context, batch):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, context, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def _phase_batches(phase: Phase, key: jax.Array):
+    k1, k2 = jax.random.split(key)
+    idx, w = epoch_batches(k1, phase.x.shape[0], phase.batch_size)
+    xs, ys, ws = phase.x[idx], phase.y[idx], jnp.asarray(w)
+    if phase.paired is None:
+        return [(xs[i], ys[i], ws[i]) for i in range(idx.shape[0])]
+    x2, y2, bs2 = phase.paired
+    idx2 = _cycled_batches(k2, x2.shape[0], bs2, idx.shape[0])
+    x2s, y2s, w2 = x2[idx2], y2[idx2], jnp.ones((bs2,), jnp.float32)
+    return [((xs[i], ys[i], ws[i]), (x2s[i], y2s[i], w2)) for i in range(idx.shape[0])]
+
+
+def _all_finite(tree: Any) -> bool:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return bool(jnp.all(jnp.stack(leaves))) if leaves else True
+
+
+def train_loop(
+    method: str,
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    phases: list[Phase],
+    *,
+    key: jax.Array,
+    optimizer: OptimizerConfig,
+    stopping: StoppingConfig,
+    monitor: Mapping[str, tuple[jax.Array, jax.Array] | None],
+    progress: bool = True,
+    keep_snapshots: bool = False,
+    eval_batch_size: int = 1024,
+) -> tuple[dict[str, Any], CostRecord, Trajectory, list[Any]]:
+    """Runs epochs of ``phases`` until the stopping rule fires.
+
+    Args:
+      method: name for the cost record and trajectory.
+      apply_fn: ``apply_fn(variables, x) -> logits``.
+      variables: model variables; only ``variables['params']`` is trained.
+      phases: the passes of each epoch, in order.
+      key: PRNG key for shuffling.
+      optimizer: optimizer config (one optimizer state is shared by all phases, as in SCRUB).
+      stopping: stopping rule; the forget target and patience use ``monitor['forget']``, and
+        without it only ``max_epochs`` applies.
+      monitor: splits measured after every epoch, any of ``'forget'``, ``'retain'``,
+        ``'val_forget'``, ``'val_retain'`` (None entries skipped).
+      progress: show a tqdm bar over epochs.
+      keep_snapshots: also return the params after every epoch (for SCRUB+R rewinding).
+      eval_batch_size: batch size of the monitoring passes.
+
+    Returns:
+      ``(new_variables, cost, trajectory, snapshots)``; ``snapshots[i]`` are the params after
+      epoch i (index 0 = initial) when ``keep_snapshots``, else empty.
+
+    Raises:
+      NonFiniteLossError: when a loss or a parameter becomes NaN/inf; nothing is returned then.
+    """
+    variables = dict(variables)
+    if "params" not in variables:
+        raise ValueError(f"variables must contain a 'params' collection to train; got collections {sorted(variables)}.")
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    opt = make_optimizer(optimizer)
+    opt_state = opt.init(params)
+
+    # Compile every phase's step once (static padded shapes), and split its FLOPs.
+    compiled = []
+    for phase in phases:
+        example = _phase_batches(phase, jax.random.key(0))[0]
+        context = (rest, phase.context)
+        step, per_call = step_flops(
+            phase.loss_fn, _make_step(opt, phase.loss_fn), (params, context, example), (params, opt_state, context, example)
+        )
+        compiled.append((step, per_call, context))
+
+    monitors = {name: split for name, split in monitor.items() if split is not None}
+    meters = {
+        name: compiled_accuracy(apply_fn, variables, x, y, batch_size=eval_batch_size) for name, (x, y) in monitors.items()
+    }
+    monitor_flops, monitor_wall = 0.0, 0.0
+
+    def measure(params):
+        nonlocal monitor_flops, monitor_wall
+        v = merge_params(rest, params)
+        with Timer() as t:
+            accs = {name: float(fn(v)) for name, (fn, _) in meters.items()}
+        monitor_wall += t.seconds
+        monitor_flops += sum(flops for _, flops in meters.values())
+        return accs
+
+    cost = CostRecord(method)
+    traj = Trajectory(method)
+    accs = measure(params)
+    traj.append(epoch=0, wall_s=0.0, **{f"{k}_acc": v for k, v in accs.items()})
+    snapshots = [params] if keep_snapshots else []
+    forget_hist = [accs["forget"]] if "forget" in accs else None
+    reason = None
+
+    bar = tqdm(range(1, stopping.max_epochs + 1), desc=method, disable=not progress, leave=False)
+    for epoch in bar:
+        opt_state = _set_lr(opt_state, lr_at_epoch(optimizer, epoch))
+        key, epoch_key = jax.random.split(key)
+        losses = []
+        for i, (phase, (step, per_call, context)) in enumerate(zip(phases, compiled)):
+            if not phase.active(epoch):
+                continue
+            batches = _phase_batches(phase, jax.random.fold_in(epoch_key, i))
+            with Timer() as t:
+                for batch in batches:
+                    params, opt_state, loss = step(params, opt_state, context, batch)
+                    losses.append(loss)
+                jax.block_until_ready(params)
+            cost = cost.add_calls(per_call, len(batches), backward=True, wall_s=t.seconds)
+        epoch_loss = float(jnp.mean(jnp.stack(losses))) if losses else None
+        if (epoch_loss is not None and not np.isfinite(epoch_loss)) or not _all_finite(params):
+            raise NonFiniteLossError(
+                f"{method}: loss or parameters became NaN/inf in epoch {epoch} (mean loss {epoch_loss}); "
+                "lower the learning rate or, for NegGrad+, raise alpha. No results were written."
+            )
+        accs = measure(params)
+        traj.append(epoch=epoch, loss=epoch_loss, wall_s=cost.wall_s, **{f"{k}_acc": v for k, v in accs.items()})
+        if keep_snapshots:
+            snapshots.append(params)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in accs.items()})
+        if forget_hist is not None:
+            forget_hist.append(accs["forget"])
+            reason = stop_reason(forget_hist, stopping)
+        elif epoch >= stopping.max_epochs:
+            reason = "max_epochs"
+        if reason:
+            traj.stop_epoch, traj.stop_reason = epoch, reason
+            break
+    bar.close()
+
+    cost = cost.with_extra(
+        epochs=traj.stop_epoch,
+        stop_reason=traj.stop_reason,
+        monitor_forward_flops=monitor_flops,
+        monitor_wall_s=monitor_wall,
+    )
+    return merge_params(variables, params), cost, traj, snapshots
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Plain supervised training (the original model and the retrain oracle).
+
+    Attributes:
+      epochs: number of epochs.
+      batch_size: minibatch size.
+      optimizer: optimizer config.
+      progress: show a progress bar.
+    """
+
+    epochs: int = 30
+    batch_size: int = 256
+    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+    progress: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"TrainConfig.epochs must be an int >= 1, got {self.epochs!r}.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}.")
+
+
+def ce_loss(apply_fn: ApplyFn) -> LossFn:
+    """Cross-entropy loss on a ``(x, y, weight)`` batch, for ``train_loop``."""
+
+    def loss_fn(params, context, batch):
+        rest, _ = context
+        x, y, w = batch
+        logits = apply_fn(merge_params(rest, params), x)
+        return cross_entropy(logits, y, w), None
+
+    return loss_fn
+
+
+def fit_classifier(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    config: TrainConfig = TrainConfig(),
+    *,
+    key: jax.Array,
+    method: str = "train",
+    monitor: Mapping[str, tuple[jax.Array, jax.Array] | None] | None = None,
+) -> tuple[dict[str, Any], CostRecord, Trajectory]:
+    """Trains ``variables['params']`` with cross-entropy on ``(x, y)`` for ``config.epochs`` epochs.
+
+    Args:
+      apply_fn, variables: the model (e.g. ``LinearHead(10).apply`` and its init variables).
+      x: [n, dim] embeddings; y: [n] int labels.
+      config: training config.
+      key: PRNG key for shuffling.
+      method: name in the cost record.
+      monitor: extra splits to record per epoch (default: training accuracy as ``'retain'``).
+
+    Returns:
+      ``(trained variables, cost, trajectory)``.
+    """
+    validate_split(x, y, "training set")
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    check_label_space(apply_fn, variables, x, y)
+    phase = Phase("train", ce_loss(apply_fn), x, y, min(config.batch_size, x.shape[0]))
+    stopping = StoppingConfig(max_epochs=config.epochs, forget_target=None, patience=None)
+    new_vars, cost, traj, _ = train_loop(
+        method,
+        apply_fn,
+        variables,
+        [phase],
+        key=key,
+        optimizer=config.optimizer,
+        stopping=stopping,
+        monitor=monitor if monitor is not None else {"retain": (x, y)},
+        progress=config.progress,
+    )
+    return new_vars, cost, traj
