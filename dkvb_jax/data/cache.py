@@ -195,7 +195,8 @@ def _build(encode_fn, source, path, key, *, batch_size, dtype, progress) -> Cach
                 # The padded last batch is encoded whole (static shape for jit); padding is dropped.
                 out = _check_output(encode_fn(batch["image"]), len(batch["image"]), step)
                 valid = batch["valid"]
-                out = out[valid].astype(dtype)
+                with np.errstate(over="ignore"):  # Overflow is reported just below.
+                    out = out[valid].astype(dtype)
                 if not np.isfinite(out).all():
                     raise ValueError(
                         f"encode_fn returned NaN/inf (or values beyond {dtype.__name__}"

@@ -19,8 +19,14 @@ plans = st.tuples(
 def _all_hosts(n, b, p, shuffle, seed, drop, epoch=0):
     return [
         sharding.batch_plan(
-            n, b, shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop,
-            process_index=i, process_count=p,
+            n,
+            b,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            drop_remainder=drop,
+            process_index=i,
+            process_count=p,
         )  # fmt: skip
         for i in range(p)
     ]

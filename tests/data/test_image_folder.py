@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import (
+from data_helpers import (
     CIFAR10_ZIP,
     class_color,
     image_bytes,
