@@ -27,14 +27,18 @@ class FineTuneConfig:
       progress: show a progress bar.
     """
 
-    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer: OptimizerConfig = OptimizerConfig(
+        name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4
+    )
     batch_size: int = 128
     stopping: StoppingConfig = StoppingConfig(max_epochs=10)
     progress: bool = True
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"FineTuneConfig.batch_size must be an int >= 1, got {self.batch_size!r}.")
+            raise ValueError(
+                f"FineTuneConfig.batch_size must be an int >= 1, got {self.batch_size!r}."
+            )
 
 
 def monitor_splits(data: UnlearningData) -> dict[str, tuple[jax.Array, jax.Array] | None]:
@@ -67,7 +71,13 @@ def finetune(
       ``(new variables, cost at the stopping epoch, trajectory)``.
     """
     data = validate_unlearning_data(apply_fn, variables, data)
-    phase = Phase("retain", ce_loss(apply_fn), data.retain_x, data.retain_y, min(config.batch_size, data.retain_x.shape[0]))
+    phase = Phase(
+        "retain",
+        ce_loss(apply_fn),
+        data.retain_x,
+        data.retain_y,
+        min(config.batch_size, data.retain_x.shape[0]),
+    )
     new_vars, cost, traj, _ = train_loop(
         "finetune",
         apply_fn,

@@ -10,7 +10,13 @@ import jax
 
 from dkvb_jax.baselines.finetune import monitor_splits
 from dkvb_jax.baselines.stopping import StoppingConfig
-from dkvb_jax.baselines.trainer import OptimizerConfig, Phase, cross_entropy, merge_params, train_loop
+from dkvb_jax.baselines.trainer import (
+    OptimizerConfig,
+    Phase,
+    cross_entropy,
+    merge_params,
+    train_loop,
+)
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
@@ -31,7 +37,9 @@ class NegGradConfig:
     """
 
     alpha: float = 0.99
-    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer: OptimizerConfig = OptimizerConfig(
+        name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4
+    )
     batch_size: int = 128
     forget_batch_size: int = 128
     stopping: StoppingConfig = StoppingConfig(max_epochs=10)
@@ -76,7 +84,11 @@ def neggrad(
         data.retain_x,
         data.retain_y,
         min(config.batch_size, data.retain_x.shape[0]),
-        paired=(data.forget_x, data.forget_y, min(config.forget_batch_size, data.forget_x.shape[0])),
+        paired=(
+            data.forget_x,
+            data.forget_y,
+            min(config.forget_batch_size, data.forget_x.shape[0]),
+        ),
     )
     new_vars, cost, traj, _ = train_loop(
         "neggrad+",

@@ -38,16 +38,22 @@ class RetrainConfig:
     init_fn: Callable[[jax.Array], Any] | None = dataclasses.field(default=None, compare=False)
     epochs: int = 30
     batch_size: int = 256
-    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer: OptimizerConfig = OptimizerConfig(
+        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4
+    )
     progress: bool = True
 
     def __post_init__(self):
         if self.init_fn is not None and not callable(self.init_fn):
-            raise TypeError(f"RetrainConfig.init_fn must be callable (key -> params), got {type(self.init_fn).__name__}.")
+            raise TypeError(
+                f"RetrainConfig.init_fn must be callable (key -> params), got {type(self.init_fn).__name__}."
+            )
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"RetrainConfig.epochs must be an int >= 1, got {self.epochs!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"RetrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}.")
+            raise ValueError(
+                f"RetrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}."
+            )
 
 
 def retrain(
@@ -84,7 +90,13 @@ def retrain(
             "RetrainConfig.init_fn returned params with a different structure than variables['params']: "
             f"{jax.tree.structure(params)} vs {jax.tree.structure(variables['params'])}."
         )
-    phase = Phase("retain", ce_loss(apply_fn), data.retain_x, data.retain_y, min(config.batch_size, data.retain_x.shape[0]))
+    phase = Phase(
+        "retain",
+        ce_loss(apply_fn),
+        data.retain_x,
+        data.retain_y,
+        min(config.batch_size, data.retain_x.shape[0]),
+    )
     new_vars, cost, traj, _ = train_loop(
         "retrain",
         apply_fn,
@@ -95,8 +107,12 @@ def retrain(
         stopping=StoppingConfig(max_epochs=config.epochs, forget_target=None, patience=None),
         monitor={
             "retain": (data.retain_x, data.retain_y),
-            "val_retain": None if data.val_retain_x is None else (data.val_retain_x, data.val_retain_y),
-            "val_forget": None if data.val_forget_x is None else (data.val_forget_x, data.val_forget_y),
+            "val_retain": None
+            if data.val_retain_x is None
+            else (data.val_retain_x, data.val_retain_y),
+            "val_forget": None
+            if data.val_forget_x is None
+            else (data.val_forget_x, data.val_forget_y),
         },
         progress=config.progress,
     )

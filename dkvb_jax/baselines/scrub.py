@@ -24,7 +24,14 @@ import numpy as np
 
 from dkvb_jax.baselines.finetune import monitor_splits
 from dkvb_jax.baselines.stopping import StoppingConfig
-from dkvb_jax.baselines.trainer import OptimizerConfig, Phase, cross_entropy, distill_kl, merge_params, train_loop
+from dkvb_jax.baselines.trainer import (
+    OptimizerConfig,
+    Phase,
+    cross_entropy,
+    distill_kl,
+    merge_params,
+    train_loop,
+)
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
@@ -49,7 +56,11 @@ class SCRUBConfig:
     """
 
     optimizer: OptimizerConfig = OptimizerConfig(
-        name="adam", learning_rate=5e-4, weight_decay=5e-4, lr_decay_epochs=(3, 5, 9), lr_decay_rate=0.1
+        name="adam",
+        learning_rate=5e-4,
+        weight_decay=5e-4,
+        lr_decay_epochs=(3, 5, 9),
+        lr_decay_rate=0.1,
     )
     temperature: float = 2.0
     gamma: float = 1.0
@@ -68,7 +79,9 @@ class SCRUBConfig:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"SCRUBConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
         if not isinstance(self.max_steps_epochs, int) or self.max_steps_epochs < 0:
-            raise ValueError(f"SCRUBConfig.max_steps_epochs must be an int >= 0, got {self.max_steps_epochs!r}.")
+            raise ValueError(
+                f"SCRUBConfig.max_steps_epochs must be an int >= 0, got {self.max_steps_epochs!r}."
+            )
         for name in ("batch_size", "forget_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -137,7 +150,14 @@ def scrub(
             active=lambda epoch: epoch <= msteps,
             context=teacher,
         ),
-        Phase("min", min_loss, data.retain_x, data.retain_y, min(config.batch_size, data.retain_x.shape[0]), context=teacher),
+        Phase(
+            "min",
+            min_loss,
+            data.retain_x,
+            data.retain_y,
+            min(config.batch_size, data.retain_x.shape[0]),
+            context=teacher,
+        ),
     ]
     new_vars, cost, traj, snapshots = train_loop(
         "scrub+r" if config.rewind else "scrub",
@@ -156,5 +176,7 @@ def scrub(
         forget_error = 1.0 - np.asarray(traj.forget_acc)
         epoch = int(np.argmin(np.abs(forget_error - reference_error)))
         new_vars = merge_params(new_vars, snapshots[epoch])
-        cost = cost.with_extra(rewound_to_epoch=epoch, rewind_reference_error=float(reference_error))
+        cost = cost.with_extra(
+            rewound_to_epoch=epoch, rewind_reference_error=float(reference_error)
+        )
     return new_vars, cost, traj

@@ -33,11 +33,17 @@ class StoppingConfig:
 
     def __post_init__(self):
         if not isinstance(self.max_epochs, int) or self.max_epochs < 1:
-            raise ValueError(f"StoppingConfig.max_epochs must be an int >= 1, got {self.max_epochs!r}.")
+            raise ValueError(
+                f"StoppingConfig.max_epochs must be an int >= 1, got {self.max_epochs!r}."
+            )
         if self.forget_target is not None and not 0.0 <= self.forget_target <= 1.0:
-            raise ValueError(f"StoppingConfig.forget_target must be in [0, 1] or None, got {self.forget_target!r}.")
+            raise ValueError(
+                f"StoppingConfig.forget_target must be in [0, 1] or None, got {self.forget_target!r}."
+            )
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"StoppingConfig.patience must be an int >= 1 or None, got {self.patience!r}.")
+            raise ValueError(
+                f"StoppingConfig.patience must be an int >= 1 or None, got {self.patience!r}."
+            )
         if not self.min_delta >= 0.0:
             raise ValueError(f"StoppingConfig.min_delta must be >= 0, got {self.min_delta!r}.")
 

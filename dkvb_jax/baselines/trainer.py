@@ -25,7 +25,13 @@ import optax
 from tqdm.auto import tqdm
 
 from dkvb_jax.baselines.stopping import StoppingConfig, stop_reason
-from dkvb_jax.baselines.types import ApplyFn, NonFiniteLossError, Trajectory, check_label_space, validate_split
+from dkvb_jax.baselines.types import (
+    ApplyFn,
+    NonFiniteLossError,
+    Trajectory,
+    check_label_space,
+    validate_split,
+)
 from dkvb_jax.evaluation.cost import CostRecord, Timer, step_flops
 from dkvb_jax.evaluation.metrics import compiled_accuracy
 
@@ -73,15 +79,23 @@ class OptimizerConfig:
         if self.name not in ("sgd", "adam"):
             raise ValueError(f"OptimizerConfig.name must be 'sgd' or 'adam', got {self.name!r}.")
         if not self.learning_rate > 0:
-            raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate!r}.")
+            raise ValueError(
+                f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate!r}."
+            )
         if not 0 <= self.momentum < 1:
             raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum!r}.")
         if not self.weight_decay >= 0:
-            raise ValueError(f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
+            raise ValueError(
+                f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}."
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"OptimizerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}.")
+            raise ValueError(
+                f"OptimizerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}."
+            )
         if not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(f"OptimizerConfig.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate!r}.")
+            raise ValueError(
+                f"OptimizerConfig.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate!r}."
+            )
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
@@ -125,7 +139,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> ja
     return jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, weight: jax.Array) -> jax.Array:
+def distill_kl(
+    student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, weight: jax.Array
+) -> jax.Array:
     """KL(teacher || student) at ``temperature``, times T^2, weighted mean over the batch (SCRUB's DistillKL)."""
     log_ps = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     log_pt = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
@@ -144,7 +160,9 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[np.ndarray, 
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
     idx = np.concatenate([perm, np.zeros(pad, perm.dtype)]).reshape(nb, batch_size).astype(np.int32)
-    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(nb, batch_size)
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(
+        nb, batch_size
+    )
     return idx, weight
 
 
@@ -204,7 +222,11 @@ def _phase_batches(phase: Phase, key: jax.Array):
 
 
 def _all_finite(tree: Any) -> bool:
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
     return bool(jnp.all(jnp.stack(leaves))) if leaves else True
 
 
@@ -248,7 +270,9 @@ def train_loop(
     """
     variables = dict(variables)
     if "params" not in variables:
-        raise ValueError(f"variables must contain a 'params' collection to train; got collections {sorted(variables)}.")
+        raise ValueError(
+            f"variables must contain a 'params' collection to train; got collections {sorted(variables)}."
+        )
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
     opt = make_optimizer(optimizer)
@@ -260,13 +284,17 @@ def train_loop(
         example = _phase_batches(phase, jax.random.key(0))[0]
         context = (rest, phase.context)
         step, per_call = step_flops(
-            phase.loss_fn, _make_step(opt, phase.loss_fn), (params, context, example), (params, opt_state, context, example)
+            phase.loss_fn,
+            _make_step(opt, phase.loss_fn),
+            (params, context, example),
+            (params, opt_state, context, example),
         )
         compiled.append((step, per_call, context))
 
     monitors = {name: split for name, split in monitor.items() if split is not None}
     meters = {
-        name: compiled_accuracy(apply_fn, variables, x, y, batch_size=eval_batch_size) for name, (x, y) in monitors.items()
+        name: compiled_accuracy(apply_fn, variables, x, y, batch_size=eval_batch_size)
+        for name, (x, y) in monitors.items()
     }
     monitor_flops, monitor_wall = 0.0, 0.0
 
@@ -292,7 +320,7 @@ def train_loop(
         opt_state = _set_lr(opt_state, lr_at_epoch(optimizer, epoch))
         key, epoch_key = jax.random.split(key)
         losses = []
-        for i, (phase, (step, per_call, context)) in enumerate(zip(phases, compiled)):
+        for i, (phase, (step, per_call, context)) in enumerate(zip(phases, compiled, strict=True)):
             if not phase.active(epoch):
                 continue
             batches = _phase_batches(phase, jax.random.fold_in(epoch_key, i))
@@ -309,7 +337,12 @@ def train_loop(
                 "lower the learning rate or, for NegGrad+, raise alpha. No results were written."
             )
         accs = measure(params)
-        traj.append(epoch=epoch, loss=epoch_loss, wall_s=cost.wall_s, **{f"{k}_acc": v for k, v in accs.items()})
+        traj.append(
+            epoch=epoch,
+            loss=epoch_loss,
+            wall_s=cost.wall_s,
+            **{f"{k}_acc": v for k, v in accs.items()},
+        )
         if keep_snapshots:
             snapshots.append(params)
         bar.set_postfix({k: f"{v:.3f}" for k, v in accs.items()})
@@ -345,14 +378,18 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 256
-    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer: OptimizerConfig = OptimizerConfig(
+        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4
+    )
     progress: bool = False
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"TrainConfig.epochs must be an int >= 1, got {self.epochs!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}.")
+            raise ValueError(
+                f"TrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}."
+            )
 
 
 def ce_loss(apply_fn: ApplyFn) -> LossFn:

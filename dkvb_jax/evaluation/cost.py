@@ -49,7 +49,9 @@ def flops_of(compiled: Any) -> float:
     """
     analysis = compiled.cost_analysis()
     if analysis is None:
-        raise ValueError("XLA returned no cost analysis for this executable; FLOPs unavailable on this backend.")
+        raise ValueError(
+            "XLA returned no cost analysis for this executable; FLOPs unavailable on this backend."
+        )
     if isinstance(analysis, Mapping):
         analysis = [analysis]
     total = 0.0
@@ -60,7 +62,9 @@ def flops_of(compiled: Any) -> float:
     return total
 
 
-def compile_with_flops(fn: Callable[..., Any], *args: Any, static_argnums: tuple[int, ...] = ()) -> tuple[Any, float]:
+def compile_with_flops(
+    fn: Callable[..., Any], *args: Any, static_argnums: tuple[int, ...] = ()
+) -> tuple[Any, float]:
     """Compiles ``fn`` ahead of time for ``args`` and returns ``(compiled, flops per call)``.
 
     Call the returned executable with arguments of the same shapes and dtypes as ``args``.
@@ -120,7 +124,13 @@ class CostRecord:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("wall_s", "forward_flops", "backward_flops", "num_forward_calls", "num_backward_calls"):
+        for name in (
+            "wall_s",
+            "forward_flops",
+            "backward_flops",
+            "num_forward_calls",
+            "num_backward_calls",
+        ):
             value = getattr(self, name)
             if not (value >= 0):  # also rejects NaN
                 raise ValueError(f"CostRecord.{name} must be a finite number >= 0, got {value!r}.")
@@ -128,7 +138,9 @@ class CostRecord:
     @property
     def total_flops(self) -> float:
         """Forward + backward + optimizer FLOPs."""
-        return self.forward_flops + self.backward_flops + float(self.extra.get("optimizer_flops", 0.0))
+        return (
+            self.forward_flops + self.backward_flops + float(self.extra.get("optimizer_flops", 0.0))
+        )
 
     @property
     def gflops(self) -> float:
@@ -147,7 +159,9 @@ class CostRecord:
         """
         extra = dict(self.extra)
         if per_call.get("optimizer", 0.0):
-            extra["optimizer_flops"] = float(extra.get("optimizer_flops", 0.0)) + calls * per_call["optimizer"]
+            extra["optimizer_flops"] = (
+                float(extra.get("optimizer_flops", 0.0)) + calls * per_call["optimizer"]
+            )
         return dataclasses.replace(
             self,
             wall_s=self.wall_s + wall_s,

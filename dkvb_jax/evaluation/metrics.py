@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dkvb_jax.baselines.types import ApplyFn, UnlearningData, validate_split
 from dkvb_jax.evaluation.cost import compile_with_flops
+from dkvb_jax.evaluation.splits import ApplyFn, UnlearningData, validate_split
 
 __all__ = [
     "accuracy",
@@ -40,7 +40,9 @@ def _batched(fn: Callable[[jax.Array], jax.Array], x: jax.Array, batch_size: int
     return out.reshape((nb * bs,) + out.shape[2:])[:n]
 
 
-def _logits(apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, batch_size: int) -> jax.Array:
+def _logits(
+    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, batch_size: int
+) -> jax.Array:
     return _batched(lambda b: apply_fn(variables, b), x, batch_size)
 
 
@@ -48,20 +50,36 @@ def _correct(apply_fn, variables, x, y, batch_size):
     return jnp.argmax(_logits(apply_fn, variables, x, batch_size), axis=-1) == y
 
 
-def predict_logits(apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, *, batch_size: int = 1024) -> jax.Array:
+def predict_logits(
+    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, *, batch_size: int = 1024
+) -> jax.Array:
     """Logits [n, num_classes] for embeddings ``x`` [n, dim]."""
     return jax.jit(_logits, static_argnums=(0, 3))(apply_fn, variables, jnp.asarray(x), batch_size)
 
 
-def accuracy(apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, y: jax.Array, *, batch_size: int = 1024) -> float:
+def accuracy(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    batch_size: int = 1024,
+) -> float:
     """Top-1 accuracy in [0, 1] of ``apply_fn`` on ``x`` [n, dim], ``y`` [n]."""
     validate_split(x, y, "accuracy input")
-    correct = jax.jit(_correct, static_argnums=(0, 4))(apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size)
+    correct = jax.jit(_correct, static_argnums=(0, 4))(
+        apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size
+    )
     return float(jnp.mean(correct))
 
 
 def compiled_accuracy(
-    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, y: jax.Array, *, batch_size: int = 1024
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    batch_size: int = 1024,
 ) -> tuple[Callable[[Mapping[str, Any]], jax.Array], float]:
     """Ahead-of-time compiled accuracy for a fixed split, reusable across epochs.
 
@@ -81,7 +99,12 @@ def compiled_accuracy(
 
 
 def per_example_loss(
-    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, y: jax.Array, *, batch_size: int = 1024
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    batch_size: int = 1024,
 ) -> np.ndarray:
     """Cross-entropy of each example, [n] float32 (the membership-inference feature)."""
     validate_split(x, y, "per_example_loss input")
@@ -89,15 +112,28 @@ def per_example_loss(
     def fn(apply_fn, v, x, y, bs):
         return optax.softmax_cross_entropy_with_integer_labels(_logits(apply_fn, v, x, bs), y)
 
-    return np.asarray(jax.jit(fn, static_argnums=(0, 4))(apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size))
+    return np.asarray(
+        jax.jit(fn, static_argnums=(0, 4))(
+            apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size
+        )
+    )
 
 
 def per_class_accuracy(
-    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, y: jax.Array, *, batch_size: int = 1024
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    batch_size: int = 1024,
 ) -> dict[int, float]:
     """Accuracy of each class that occurs in ``y``: ``{class_id: accuracy}`` (absent classes omitted)."""
     validate_split(x, y, "per_class_accuracy input")
-    correct = np.asarray(jax.jit(_correct, static_argnums=(0, 4))(apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size))
+    correct = np.asarray(
+        jax.jit(_correct, static_argnums=(0, 4))(
+            apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size
+        )
+    )
     y = np.asarray(y)
     return {int(c): float(correct[y == c].mean()) for c in np.unique(y)}
 

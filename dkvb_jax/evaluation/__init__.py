@@ -1,0 +1,41 @@
+"""Yardsticks for unlearning: accuracy on the splits, membership inference, cost, results table."""
+
+from dkvb_jax.evaluation.cost import (
+    CostRecord,
+    Timer,
+    compile_with_flops,
+    flops_of,
+    forward_cost,
+    step_flops,
+)
+from dkvb_jax.evaluation.metrics import (
+    accuracy,
+    deltas,
+    evaluate_unlearning,
+    per_class_accuracy,
+    per_example_loss,
+    predict_logits,
+)
+from dkvb_jax.evaluation.mia import MIAResult, membership_inference, mia_attack
+from dkvb_jax.evaluation.table import METHOD_ORDER, ResultRow, ResultsTable
+
+__all__ = [
+    "METHOD_ORDER",
+    "CostRecord",
+    "MIAResult",
+    "ResultRow",
+    "ResultsTable",
+    "Timer",
+    "accuracy",
+    "compile_with_flops",
+    "deltas",
+    "evaluate_unlearning",
+    "flops_of",
+    "forward_cost",
+    "membership_inference",
+    "mia_attack",
+    "per_class_accuracy",
+    "per_example_loss",
+    "predict_logits",
+    "step_flops",
+]

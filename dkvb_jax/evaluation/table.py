@@ -1,0 +1,247 @@
+"""The results table: one row per method, printable as Markdown and saved as CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tabulate import tabulate
+
+from dkvb_jax.evaluation.cost import CostRecord
+from dkvb_jax.evaluation.mia import MIAResult
+
+__all__ = ["ResultRow", "ResultsTable", "METHOD_ORDER"]
+
+METHOD_ORDER = ("original", "retrain", "finetune", "neggrad+", "scrub", "DKVB-UvA", "DKVB-UvE")
+"""The paper's row order; other methods follow in insertion order."""
+
+_HEADERS = (
+    "method",
+    "retain-test acc (%)",
+    "forget-test acc (%)",
+    "MIA (%)",
+    "wall s",
+    "GFLOPs",
+    "cost vs DKVB",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One method's results. None = not measured (e.g. no cost for the original model).
+
+    Attributes:
+      method: row name.
+      retain_test_acc, forget_test_acc, mia: fractions in [0, 1].
+      wall_s: wall seconds of the method.
+      flops: total FLOPs (forward + backward + optimizer).
+      extra: anything else (deltas, per-class accuracy, the full cost record), JSON-serialisable.
+    """
+
+    method: str
+    retain_test_acc: float | None = None
+    forget_test_acc: float | None = None
+    mia: float | None = None
+    wall_s: float | None = None
+    flops: float | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"ResultRow.method must be a non-empty string, got {self.method!r}.")
+        for name in ("retain_test_acc", "forget_test_acc", "mia", "wall_s", "flops"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"ResultRow({self.method!r}).{name} must be a finite number or None, got {value!r}."
+                )
+            if name in ("retain_test_acc", "forget_test_acc", "mia") and not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"ResultRow({self.method!r}).{name} must be a fraction in [0, 1], got {value!r}."
+                )
+            if value < 0:
+                raise ValueError(f"ResultRow({self.method!r}).{name} must be >= 0, got {value!r}.")
+
+    @classmethod
+    def from_results(
+        cls,
+        method: str,
+        accuracies: Mapping[str, float],
+        *,
+        mia: MIAResult | float | None = None,
+        cost: CostRecord | None = None,
+        **extra: Any,
+    ) -> ResultRow:
+        """Builds a row from ``evaluate_unlearning`` output, an MIA result and a cost record."""
+        extra = dict(extra)
+        extra["accuracies"] = {k: float(v) for k, v in accuracies.items()}
+        if isinstance(mia, MIAResult):
+            extra["mia"] = mia.to_dict()
+            mia = mia.accuracy
+        if cost is not None:
+            extra["cost"] = cost.to_dict()
+        return cls(
+            method=method,
+            retain_test_acc=_opt_float(accuracies.get("retain_test")),
+            forget_test_acc=_opt_float(accuracies.get("forget_test")),
+            mia=_opt_float(mia),
+            wall_s=None if cost is None else float(cost.wall_s),
+            flops=None if cost is None else float(cost.total_flops),
+            extra=extra,
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsTable:
+    """Rows of results; the cost column is each method's FLOPs over the reference DKVB row's.
+
+    Attributes:
+      rows: the rows, one per method (names unique).
+      reference: method whose FLOPs are the unit of "cost vs DKVB"; default: ``'DKVB-UvA'`` if
+        present, else the first method whose name starts with ``'DKVB'``.
+      meta: free-form description (dataset, encoder, seed, machine), stored in the JSON.
+    """
+
+    rows: tuple[ResultRow, ...]
+    reference: str | None = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        rows = tuple(self.rows)
+        names = [r.method for r in rows]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"ResultsTable rows must have unique methods; duplicated: {duplicates}."
+            )
+        object.__setattr__(self, "rows", rows)
+        if self.reference is not None and self.reference not in names:
+            raise ValueError(
+                f"ResultsTable.reference {self.reference!r} is not a row (rows: {names})."
+            )
+        if self.reference is None:
+            dkvb = [n for n in names if n == "DKVB-UvA"] or [
+                n for n in names if n.startswith("DKVB")
+            ]
+            object.__setattr__(self, "reference", dkvb[0] if dkvb else None)
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[ResultRow],
+        *,
+        reference: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        sort: bool = True,
+    ) -> ResultsTable:
+        """Builds a table; with ``sort`` rows follow ``METHOD_ORDER`` and then insertion order."""
+        rows = list(rows)
+        if sort:
+            rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+            rows = sorted(rows, key=lambda r: rank.get(r.method, len(rank)))  # stable
+        return cls(tuple(rows), reference, dict(meta or {}))
+
+    @property
+    def methods(self) -> list[str]:
+        return [r.method for r in self.rows]
+
+    def relative_cost(self, row: ResultRow) -> float | None:
+        """``row.flops / reference.flops``, or None when either is missing or the reference is 0."""
+        if self.reference is None or row.flops is None:
+            return None
+        ref = next(r for r in self.rows if r.method == self.reference)
+        if not ref.flops:
+            return None
+        return row.flops / ref.flops
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per row with raw values (fractions, seconds, FLOPs), CSV-ready."""
+        return [
+            {
+                "method": r.method,
+                "retain_test_acc": r.retain_test_acc,
+                "forget_test_acc": r.forget_test_acc,
+                "mia": r.mia,
+                "wall_s": r.wall_s,
+                "gflops": None if r.flops is None else r.flops / 1e9,
+                "cost_vs_dkvb": self.relative_cost(r),
+            }
+            for r in self.rows
+        ]
+
+    def to_markdown(self) -> str:
+        """GitHub-flavoured Markdown; accuracies in percent, missing entries as '-'."""
+
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.2f}"
+
+        def num(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        body = [
+            [
+                rec["method"],
+                pct(rec["retain_test_acc"]),
+                pct(rec["forget_test_acc"]),
+                pct(rec["mia"]),
+                num(rec["wall_s"], ".3f"),
+                num(rec["gflops"], ".4g"),
+                "-" if rec["cost_vs_dkvb"] is None else f"{rec['cost_vs_dkvb']:.3g}x",
+            ]
+            for rec in self.records()
+        ]
+        return tabulate(body, headers=_HEADERS, tablefmt="github", disable_numparse=True)
+
+    def save_csv(self, path: str | os.PathLike) -> None:
+        """Writes ``records()`` as CSV (empty cell = not measured)."""
+        records = self.records()
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["method"])
+            writer.writeheader()
+            for rec in records:
+                writer.writerow({k: "" if v is None else v for k, v in rec.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "meta": dict(self.meta),
+            "rows": [dataclasses.asdict(r) | {"extra": dict(r.extra)} for r in self.rows],
+            "summary": self.records(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ResultsTable:
+        rows = tuple(ResultRow(**row) for row in d["rows"])
+        return cls(rows, d.get("reference"), dict(d.get("meta", {})))
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, allow_nan=False)
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> ResultsTable:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"results JSON not found: {path}")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def save(self, directory: str | os.PathLike, stem: str = "results") -> dict[str, str]:
+        """Writes ``stem.md``, ``stem.csv`` and ``stem.json`` into ``directory``; returns the paths."""
+        os.makedirs(directory, exist_ok=True)
+        paths = {ext: os.path.join(directory, f"{stem}.{ext}") for ext in ("md", "csv", "json")}
+        with open(paths["md"], "w") as f:
+            f.write(self.to_markdown() + "\n")
+        self.save_csv(paths["csv"])
+        self.save_json(paths["json"])
+        return paths
