@@ -181,7 +181,8 @@ def resnet50_encoder(
     Args:
       checkpoint_path: a torchvision `resnet50` state dict (`.pth` from torchvision's model zoo,
         or `.safetensors`). A headless one (no `fc.*`) loads too.
-      config: override the architecture (defaults to ResNet-50; `num_classes` follows the file).
+      config: override the architecture (defaults to ResNet-50); `num_classes` always follows
+        the file (0 when it has no `fc`).
 
     Returns:
       `(module, variables, preprocess_fn, embed_dim, input_size)`: `module.apply(variables,
@@ -190,9 +191,10 @@ def resnet50_encoder(
       mean/std.
     """
     state = sd.load_state_dict(checkpoint_path)
-    if config is None:
-        fc = state.get("fc.weight")
-        config = dataclasses.replace(RESNET50, num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else 0)
+    fc = state.get("fc.weight")
+    config = dataclasses.replace(
+        config or RESNET50, num_classes=int(fc.shape[0]) if fc is not None and fc.ndim == 2 else 0
+    )
     variables = convert_resnet(state, config)
     preprocess = make_preprocess(config.image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
     return ResNet(config), variables, preprocess, config.embed_dim, config.image_size
