@@ -1,0 +1,51 @@
+"""Data- and codebook-parallel execution over a device mesh, and multi-host input assembly."""
+
+from dkvb_jax.parallel.data_parallel import (
+    EvalResult,
+    codes,
+    ema_batch_stats,
+    ema_step,
+    evaluate,
+    key_usage,
+    train_epoch,
+    train_values,
+    usage_from_codes,
+)
+from dkvb_jax.parallel.mesh import (
+    CODEBOOK,
+    DATA,
+    batch_sharding,
+    codebook_size,
+    data_codebook_mesh,
+    data_mesh,
+    data_size,
+    pad_rows,
+    place_variables,
+    replicated,
+    shard_batch,
+    variables_shardings,
+)
+
+__all__ = [
+    "CODEBOOK",
+    "DATA",
+    "EvalResult",
+    "batch_sharding",
+    "codebook_size",
+    "codes",
+    "data_codebook_mesh",
+    "data_mesh",
+    "data_size",
+    "ema_batch_stats",
+    "ema_step",
+    "evaluate",
+    "key_usage",
+    "pad_rows",
+    "place_variables",
+    "replicated",
+    "shard_batch",
+    "train_epoch",
+    "train_values",
+    "usage_from_codes",
+    "variables_shardings",
+]

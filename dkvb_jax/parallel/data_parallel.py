@@ -1,0 +1,407 @@
+"""Data-parallel versions of the library's data passes over a device mesh.
+
+Every function takes the same inputs as its single-device counterpart in
+:mod:`dkvb_jax.training` plus a `mesh` (see :mod:`dkvb_jax.parallel.mesh`), and returns the same
+result: integer statistics (codes, usage histograms, correct counts) are identical, float
+statistics (EMA sums, gradients) agree up to summation order.
+
+Examples are padded to a multiple of the data-axis size and padding rows carry weight 0, so a
+ragged last batch is never dropped and never counted. Collectives are explicit (`jax.shard_map`
++ `psum`) where a statistic is summed over devices; evaluation is a plain `jax.jit` over sharded
+inputs so that codebook-sharded variables (a ``data x codebook`` mesh) stay sharded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from dkvb_jax import _batching, _validation
+from dkvb_jax.model import DKVB
+from dkvb_jax.parallel import mesh as mesh_lib
+from dkvb_jax.parallel.mesh import DATA
+from dkvb_jax.training import keys as keys_lib
+from dkvb_jax.training import values as values_lib
+from dkvb_jax.training.usage import usage_from_codes as _usage_from_codes
+from dkvb_jax.training.values import TrainHistory, ValueTrainConfig, smoothed_cross_entropy
+
+
+# ----------------------------------------------------------------------------------------------
+# Codes and key usage.
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh", "batch_size"))
+def _codes_sharded(model: DKVB, mesh: Mesh, batch_size: int, variables: dict, x: jax.Array):
+    def local(v, xl):
+        return _batching.batched_apply(
+            lambda xb: model.apply(v, xb, method=DKVB.codes), xl, batch_size
+        )
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=P(DATA))(variables, x)
+
+
+def codes(
+    model: DKVB, variables: dict, x: np.ndarray | jax.Array, mesh: Mesh, *, batch_size: int = 1024
+) -> tuple[jax.Array, jax.Array]:
+    """Data-parallel :func:`dkvb_jax.training.compute_codes`.
+
+    Args:
+      model: the DKVB module.
+      variables: its variables (replicated onto every device of `mesh`).
+      x: embeddings `[n, embed_dim]`.
+      mesh: device mesh with a ``'data'`` axis.
+      batch_size: rows per lookup call on each device.
+
+    Returns:
+      indices int32 `[n, codebooks, top_k]` (-1 where invalid) and valid bool, sharded over
+      ``'data'`` along the examples.
+    """
+    _validation.check_embeddings(x, model.config.embed_dim, allow_tokens=False)
+    _validation.check_positive_int(batch_size, "batch_size")
+    n = x.shape[0]
+    xs, _ = mesh_lib.shard_batch(x, mesh)
+    indices, valid = _codes_sharded(model, mesh, batch_size, variables, xs)
+    return indices[:n], valid[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("num_keys", "num_classes", "mesh"))
+def _usage_sharded(num_keys, num_classes, mesh, indices, valid, weights, labels):
+    def local(i, v, w, lab):
+        hist = _usage_from_codes(
+            i, v, num_keys, None if num_classes is None else lab, num_classes, w
+        )
+        # Integer counts: the cross-device sum is exact, so it equals the one-device histogram.
+        return jax.lax.psum(hist, DATA)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=P(DATA), out_specs=P())(
+        indices, valid, weights, labels
+    )
+
+
+def usage_from_codes(
+    indices: jax.Array,
+    valid: jax.Array,
+    num_keys: int,
+    mesh: Mesh,
+    labels: jax.Array | None = None,
+    num_classes: int | None = None,
+) -> jax.Array:
+    """Usage histogram of codes `[n, codebooks, top_k]`, counted per device and `psum`-ed.
+
+    Returns:
+      int32 `[codebooks, keys]`, or `[classes, codebooks, keys]` with labels, replicated.
+    """
+    if labels is not None and num_classes is None:
+        raise ValueError("usage_from_codes: pass num_classes together with labels.")
+    n = indices.shape[0]
+    idx, w = mesh_lib.shard_batch(indices, mesh)
+    val, _ = mesh_lib.shard_batch(valid, mesh)
+    lab = np.zeros((n,), np.int32) if labels is None else np.asarray(labels, np.int32)
+    lab, _ = mesh_lib.shard_batch(lab, mesh)
+    return _usage_sharded(num_keys, None if labels is None else num_classes, mesh, idx, val, w, lab)
+
+
+def key_usage(
+    model: DKVB,
+    variables: dict,
+    x: np.ndarray | jax.Array,
+    mesh: Mesh,
+    labels: np.ndarray | jax.Array | None = None,
+    *,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+) -> jax.Array:
+    """Data-parallel :func:`dkvb_jax.training.key_usage`: identical counts on any mesh.
+
+    Returns:
+      int32 `[codebooks, keys]`, or `[classes, codebooks, keys]` when labels are given.
+    """
+    num_classes = model.config.num_classes if num_classes is None else num_classes
+    if labels is not None:
+        _validation.check_labels(labels, num_classes, n=x.shape[0])
+    indices, valid = codes(model, variables, x, mesh, batch_size=batch_size)
+    return usage_from_codes(
+        indices,
+        valid,
+        model.config.num_keys,
+        mesh,
+        labels,
+        num_classes if labels is not None else None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+class EvalResult(NamedTuple):
+    """Evaluation of a labelled (or unlabelled) set.
+
+    Attributes:
+      logits: float `[n, classes]`, one row per input, none dropped.
+      correct: number of correct top-1 predictions (0 without labels).
+      count: number of examples `n`.
+      accuracy: `correct / count`, or NaN without labels.
+    """
+
+    logits: jax.Array
+    correct: int
+    count: int
+    accuracy: float
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh"))
+def _evaluate_batches(model: DKVB, mesh: Mesh, variables, xb, yb, wb):
+    rows = NamedSharding(mesh, P(DATA))
+
+    def body(batch):
+        x, y, w = batch
+        x = jax.lax.with_sharding_constraint(x, rows)
+        logits = jax.lax.with_sharding_constraint(model.apply(variables, x), rows)
+        return logits, jnp.sum((logits.argmax(-1) == y) & w)
+
+    logits, correct = jax.lax.map(body, (xb, yb, wb))
+    return logits.reshape(-1, logits.shape[-1]), correct.sum()
+
+
+def evaluate(
+    model: DKVB,
+    variables: dict,
+    x: np.ndarray | jax.Array,
+    mesh: Mesh,
+    y: np.ndarray | jax.Array | None = None,
+    *,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Logits and accuracy of embeddings `[n, embed_dim]`, data-parallel over `mesh`.
+
+    Each step evaluates `batch_size` rows per device (`batch_size * data devices` in all); the
+    last step is padded and its padding rows are masked out of the accuracy.
+
+    Variables may be replicated or codebook-sharded (:func:`dkvb_jax.parallel.place_variables`
+    on a ``data x codebook`` mesh); XLA then partitions the lookup over codebooks too.
+    """
+    cfg = model.config
+    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _validation.check_positive_int(batch_size, "batch_size")
+    n = x.shape[0]
+    if y is not None:
+        _validation.check_labels(y, cfg.num_classes, n=n)
+    global_batch = batch_size * mesh_lib.data_size(mesh)
+    xp, valid = mesh_lib.pad_rows(x, global_batch)
+    yp, _ = mesh_lib.pad_rows(
+        np.zeros((n,), np.int32) if y is None else np.asarray(y), global_batch
+    )
+    steps = xp.shape[0] // global_batch
+    sharding = mesh_lib.batch_sharding(mesh, batch_axis=1)
+    xb, yb, wb = (
+        jax.device_put(a.reshape(steps, global_batch, *a.shape[1:]), sharding)
+        for a in (xp, yp.astype(np.int32), valid)
+    )
+    logits, correct = _evaluate_batches(model, mesh, variables, xb, yb, wb)
+    correct = int(correct) if y is not None else 0
+    return EvalResult(
+        logits=logits[:n],
+        correct=correct,
+        count=n,
+        accuracy=correct / n if y is not None else float("nan"),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Key initialisation: EMA k-means statistics.
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _ema_stats_sharded(mesh, queries, weights, keys):
+    def local(q, w, k):
+        counts, sums, sq_err = keys_lib._batch_stats(q, w, k)
+        return jax.lax.psum((counts, sums, sq_err), DATA)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(DATA), P(DATA), P()), out_specs=P())(
+        queries, weights, keys
+    )
+
+
+def ema_batch_stats(
+    queries: jax.Array, weights: jax.Array, keys: jax.Array, mesh: Mesh
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One batch's k-means statistics, computed per device and summed over ``'data'``.
+
+    Args:
+      queries: `[batch, codebooks, key_dim]`.
+      weights: `[batch]` example weights (0 for padding).
+      keys: `[codebooks, keys, key_dim]`.
+
+    Returns:
+      counts `[codebooks, keys]`, sums `[codebooks, keys, key_dim]` and the weighted squared
+      quantisation error (scalar), all replicated.
+    """
+    q, valid = mesh_lib.shard_batch(queries, mesh)
+    w, _ = mesh_lib.shard_batch(weights, mesh)
+    w = jnp.where(valid, w, 0).astype(q.dtype)
+    return _ema_stats_sharded(mesh, q, w, keys)
+
+
+def ema_step(
+    state: keys_lib.EMAState,
+    queries: jax.Array,
+    weights: jax.Array,
+    rng: jax.Array,
+    mesh: Mesh,
+    *,
+    decay: float = 0.95,
+    epsilon: float = 1e-5,
+    dead_threshold: float = 1e-3,
+) -> tuple[keys_lib.EMAState, jax.Array, jax.Array]:
+    """The core's EMA k-means step on a batch split over ``'data'``.
+
+    The core step is compiled for the sharded batch; XLA reduces the per-device counts and sums
+    over the data axis (an all-reduce), and the dead-key re-seeding draws from the global batch,
+    so the result matches the one-device step up to float summation order.
+    """
+    q, valid = mesh_lib.shard_batch(queries, mesh)
+    w, _ = mesh_lib.shard_batch(weights, mesh)
+    w = jnp.where(valid, w, 0).astype(q.dtype)
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    return keys_lib._ema_step(state, q, w, rng, decay, epsilon, dead_threshold)
+
+
+# ----------------------------------------------------------------------------------------------
+# Value training.
+
+
+def _global_mean_grads(model, use_codes, smoothing, mesh, variables, params, inputs, y, w):
+    """Loss, gradient and correct count of one global batch split over ``'data'``.
+
+    Each device differentiates the *sum* of its weighted losses; summing those gradients and
+    dividing by the global weight gives exactly the gradient of the global mean loss, whatever
+    the split (padding rows have weight 0).
+    """
+    forward = values_lib._forward(model, use_codes)
+
+    def local(variables, params, inputs, y, w):
+        def loss_sum(p):
+            logits = forward({**variables, "params": p}, inputs)
+            losses = smoothed_cross_entropy(logits, y, smoothing)
+            return jnp.sum(losses * w.astype(losses.dtype)), logits
+
+        # Differentiate w.r.t. a per-device copy: the gradient of a replicated input would be
+        # summed over devices implicitly; marking it varying keeps the one psum below explicit.
+        local_params = jax.lax.pcast(params, DATA, to="varying")
+        (total_loss, logits), grads = jax.value_and_grad(loss_sum, has_aux=True)(local_params)
+        total_w = jnp.maximum(jax.lax.psum(w.sum().astype(jnp.float32), DATA), 1.0)
+        grads = jax.tree.map(lambda g: jax.lax.psum(g, DATA) / total_w, grads)
+        loss = jax.lax.psum(total_loss, DATA) / total_w
+        correct = jax.lax.psum(jnp.sum((logits.argmax(-1) == y) & w), DATA)
+        return loss, grads, correct
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), P(DATA), P(DATA), P(DATA)), out_specs=P()
+    )(variables, params, inputs, y, w)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "use_codes", "tx", "batch_size", "smoothing", "mesh")
+)
+def train_epoch(
+    model, use_codes, tx, batch_size, smoothing, mesh, variables, opt_state, inputs, y, rng
+):
+    """One epoch of value training with each minibatch split over ``'data'``.
+
+    Same shuffling, padding and update order as the core's one-device epoch, so the same `rng`
+    gives the same parameters up to float summation order. `batch_size` must be divisible by the
+    data-axis size.
+
+    Returns:
+      `(params, opt_state, mean loss, accuracy)` over the epoch.
+    """
+    n = y.shape[0]
+    perm = jax.random.permutation(rng, n)
+    split = NamedSharding(mesh, P(None, DATA))
+    batched = [
+        jax.lax.with_sharding_constraint(_batching.pad_to_batches(a[perm], batch_size)[0], split)
+        for a in (*inputs, y)
+    ]
+    weights = _batching.pad_to_batches(jnp.ones((n,)), batch_size)[1]
+    weights = jax.lax.with_sharding_constraint(weights, split)
+    frozen_vars = {k: v for k, v in variables.items() if k != "params"}
+
+    def step(carry, batch):
+        params, opt_state = carry
+        *xb, yb, wb = batch
+        loss, grads, correct = _global_mean_grads(
+            model, use_codes, smoothing, mesh, frozen_vars, params, tuple(xb), yb, wb
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), (loss * wb.sum(), correct)
+
+    (params, opt_state), (losses, correct) = jax.lax.scan(
+        step, (variables["params"], opt_state), (*batched, weights)
+    )
+    return params, opt_state, losses.sum() / n, correct.sum() / n
+
+
+def train_values(
+    model: DKVB,
+    variables: dict,
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    mesh: Mesh,
+    *,
+    key: jax.Array,
+    config: ValueTrainConfig = ValueTrainConfig(),
+    progress: bool = True,
+) -> tuple[dict, TrainHistory]:
+    """Data-parallel :func:`dkvb_jax.training.train_values` (gradients averaged over devices).
+
+    Returns:
+      New variables (only ``params`` changed, replicated) and the per-epoch history (without
+      eval accuracy; use :func:`evaluate`).
+    """
+    cfg = model.config
+    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
+    n = x.shape[0]
+    batch_size = min(config.batch_size, n)
+    size = mesh_lib.data_size(mesh)
+    if batch_size % size:
+        raise ValueError(
+            f"batch size {batch_size} (ValueTrainConfig.batch_size={config.batch_size}, n={n}) "
+            f"must be divisible by the {size} devices of the 'data' axis so every device gets an "
+            "equal share of each step; pick a multiple of the data-axis size."
+        )
+    variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+    use_codes = cfg.splitter != "learned"
+    inputs = codes(model, variables, x, mesh) if use_codes else (jnp.asarray(x),)
+    tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
+    opt_state = tx.init(variables["params"])
+    y = jnp.asarray(y, jnp.int32)
+    history = TrainHistory([], [], [])
+    for epoch_key in tqdm(
+        jax.random.split(key, config.epochs), desc="value training (data-parallel)",
+        disable=not progress,
+    ):  # fmt: skip
+        params, opt_state, loss, acc = train_epoch(
+            model, use_codes, tx, batch_size, config.label_smoothing, mesh,
+            variables, opt_state, inputs, y, epoch_key,
+        )  # fmt: skip
+        loss = float(loss)
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"value training diverged (loss {loss}) at epoch {len(history.loss) + 1}; lower "
+                f"ValueTrainConfig.learning_rate (now {config.learning_rate})."
+            )
+        variables = {**variables, "params": params}
+        history.loss.append(loss)
+        history.accuracy.append(float(acc))
+    return variables, history
