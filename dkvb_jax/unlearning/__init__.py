@@ -1,0 +1,64 @@
+"""Unlearning as a pure edit of the variables pytree: select pairs, mask them, audit the call.
+
+Array-level, jittable core: :mod:`selection` (which pairs), :mod:`masking` (apply a selection),
+:mod:`fast_eval` (evaluate many unlearned variants from codes computed once). Validated
+wrappers returning ``(new_variables, AuditRecord)``: :mod:`methods`. Sweeps over N: :mod:`sweep`.
+"""
+
+from dkvb_jax.unlearning.audit import AuditRecord, variables_hash
+from dkvb_jax.unlearning.fast_eval import (
+    codes_under_mask,
+    every_class_metrics,
+    ranked_codes,
+    unlearn_every_class,
+    uva_metrics,
+    uve_metrics,
+)
+from dkvb_jax.unlearning.masking import apply_selection, clear_masks, hard_delete, masked_pairs
+from dkvb_jax.unlearning.methods import (
+    RetainAware,
+    accuracy_effect,
+    forget_classes,
+    forget_examples,
+    unlearn_via_activations,
+    unlearn_via_examples,
+)
+from dkvb_jax.unlearning.selection import (
+    codes_selection,
+    key_ranks,
+    mask_top_n,
+    mask_top_n_per_class,
+    psum_usage,
+    retain_aware,
+)
+from dkvb_jax.unlearning.sweep import SweepResult, sweep_uva, sweep_uve
+
+__all__ = [
+    "AuditRecord",
+    "RetainAware",
+    "SweepResult",
+    "accuracy_effect",
+    "apply_selection",
+    "clear_masks",
+    "codes_selection",
+    "codes_under_mask",
+    "every_class_metrics",
+    "forget_classes",
+    "forget_examples",
+    "hard_delete",
+    "key_ranks",
+    "mask_top_n",
+    "mask_top_n_per_class",
+    "masked_pairs",
+    "psum_usage",
+    "ranked_codes",
+    "retain_aware",
+    "sweep_uva",
+    "sweep_uve",
+    "unlearn_every_class",
+    "unlearn_via_activations",
+    "unlearn_via_examples",
+    "uva_metrics",
+    "uve_metrics",
+    "variables_hash",
+]

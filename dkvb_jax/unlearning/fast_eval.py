@@ -1,0 +1,173 @@
+"""Evaluating many unlearned variants at once from codes computed a single time.
+
+A search mask changes an input's codes (it falls back to its next-nearest active key), so
+evaluating an unlearned model normally needs a fresh nearest-key search. But the next-nearest
+active key is always among the input's `depth` nearest keys of the unmasked ranking when at
+most `depth - top_k` of them are masked. Ranking each evaluation input's `depth` nearest keys
+once therefore makes every later evaluation a gather: exact, cheap, and `vmap`-able over forget
+classes or over N.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dkvb_jax import _batching, _validation
+from dkvb_jax.model import DKVB
+from dkvb_jax.model.lookup import nearest_keys
+from dkvb_jax.unlearning import masking
+from dkvb_jax.unlearning import selection as sel_lib
+
+
+@functools.partial(jax.jit, static_argnames=("model", "depth", "batch_size"))
+def _ranked(model, variables, x, depth, batch_size):
+    cfg = model.config
+
+    def rows(xb):
+        q = model.apply(variables, xb, method=DKVB.queries)
+        res = nearest_keys(
+            q, variables["frozen"]["keys"], variables["mask"]["search"], top_k=depth,
+            chunk=cfg.lookup_chunk, memory_mb=cfg.lookup_memory_mb,
+        )  # fmt: skip
+        return res.indices, res.valid
+
+    return _batching.batched_apply(rows, x, batch_size)
+
+
+def ranked_codes(
+    model: DKVB, variables: dict, x, depth: int, *, batch_size: int = 1024
+) -> tuple[jax.Array, jax.Array]:
+    """The `depth` nearest active keys of every input, nearest first.
+
+    Returns:
+      indices int32 `[n, codebooks, depth]` (-1 where invalid) and valid bool, same shape.
+    """
+    _validation.check_embeddings(x, model.config.embed_dim, allow_tokens=False)
+    depth = int(min(max(depth, model.config.top_k), model.config.num_keys))
+    return _ranked(model, variables, jnp.asarray(x), depth, batch_size)
+
+
+def codes_under_mask(
+    ranked: jax.Array, ranked_valid: jax.Array, search_mask: jax.Array, top_k: int
+) -> tuple[jax.Array, jax.Array]:
+    """Codes after masking: the first `top_k` unmasked keys of each ranking.
+
+    Exact when every codebook has at most `depth - top_k` masked keys among the ranking.
+
+    Args:
+      ranked: int `[n, codebooks, depth]` from :func:`ranked_codes`.
+      ranked_valid: bool, same shape.
+      search_mask: bool `[codebooks, keys]`.
+      top_k: keys retrieved per codebook.
+
+    Returns:
+      indices int32 `[n, codebooks, top_k]` (-1 where invalid) and valid bool.
+    """
+    cb = jnp.arange(search_mask.shape[0])[None, :, None]
+    active = ranked_valid & ~search_mask[cb, jnp.where(ranked_valid, ranked, 0)]
+    # A stable sort on "inactive" moves active entries to the front, keeping distance order.
+    order = jnp.argsort(~active, axis=-1, stable=True)[..., :top_k]
+    idx = jnp.take_along_axis(ranked, order, axis=-1)
+    valid = jnp.take_along_axis(active, order, axis=-1)
+    return jnp.where(valid, idx, -1), valid
+
+
+def _predict(model, variables, ranked, ranked_valid, mode):
+    if mode == "search":
+        idx, valid = codes_under_mask(
+            ranked, ranked_valid, variables["mask"]["search"], model.config.top_k
+        )
+    else:
+        idx, valid = ranked[..., : model.config.top_k], ranked_valid[..., : model.config.top_k]
+    return model.apply(variables, idx, valid, method=DKVB.decode_codes).argmax(-1)
+
+
+def _split_accuracy(pred, labels, forget):
+    """Accuracy on the rows whose class is in `forget` (bool `[classes]`) and on the others."""
+    correct = (pred == labels).astype(jnp.float32)
+    in_forget = forget[labels]
+    f = jnp.sum(correct * in_forget) / jnp.maximum(in_forget.sum(), 1)
+    r = jnp.sum(correct * ~in_forget) / jnp.maximum((~in_forget).sum(), 1)
+    return f, r
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mode"))
+def uva_metrics(model, variables, usage, forget, n, ranked, ranked_valid, labels, mode="search"):
+    """Forget / retain accuracy after UvA with `n` keys per class; pure and `vmap`-able.
+
+    Args:
+      model: the DKVB module (static).
+      variables: DKVB variables.
+      usage: per-class histogram `[classes, codebooks, keys]`.
+      forget: bool `[classes]`, classes to forget.
+      n: keys per codebook and class (may be traced: `vmap` over it).
+      ranked, ranked_valid: evaluation codes from :func:`ranked_codes`, depth >= n*|forget|+top_k.
+      labels: int `[m]` evaluation labels.
+      mode: mask mode.
+
+    Returns:
+      (forget accuracy, retain accuracy), float32 scalars.
+    """
+    sel = sel_lib.mask_top_n_per_class(usage, forget, n)
+    v = masking.apply_selection(variables, sel, mode)
+    return _split_accuracy(_predict(model, v, ranked, ranked_valid, mode), labels, forget)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mode"))
+def uve_metrics(
+    model, variables, forget_codes, forget, n_e, ranked, ranked_valid, labels, mode="search"
+):
+    """Forget / retain accuracy after UvE on the first `n_e` rows of `forget_codes`.
+
+    Args:
+      forget_codes: (indices, valid) `[m, codebooks, top_k]` of the forget examples.
+      n_e: examples used (may be traced).
+      Others as in :func:`uva_metrics`; depth >= n_e * top_k + top_k.
+    """
+    idx, valid = forget_codes
+    w = jnp.arange(idx.shape[0]) < n_e
+    sel = sel_lib.codes_selection(idx, valid, model.config.num_keys, weights=w)
+    v = masking.apply_selection(variables, sel, mode)
+    return _split_accuracy(_predict(model, v, ranked, ranked_valid, mode), labels, forget)
+
+
+def every_class_metrics(
+    model: DKVB, variables: dict, usage, n: int, x, labels, *, mode: str = "search"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forgets each class on its own (UvA, `n` keys) and evaluates all of them in one `vmap`.
+
+    Args:
+      usage: per-class histogram `[classes, codebooks, keys]`.
+      n: keys per codebook.
+      x: evaluation embeddings `[m, embed_dim]`; labels: int `[m]`.
+
+    Returns:
+      forget accuracy `[classes]` (on that class's rows) and retain accuracy `[classes]` (on the
+      other rows), each entry for the model that forgot that class alone.
+    """
+    cfg = model.config
+    ranked = ranked_codes(model, variables, x, n + cfg.top_k)
+    eye = jnp.eye(cfg.num_classes, dtype=bool)
+    f, r = jax.vmap(
+        lambda forget: uva_metrics(model, variables, usage, forget, n, *ranked, labels, mode)
+    )(eye)
+    return np.asarray(f), np.asarray(r)
+
+
+@functools.partial(jax.jit, static_argnames=("mode",))
+def unlearn_every_class(variables: dict, usage: jax.Array, n: int, mode: str = "search") -> dict:
+    """The UvA-unlearned variables of every class at once: each leaf gets a leading class axis.
+
+    Entry `c` equals forgetting class `c` alone with the same `n` and `mode`.
+    """
+    num_classes = usage.shape[0]
+    eye = jnp.eye(num_classes, dtype=bool)
+    return jax.vmap(
+        lambda forget: masking.apply_selection(
+            variables, sel_lib.mask_top_n_per_class(usage, forget, n), mode
+        )
+    )(eye)

@@ -1,0 +1,365 @@
+"""Unlearning methods: validated wrappers that return (new variables, AuditRecord).
+
+Each wrapper validates its inputs, computes a selection with the pure array-level core
+(:mod:`dkvb_jax.unlearning.selection`), applies it with :mod:`dkvb_jax.unlearning.masking` and
+records the call. The input variables are never modified.
+
+Counting (our choice): by default the forget data's codes are taken with the *search mask
+cleared*, i.e. on the model as trained. The selection then depends only on the request, not on
+earlier requests, so a data pass gives the same selection as a histogram stored at training
+time, and repeating a request changes nothing. ``count_with_masks=True`` counts on the current
+masked model instead: a repeated request then chases the keys the forget inputs fell back to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dkvb_jax import _validation
+from dkvb_jax.model import DKVB
+from dkvb_jax.training import compute_codes, usage_from_codes
+from dkvb_jax.unlearning import _checks, masking
+from dkvb_jax.unlearning import selection as sel_lib
+from dkvb_jax.unlearning.audit import AuditRecord, make_record
+
+EvalFn = Callable[[dict], dict]
+Codes = tuple[jax.Array, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetainAware:
+    """Retain-aware selection: spare a key when ``retain_rate > ratio * forget_rate + margin``.
+
+    Rates are per-codebook retrieval frequencies (see :func:`selection.retain_aware`).
+    """
+
+    ratio: float = 4.0
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if not self.ratio >= 0:
+            raise ValueError(f"RetainAware.ratio must be >= 0, got {self.ratio!r}.")
+        if not 0 <= self.margin <= 1:
+            raise ValueError(f"RetainAware.margin must be in [0, 1], got {self.margin!r}.")
+
+
+def accuracy_effect(model: DKVB, x, y, forget_classes) -> EvalFn:
+    """An `eval_fn` measuring forget-class and retain-class accuracy on `(x, y)`."""
+    x, y = jnp.asarray(x), np.asarray(y)
+    forget = np.isin(y, np.asarray(forget_classes))
+
+    @jax.jit
+    def predict(v):
+        return model.apply(v, x).argmax(-1)
+
+    def fn(v):
+        correct = np.asarray(predict(v)) == y
+        return {
+            "forget_accuracy": float(correct[forget].mean()) if forget.any() else None,
+            "retain_accuracy": float(correct[~forget].mean()) if (~forget).any() else None,
+        }
+
+    return fn
+
+
+def _counting_variables(variables: dict, count_with_masks: bool) -> dict:
+    return variables if count_with_masks else masking.clear_masks(variables, ("search",))
+
+
+def _codes_of(model, variables, x, name, count_with_masks) -> Codes:
+    _validation.check_embeddings(x, model.config.embed_dim, name=name, allow_tokens=False)
+    return compute_codes(model, _counting_variables(variables, count_with_masks), x)
+
+
+def _check_codes(codes, config, name) -> Codes:
+    if not isinstance(codes, tuple | list) or len(codes) != 2:
+        raise TypeError(f"{name} must be a pair (indices, valid) from compute_codes.")
+    idx, valid = codes
+    shape = (config.num_codebooks, config.top_k)
+    if idx.ndim != 3 or tuple(idx.shape[1:]) != shape or valid.shape != idx.shape:
+        raise ValueError(
+            f"{name} must be (indices, valid) of shape [n, codebooks, top_k] = [n, *{shape}], "
+            f"got {tuple(idx.shape)} and {tuple(valid.shape)}."
+        )
+    if idx.shape[0] == 0:
+        raise ValueError(f"{name} is empty: there is nothing to forget.")
+    return jnp.asarray(idx), jnp.asarray(valid)
+
+
+def _common_checks(model, variables, mode, rekey, rng, hard):
+    _checks.check_variables(model.config, variables)
+    masking.check_mode(mode)
+    if rekey not in masking.REKEY_MODES:
+        raise ValueError(f"rekey must be one of {masking.REKEY_MODES}, got {rekey!r}.")
+    if rekey is not None and not hard:
+        raise ValueError("rekey re-places keys of hard-deleted pairs: pass hard=True with it.")
+    if rekey == "random" and rng is None:
+        raise ValueError("rekey='random' needs rng=jax.random.key(...).")
+
+
+def _finish(
+    variables, selection, *, method, params, mode, hard, rekey, rng, spared, eval_fn,
+    classes=None, examples=None,
+) -> tuple[dict, AuditRecord]:  # fmt: skip
+    if hard:
+        new = masking.hard_delete(variables, selection, mode=mode, rekey=rekey, rng=rng)
+    else:
+        new = masking.apply_selection(variables, selection, mode)
+    params = {**params, "mode": mode, "hard": hard, "rekey": rekey}
+    effect = None if eval_fn is None else {"before": eval_fn(variables), "after": eval_fn(new)}
+    record = make_record(
+        method=method, params=params, before=variables, after=new, forgotten_classes=classes,
+        forgotten_examples=examples, spared=spared, effect=effect,
+    )  # fmt: skip
+    return new, record
+
+
+def _apply_retain_aware(selection, forget_counts, retain_counts, retain_aware):
+    if retain_aware is None:
+        return selection, None, {}
+    selection, spared = sel_lib.retain_aware(
+        selection,
+        forget_counts,
+        retain_counts,
+        ratio=retain_aware.ratio,
+        margin=retain_aware.margin,
+    )
+    return (
+        selection,
+        spared,
+        {"retain_ratio": retain_aware.ratio, "retain_margin": retain_aware.margin},
+    )
+
+
+def unlearn_via_activations(
+    model: DKVB,
+    variables: dict,
+    n_a: int,
+    *,
+    forget_x=None,
+    usage=None,
+    classes=None,
+    retain_x=None,
+    retain_aware: RetainAware | None = None,
+    mode: masking.MaskMode = "search",
+    hard: bool = False,
+    rekey: masking.Rekey = None,
+    rng: jax.Array | None = None,
+    count_with_masks: bool = False,
+    eval_fn: EvalFn | None = None,
+) -> tuple[dict, AuditRecord]:
+    """UvA: masks the `n_a` most-retrieved keys of every codebook.
+
+    Give either the forget data (`forget_x`, one data pass), or a stored per-class histogram
+    (`usage` `[classes, codebooks, keys]` with the forget `classes`: no data pass at all; each
+    class loses its own top `n_a` keys).
+
+    Args:
+      model: the DKVB module.
+      variables: its variables (unchanged).
+      n_a: keys per codebook (and per class with `usage`), in [1, num_keys].
+      forget_x: forget embeddings `[n, embed_dim]`.
+      usage: per-class histogram from `key_usage(model, variables, x, labels)`.
+      classes: forget class ids (int or sequence); required with `usage`, recorded otherwise.
+      retain_x: retain embeddings `[m, embed_dim]`, needed for `retain_aware` with `forget_x`
+        (with `usage` the other classes' counts are used).
+      retain_aware: spare keys retain data uses far more; None disables it.
+      mode: ``search`` (default) or ``readout`` masking.
+      hard: also zero the values of the masked pairs (hard deletion).
+      rekey: with `hard`, re-place their keys: None, ``'far'`` or ``'random'`` (needs `rng`).
+      rng: PRNG key for ``rekey='random'``; the same key makes a repeated request a no-op.
+      count_with_masks: count on the current masked model (see the module docstring).
+      eval_fn: maps variables to a metrics dict; recorded before and after in the audit.
+
+    Returns:
+      (new variables, :class:`AuditRecord`).
+    """
+    cfg = model.config
+    _common_checks(model, variables, mode, rekey, rng, hard)
+    n_a = _checks.check_n(n_a, cfg.num_keys, "n_a")
+    if (forget_x is None) == (usage is None):
+        raise ValueError("unlearn_via_activations: pass exactly one of forget_x or usage.")
+    if usage is not None:
+        if classes is None:
+            raise ValueError("unlearn_via_activations: usage needs the forget classes= as well.")
+        _checks.check_histogram(usage, cfg)
+        classes = _checks.check_classes(classes, cfg.num_classes)
+        usage = jnp.asarray(usage)
+        forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
+        selection = sel_lib.mask_top_n_per_class(usage, forget, n_a)
+        forget_counts = jnp.sum(jnp.where(forget[:, None, None], usage, 0), axis=0)
+        retain_counts = jnp.sum(jnp.where(forget[:, None, None], 0, usage), axis=0)
+        source = "usage histogram"
+    else:
+        if classes is not None:
+            classes = _checks.check_classes(classes, cfg.num_classes)
+        idx, valid = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
+        forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
+        selection = sel_lib.mask_top_n(forget_counts, n_a)
+        retain_counts = None
+        if retain_aware is not None:
+            if retain_x is None:
+                raise ValueError("retain_aware with forget_x needs retain_x (retain embeddings).")
+            retain_counts = usage_from_codes(
+                *_codes_of(model, variables, retain_x, "retain_x", count_with_masks), cfg.num_keys
+            )
+        source = "data pass"
+    selection, spared, extra = _apply_retain_aware(
+        selection, forget_counts, retain_counts, retain_aware
+    )
+    params = {"n_a": n_a, "source": source, "count_with_masks": count_with_masks, **extra}
+    return _finish(
+        variables, selection, method="uva", params=params, mode=mode, hard=hard, rekey=rekey,
+        rng=rng, spared=spared, eval_fn=eval_fn, classes=classes,
+    )  # fmt: skip
+
+
+def unlearn_via_examples(
+    model: DKVB,
+    variables: dict,
+    forget_x=None,
+    *,
+    codes: Codes | None = None,
+    n_e: int | None = None,
+    classes=None,
+    retain_x=None,
+    retain_codes: Codes | None = None,
+    retain_aware: RetainAware | None = None,
+    mode: masking.MaskMode = "search",
+    hard: bool = False,
+    rekey: masking.Rekey = None,
+    rng: jax.Array | None = None,
+    count_with_masks: bool = False,
+    eval_fn: EvalFn | None = None,
+    method: str = "uve",
+    example_ids=None,
+) -> tuple[dict, AuditRecord]:
+    """UvE: masks every key retrieved by the first `n_e` forget examples.
+
+    Args:
+      forget_x: forget embeddings `[n, embed_dim]`, or
+      codes: their precomputed codes (indices, valid) `[n, codebooks, top_k]`.
+      n_e: examples to use (the first `n_e` rows; shuffle beforehand for a random subset);
+        None uses all of them.
+      classes: forget class ids, recorded in the audit.
+      retain_x / retain_codes: retain data, needed with `retain_aware`.
+      Others as in :func:`unlearn_via_activations`.
+
+    Returns:
+      (new variables, :class:`AuditRecord`).
+    """
+    cfg = model.config
+    _common_checks(model, variables, mode, rekey, rng, hard)
+    if (forget_x is None) == (codes is None):
+        raise ValueError(f"{method}: pass exactly one of forget_x or codes.")
+    if classes is not None:
+        classes = _checks.check_classes(classes, cfg.num_classes)
+    if codes is None:
+        codes = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
+    idx, valid = _check_codes(codes, cfg, "codes")
+    if n_e is not None:
+        n_e = _checks.check_n(n_e, idx.shape[0], "n_e")
+        idx, valid = idx[:n_e], valid[:n_e]
+    forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
+    selection = forget_counts > 0
+    retain_counts = None
+    if retain_aware is not None:
+        if (retain_x is None) == (retain_codes is None):
+            raise ValueError(
+                f"{method}: retain_aware needs exactly one of retain_x or retain_codes."
+            )
+        if retain_codes is None:
+            retain_codes = _codes_of(model, variables, retain_x, "retain_x", count_with_masks)
+        retain_counts = usage_from_codes(
+            *_check_codes(retain_codes, cfg, "retain_codes"), cfg.num_keys
+        )
+    selection, spared, extra = _apply_retain_aware(
+        selection, forget_counts, retain_counts, retain_aware
+    )
+    params = {"n_e": int(idx.shape[0]), "count_with_masks": count_with_masks, **extra}
+    return _finish(
+        variables, selection, method=method, params=params, mode=mode, hard=hard, rekey=rekey,
+        rng=rng, spared=spared, eval_fn=eval_fn, classes=classes, examples=example_ids,
+    )  # fmt: skip
+
+
+def forget_classes(
+    model: DKVB,
+    variables: dict,
+    classes,
+    n_a: int,
+    *,
+    usage=None,
+    x=None,
+    y=None,
+    **kwargs,
+) -> tuple[dict, AuditRecord]:
+    """Forgets one or several classes at once with UvA (each class loses its top `n_a` keys).
+
+    Args:
+      classes: class id or ids; forgetting every class is refused.
+      n_a: keys per codebook and class.
+      usage: stored per-class histogram `[classes, codebooks, keys]`, or
+      x, y: labelled training embeddings and labels to build it (one data pass, unmasked).
+      **kwargs: retain_aware, mode, hard, rekey, rng, eval_fn as in
+        :func:`unlearn_via_activations`.
+    """
+    cfg = model.config
+    _checks.check_variables(cfg, variables)
+    if (usage is None) == (x is None):
+        raise ValueError("forget_classes: pass exactly one of usage or (x, y).")
+    if usage is None:
+        if y is None:
+            raise ValueError("forget_classes: x needs its labels y.")
+        _validation.check_embeddings(x, cfg.embed_dim, name="x", allow_tokens=False)
+        _validation.check_labels(y, cfg.num_classes, n=x.shape[0], name="y")
+        idx, valid = compute_codes(model, masking.clear_masks(variables, ("search",)), x)
+        usage = usage_from_codes(idx, valid, cfg.num_keys, jnp.asarray(y), cfg.num_classes)
+    new, record = unlearn_via_activations(
+        model, variables, n_a, usage=usage, classes=classes, **kwargs
+    )
+    return new, dataclasses.replace(record, method="forget_classes")
+
+
+def forget_examples(
+    model: DKVB,
+    variables: dict,
+    example_ids,
+    *,
+    codes: Codes | None = None,
+    x=None,
+    retain_aware: RetainAware | None = None,
+    **kwargs,
+) -> tuple[dict, AuditRecord]:
+    """Sample-level forgetting: masks every pair the named training examples retrieve.
+
+    Args:
+      example_ids: int ids (rows of `codes` / `x`) of the examples to forget.
+      codes: codes (indices, valid) `[n, codebooks, top_k]` of the whole training set, computed
+        once (e.g. by value training), or
+      x: the training embeddings `[n, embed_dim]`.
+      retain_aware: spare keys that the other training examples use far more.
+      **kwargs: mode, hard, rekey, rng, eval_fn as in :func:`unlearn_via_activations`.
+    """
+    cfg = model.config
+    _checks.check_variables(cfg, variables)
+    if (codes is None) == (x is None):
+        raise ValueError("forget_examples: pass exactly one of codes or x.")
+    if codes is None:
+        codes = _codes_of(model, variables, x, "x", False)
+    idx, valid = _check_codes(codes, cfg, "codes")
+    ids = _checks.check_example_ids(example_ids, idx.shape[0])
+    keep = np.ones(idx.shape[0], bool)
+    keep[ids] = False
+    retain_codes = (idx[keep], valid[keep]) if retain_aware is not None and keep.any() else None
+    if retain_aware is not None and retain_codes is None:
+        raise ValueError("forget_examples: every example is named, nothing is left to retain.")
+    return unlearn_via_examples(
+        model, variables, codes=(idx[ids], valid[ids]), retain_codes=retain_codes,
+        retain_aware=retain_aware, method="forget_examples", example_ids=ids.tolist(), **kwargs,
+    )  # fmt: skip

@@ -1,0 +1,140 @@
+"""Sweeps over N_a / N_e: the smallest setting that drives forget accuracy to a target.
+
+The paper's Figures 2-3: forget- and retain-class accuracy on a validation split as functions
+of N. Validation codes are ranked once (:mod:`fast_eval`), then every N is evaluated by one
+jitted `vmap` over N: no nearest-key search per setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dkvb_jax import _validation
+from dkvb_jax.model import DKVB
+from dkvb_jax.training import compute_codes
+from dkvb_jax.unlearning import _checks, fast_eval, masking
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Accuracy along a sweep.
+
+    Attributes:
+      method: ``uva`` or ``uve``.
+      ns: the N values tried, increasing.
+      forget_accuracy: validation accuracy on the forget classes, one per N.
+      retain_accuracy: validation accuracy on the other classes, one per N.
+      baseline: (forget, retain) accuracy of the model before unlearning.
+      target: the forget-accuracy target.
+      smallest_n: the smallest N reaching ``forget_accuracy <= target``; None if none does.
+    """
+
+    method: str
+    ns: list[int]
+    forget_accuracy: list[float]
+    retain_accuracy: list[float]
+    baseline: tuple[float, float]
+    target: float
+    smallest_n: int | None
+
+    def to_rows(self) -> list[dict]:
+        return [
+            {"n": n, "forget_accuracy": f, "retain_accuracy": r}
+            for n, f, r in zip(self.ns, self.forget_accuracy, self.retain_accuracy, strict=True)
+        ]
+
+
+def _check_ns(ns, upper: int, name: str) -> list[int]:
+    ns = sorted({_checks.check_n(n, upper, name) for n in ns}) if len(ns) else []
+    if not ns:
+        raise ValueError(f"{name} values are empty: give at least one N to try.")
+    return ns
+
+
+def _result(method, ns, fs, rs, base, target):
+    fs, rs = np.asarray(fs).tolist(), np.asarray(rs).tolist()
+    hit = [n for n, f in zip(ns, fs, strict=True) if f <= target]
+    return SweepResult(
+        method, ns, fs, rs, (float(base[0]), float(base[1])), target, hit[0] if hit else None
+    )
+
+
+def sweep_uva(
+    model: DKVB,
+    variables: dict,
+    usage,
+    classes,
+    val_x,
+    val_y,
+    ns,
+    *,
+    target: float = 0.0,
+    mode: masking.MaskMode = "search",
+) -> SweepResult:
+    """Forget/retain validation accuracy of UvA for every N_a in `ns`, from a stored histogram.
+
+    Args:
+      model, variables: the trained DKVB.
+      usage: per-class histogram `[classes, codebooks, keys]`.
+      classes: forget class id(s).
+      val_x, val_y: validation embeddings `[m, embed_dim]` and labels `[m]`.
+      ns: N_a values to try.
+      target: forget accuracy to reach.
+      mode: mask mode.
+    """
+    cfg = model.config
+    _checks.check_variables(cfg, variables)
+    _checks.check_histogram(usage, cfg)
+    masking.check_mode(mode)
+    classes = _checks.check_classes(classes, cfg.num_classes)
+    _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
+    _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
+    ns = _check_ns(list(ns), cfg.num_keys, "ns")
+    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
+    ranked = fast_eval.ranked_codes(model, variables, val_x, max(ns) * len(classes) + cfg.top_k)
+    y = jnp.asarray(val_y)
+    usage = jnp.asarray(usage)
+    fn = lambda n: fast_eval.uva_metrics(model, variables, usage, forget, n, *ranked, y, mode)
+    fs, rs = jax.vmap(fn)(jnp.asarray(ns))
+    return _result("uva", ns, fs, rs, fn(0), target)
+
+
+def sweep_uve(
+    model: DKVB,
+    variables: dict,
+    forget_x,
+    classes,
+    val_x,
+    val_y,
+    ns,
+    *,
+    target: float = 0.0,
+    mode: masking.MaskMode = "search",
+) -> SweepResult:
+    """Forget/retain validation accuracy of UvE for every N_e in `ns`.
+
+    Args:
+      forget_x: forget examples `[n, embed_dim]`; N_e uses the first N_e rows.
+      classes: the forget class id(s) the examples belong to (for the accuracy split).
+      Others as in :func:`sweep_uva`.
+    """
+    cfg = model.config
+    _checks.check_variables(cfg, variables)
+    masking.check_mode(mode)
+    classes = _checks.check_classes(classes, cfg.num_classes)
+    _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
+    _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
+    _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
+    ns = _check_ns(list(ns), forget_x.shape[0], "ns")
+    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
+    codes = compute_codes(model, masking.clear_masks(variables, ("search",)), forget_x[: max(ns)])
+    depth = max(ns) * cfg.top_k + cfg.top_k
+    ranked = fast_eval.ranked_codes(model, variables, val_x, depth)
+    y = jnp.asarray(val_y)
+    fn = lambda n: fast_eval.uve_metrics(model, variables, codes, forget, n, *ranked, y, mode)
+    fs, rs = jax.vmap(fn)(jnp.asarray(ns))
+    return _result("uve", ns, fs, rs, fn(0), target)
