@@ -33,7 +33,6 @@ from dkvb_jax.training import values as values_lib
 from dkvb_jax.training.usage import usage_from_codes as _usage_from_codes
 from dkvb_jax.training.values import TrainHistory, ValueTrainConfig, smoothed_cross_entropy
 
-
 # ----------------------------------------------------------------------------------------------
 # Codes and key usage.
 
@@ -359,7 +358,7 @@ def train_values(
     mesh: Mesh,
     *,
     key: jax.Array,
-    config: ValueTrainConfig = ValueTrainConfig(),
+    config: ValueTrainConfig | None = None,
     progress: bool = True,
 ) -> tuple[dict, TrainHistory]:
     """Data-parallel :func:`dkvb_jax.training.train_values` (gradients averaged over devices).
@@ -368,6 +367,7 @@ def train_values(
       New variables (only ``params`` changed, replicated) and the per-epoch history (without
       eval accuracy; use :func:`evaluate`).
     """
+    config = ValueTrainConfig() if config is None else config
     cfg = model.config
     _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
