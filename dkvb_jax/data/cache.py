@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -116,6 +117,32 @@ def _fsync_replace(tmp: pathlib.Path, final: pathlib.Path) -> None:
     os.replace(tmp, final)
 
 
+def _read_npy(file: pathlib.Path, sha256: str | None) -> np.ndarray:
+    """Reads a .npy in one pass, checking its sha256 on the same bytes it parses."""
+    data = bytearray(file.stat().st_size)
+    with open(file, "rb") as f:
+        if f.readinto(data) != len(data):
+            raise ValueError(f"{file.name} changed size while being read")
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{file.name} does not match its sha256 in the manifest")
+    header = io.BytesIO(data[:4096])
+    version = np.lib.format.read_magic(header)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise ValueError(f"{file.name} has unsupported .npy version {version}")
+    shape, fortran, dtype = readers[version](header)
+    if dtype.hasobject:
+        raise ValueError(f"{file.name} holds Python objects, not numbers")
+    count = int(np.prod(shape))
+    if header.tell() + count * dtype.itemsize != len(data):
+        raise ValueError(f"{file.name} has {len(data)} bytes, its header says {shape} {dtype}")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
 def _load(path: pathlib.Path, key: dict, num_examples: int, verify: str) -> CachedEmbeddings:
     """Loads and checks an entry; raises ValueError saying what is wrong."""
     manifest_file = path / "manifest.json"
@@ -140,9 +167,7 @@ def _load(path: pathlib.Path, key: dict, num_examples: int, verify: str) -> Cach
         if not file.exists() or file.stat().st_size != meta["bytes"]:
             size = file.stat().st_size if file.exists() else "missing"
             raise ValueError(f"{file.name} has size {size}, manifest says {meta['bytes']}")
-        if verify == "hash" and _sha256(file) != meta["sha256"]:
-            raise ValueError(f"{file.name} does not match its sha256 in the manifest")
-        arrays[name] = np.load(file, allow_pickle=False)
+        arrays[name] = _read_npy(file, meta["sha256"] if verify == "hash" else None)
     emb = arrays["embeddings"]
     expected = (num_examples, manifest["embed_dim"])
     if emb.shape != expected or emb.dtype != np.dtype(manifest["dtype"]):
