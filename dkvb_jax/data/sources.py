@@ -103,6 +103,19 @@ class ImageSource(abc.ABC):
     def _read_one(self, index: int) -> tuple[np.ndarray, int, str]:
         """Returns (uint8 [H, W, 3] image already resized, label, a name for error messages)."""
 
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """One example, unbatched: ``{'image': uint8 [H, W, 3], 'label': int32, 'id': int64}``.
+
+        This makes every source a random-access source for grain, e.g.
+        ``grain.MapDataset.source(src).shuffle(seed=0).batch(32)``, for users who want grain's
+        pipelines; ``batches`` is the library's own (no extra dependency, padding + ``valid``).
+        """
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"Index {index} out of range for {len(self)} examples.")
+        img, label, _ = self._read_one(index)
+        return {"image": img, "label": np.int32(label), "id": np.int64(index)}
+
     def read(self, indices: Sequence[int] | np.ndarray) -> Batch:
         """Reads examples by index into a batch; ``-1`` entries become padding rows.
 

@@ -111,3 +111,17 @@ def test_resize_is_identity_at_target_and_keeps_solid_colour():
 def test_bad_input_is_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         ArraySource(**kwargs).read([0])
+
+
+def test_sources_are_grain_random_access_sources():
+    grain = pytest.importorskip("grain")
+    src, imgs = _source(n=10)
+    ds = grain.MapDataset.source(src)[1::2].shuffle(seed=3).batch(2, drop_remainder=False)
+    batches = list(ds)
+    ids = np.concatenate([b["id"] for b in batches])
+    np.testing.assert_array_equal(np.sort(ids), [1, 3, 5, 7, 9])
+    for b in batches:
+        np.testing.assert_array_equal(b["image"], imgs[b["id"]])
+        assert b["label"].dtype == np.int32
+    with pytest.raises(IndexError):
+        src[10]
