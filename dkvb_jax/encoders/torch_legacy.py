@@ -9,7 +9,7 @@ storage bytes.
 Unpickling is restricted: `find_class` admits only the names a state dict needs
 (`collections.OrderedDict`, `torch._utils._rebuild_tensor[_v2]`, `_rebuild_parameter` and the
 `torch.*Storage` types, all mapped to local stand-ins), so a file cannot run code; anything else
-raises `pickle.UnpicklingError`. Tensors come back as NumPy arrays.
+raises `UnsafePickleError` (a `pickle.UnpicklingError`). Tensors come back as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import io
 import os
 import pathlib
 import pickle
+import struct
 from typing import Any, BinaryIO
 
 import ml_dtypes
@@ -35,6 +36,10 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     'ShortStorage': np.dtype('<i2'), 'CharStorage': np.dtype('i1'),
     'ByteStorage': np.dtype('u1'), 'BoolStorage': np.dtype('?'),
 }
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+  """The file asks for a global outside the allow-list; nothing from it was executed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +98,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(
+      raise UnsafePickleError(
           f'refusing to unpickle global {module}.{name}: only plain tensors, dicts and '
           'OrderedDicts are allowed in a weights file (it may be malicious or not a state '
           'dict).') from None
@@ -112,8 +117,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _load_one(f: BinaryIO, what: str) -> Any:
   try:
     return _RestrictedUnpickler(f).load()
+  except UnsafePickleError:
+    raise
   except EOFError as e:
     raise ValueError(f'{what}: the file ends early (truncated download?).') from e
+  except (pickle.UnpicklingError, TypeError, IndexError, struct.error) as e:
+    raise ValueError(f'{what}: corrupt or truncated pickle ({e}).') from e
 
 
 def _read_storages(f: BinaryIO, keys: list[str], refs: dict[str, _StorageRef],
@@ -187,7 +196,7 @@ def load_legacy(path: str | os.PathLike[str] | BinaryIO) -> Any:
   Raises:
     FileNotFoundError: no such file.
     ValueError: not a legacy torch file, or truncated / corrupt.
-    pickle.UnpicklingError: the pickle names a global outside the allow-list.
+    UnsafePickleError: the pickle names a global outside the allow-list (nothing is run).
   """
   if isinstance(path, (str, os.PathLike)):
     p = pathlib.Path(path)
@@ -203,10 +212,10 @@ def _load(f: BinaryIO, source: str) -> Any:
   f.seek(-len(head), io.SEEK_CUR)
   if head.startswith(b'PK'):
     raise ValueError(f'{source}: this is the zip-based torch.save format (PyTorch >= 1.6), not '
-                     'the legacy format; load it with torch.load(weights_only=True) instead.')
+                     'the legacy format; read it with dkvb_jax.encoders.state_dict.load_state_dict.')
   try:
     magic = _load_one(f, source)
-  except pickle.UnpicklingError as e:
+  except ValueError as e:
     raise ValueError(f'{source}: not a PyTorch legacy file ({e}).') from e
   if magic != MAGIC_NUMBER:
     raise ValueError(f'{source}: not a PyTorch legacy file (bad magic number).')
