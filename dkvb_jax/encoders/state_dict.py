@@ -295,7 +295,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     if len(size) != len(stride) or any(s < 0 for s in size + stride) or storage_offset < 0:
         raise pickle.UnpicklingError(f"malformed tensor: size {size}, stride {stride}")
     if 0 not in size:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= array.size:
             raise pickle.UnpicklingError(
                 f"tensor of size {size} at offset {storage_offset} runs past its storage of "
@@ -587,6 +587,7 @@ def torch_to_flax(
             continue
         out[path] = jnp.asarray(to_flax(value).astype(np.float32), dtype)
     unexpected = sorted(k for k in state_dict if k not in used and not ignore(k))
+    missing.sort(), misshaped.sort()
     if missing or misshaped or unexpected:
         parts = [
             f"{architecture}: the state dict does not match the architecture "
