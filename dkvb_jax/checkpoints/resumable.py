@@ -1,0 +1,192 @@
+"""Value training that checkpoints after every epoch and resumes where it stopped.
+
+`fit_values` runs exactly the core's epochs (:func:`dkvb_jax.training.train_values`: the same
+per-epoch PRNG keys, codes and jitted epoch function), saving ``params``, the optimiser state
+and the history after each one. Called again on the same directory it restores the latest
+complete epoch and continues, so an interrupted run ends bit-identical to an uninterrupted one.
+A directory written for another model, training setting, dataset or key is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from dkvb_jax import _validation
+from dkvb_jax.checkpoints import _orbax
+from dkvb_jax.checkpoints._orbax import CheckpointError
+from dkvb_jax.model import DKVB
+from dkvb_jax.training import values as values_lib
+from dkvb_jax.training.codes import compute_codes
+from dkvb_jax.training.values import TrainHistory, ValueTrainConfig
+
+FORMAT = "dkvb_jax.fit_values"
+ITEMS = ("state", "meta")
+
+
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _run_identity(model, variables, x, y, key, config) -> dict:
+    """What must match for a resume to continue the same run."""
+    return {
+        "model_config": model.config.to_dict(),
+        "train_config": dataclasses.asdict(config),
+        "data": _fingerprint(x, y),
+        "frozen_and_mask": _fingerprint(*jax.tree.leaves((variables["frozen"], variables["mask"]))),
+        "initial_params": _fingerprint(*jax.tree.leaves(variables["params"])),
+        "key": _fingerprint(jax.random.key_data(key)),
+    }
+
+
+def fit_values(
+    model: DKVB,
+    variables: dict,
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    *,
+    key: jax.Array,
+    directory: str | pathlib.Path,
+    config: ValueTrainConfig | None = None,
+    max_to_keep: int = 3,
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+    on_epoch_end: Callable[[int, dict, TrainHistory], None] | None = None,
+    progress: bool = True,
+) -> tuple[dict, TrainHistory]:
+    """Resumable :func:`dkvb_jax.training.train_values`, checkpointing after each epoch.
+
+    Args:
+      model, variables, x, y, key, config, eval_data, progress: as for `train_values`.
+      directory: where the per-epoch checkpoints go; if it holds checkpoints of this same run,
+        training resumes after the latest one.
+      max_to_keep: how many of the newest epoch checkpoints to keep.
+      on_epoch_end: called as `on_epoch_end(epoch, variables, history)` after each epoch's
+        checkpoint is committed (`epoch` counts from 1).
+
+    Returns:
+      The trained variables and the full history (restored epochs included).
+
+    Raises:
+      CheckpointError: `directory` holds checkpoints of a different run (model, training
+        config, data, initial variables or key), or a corrupt checkpoint.
+    """
+    config = ValueTrainConfig() if config is None else config
+    _validation.check_positive_int(max_to_keep, "max_to_keep")
+    cfg = model.config
+    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
+    identity = _run_identity(model, variables, x, y, key, config)
+
+    use_codes = cfg.splitter != "learned"
+    inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
+    eval_inputs = None
+    if eval_data is not None:
+        xe, ye = eval_data
+        _validation.check_embeddings(xe, cfg.embed_dim, name="eval embeddings", allow_tokens=False)
+        _validation.check_labels(ye, cfg.num_classes, n=xe.shape[0], name="eval labels")
+        eval_inputs = compute_codes(model, variables, xe) if use_codes else (jnp.asarray(xe),)
+        ye = jnp.asarray(ye)
+    n = x.shape[0]
+    batch_size = min(config.batch_size, n)
+    tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
+    opt_state = tx.init(variables["params"])
+    y = jnp.asarray(y, jnp.int32)
+    history = TrainHistory([], [], [])
+    epoch_keys = jax.random.split(key, config.epochs)
+
+    directory = pathlib.Path(directory)
+    with _orbax.manager(directory, ITEMS, max_to_keep=max_to_keep) as mgr:
+        start = 0
+        if mgr.latest_step() is not None:
+            start, params, opt_state, history = _restore(
+                mgr, directory, identity, variables["params"], opt_state
+            )
+            variables = {**variables, "params": params}
+        bar = tqdm(
+            range(start, config.epochs), desc="value training (resumable)", disable=not progress
+        )
+        for epoch in bar:
+            params, opt_state, loss, acc = values_lib._train_epoch(
+                model, use_codes, tx, batch_size, config.label_smoothing,
+                variables, opt_state, inputs, y, epoch_keys[epoch],
+            )  # fmt: skip
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"value training diverged (loss {loss}) at epoch {epoch + 1}; lower "
+                    f"ValueTrainConfig.learning_rate (now {config.learning_rate})."
+                )
+            variables = {**variables, "params": params}
+            history.loss.append(loss)
+            history.accuracy.append(float(acc))
+            if eval_inputs is not None:
+                history.eval_accuracy.append(
+                    float(values_lib._accuracy(model, use_codes, variables, eval_inputs, ye))
+                )
+            meta = {
+                "format": FORMAT,
+                "epoch": epoch + 1,
+                "identity": identity,
+                "history": history._asdict(),
+            }
+            mgr.save(
+                epoch + 1,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+            )
+            mgr.wait_until_finished()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, variables, history)
+    return variables, history
+
+
+def _restore(mgr, directory: pathlib.Path, identity: dict, params, opt_state):
+    step = _orbax.resolve_step(mgr, directory, None)
+    _orbax.check_committed(directory, step, ITEMS)
+    where = directory / str(step)
+    try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises many types for unreadable files
+        raise CheckpointError(f"Training checkpoint {where} is truncated or corrupt: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a fit_values checkpoint; use an empty directory.")
+    saved = meta.get("identity", {})
+    differ = sorted(k for k in identity if saved.get(k) != identity[k])
+    if differ:
+        raise CheckpointError(
+            f"{directory} holds checkpoints of a different training run (differs in: "
+            f"{', '.join(differ)}). Resume with the same model, config, data, variables and key, "
+            "or use a new directory."
+        )
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+        {"params": params, "opt_state": opt_state},
+    )
+    try:
+        state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+            "state"
+        ]
+    except Exception as e:  # orbax / tensorstore raise many types for damaged files
+        raise CheckpointError(
+            f"Training checkpoint {where} is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e)[:300]}); delete that step to resume from the one before."
+        ) from e
+    h = meta["history"]
+    history = TrainHistory(list(h["loss"]), list(h["accuracy"]), list(h["eval_accuracy"]))
+    return int(meta["epoch"]), state["params"], state["opt_state"], history
