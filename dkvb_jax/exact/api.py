@@ -35,6 +35,8 @@ from dkvb_jax.training.codes import compute_codes
 
 Data = np.ndarray | jax.Array | tuple[jax.Array, jax.Array]
 _INT32_MAX = np.iinfo(np.int32).max
+DEFAULT_ESTIMATOR = EstimatorConfig()
+DEFAULT_STATS = StatsConfig()
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -51,7 +53,7 @@ def _count(indices, labels, rank_weights, weights, num_keys, num_classes):
 
 
 def values_without(
-    stats: LabelStats, forget: jax.Array, config: EstimatorConfig = EstimatorConfig()
+    stats: LabelStats, forget: jax.Array, config: EstimatorConfig = DEFAULT_ESTIMATOR
 ) -> tuple[jax.Array, jax.Array]:
     """Values after removing the store rows flagged in `forget`; pure, jit- and vmap-able.
 
@@ -212,8 +214,8 @@ def fit_exact(
     labels: np.ndarray | jax.Array,
     ids: np.ndarray | Sequence[int] | None = None,
     *,
-    estimator: EstimatorConfig = EstimatorConfig(),
-    stats_config: StatsConfig = StatsConfig(),
+    estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
+    stats_config: StatsConfig = DEFAULT_STATS,
     key_init_ids: np.ndarray | Sequence[int] | None = None,
     batch_size: int = 1024,
 ) -> tuple[dict, LabelStats]:
@@ -270,7 +272,7 @@ def add_examples(
     labels: np.ndarray | jax.Array,
     ids: np.ndarray | Sequence[int],
     *,
-    estimator: EstimatorConfig = EstimatorConfig(),
+    estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     batch_size: int = 1024,
     verify_keys: bool = True,
 ) -> tuple[dict, LabelStats, ExactAuditRecord]:
@@ -319,7 +321,7 @@ def remove_examples(
     stats: LabelStats,
     ids: np.ndarray | Sequence[int],
     *,
-    estimator: EstimatorConfig = EstimatorConfig(),
+    estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     keys_independent: bool | None = None,
     verify_keys: bool = True,
     _method: str = "exact_remove",
@@ -397,7 +399,7 @@ def forget_classes(
     stats: LabelStats,
     classes: int | Sequence[int],
     *,
-    estimator: EstimatorConfig = EstimatorConfig(),
+    estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     keys_independent: bool | None = None,
     verify_keys: bool = True,
 ) -> tuple[dict, LabelStats, ExactAuditRecord]:
