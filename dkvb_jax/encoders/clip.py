@@ -15,6 +15,8 @@ the list of unexpected keys.
 
     module, variables, preprocess, embed_dim, input_size = clip_vit_b32_encoder('ViT-B-32.safetensors')
     z = module.apply(variables, preprocess(images_uint8))   # [batch, 512]
+
+Registered as `get_encoder('clip_vit_b32', path=...)` in `dkvb_jax.encoders.registry`.
 """
 
 from __future__ import annotations
@@ -244,3 +246,19 @@ def clip_vit_b32_encoder(
     module, variables = load_clip_visual(checkpoint_path, config)
     preprocess = make_preprocess(config.image_size, CLIP_MEAN, CLIP_STD, "bicubic")
     return module, variables, preprocess, config.output_dim, config.image_size
+
+
+def _registry_factory(path: str | os.PathLike[str], *, config: CLIPVisionConfig | None = None):
+    """`get_encoder('clip_vit_b32', path=...)`: the registry's `path=` convention."""
+    return clip_vit_b32_encoder(path, **({"config": config} if config is not None else {}))
+
+
+def _register() -> None:
+    # The registry imports this module as a plugin; registering here keeps the name next to the
+    # code it names.
+    from dkvb_jax.encoders.registry import register_encoder
+
+    register_encoder("clip_vit_b32", _registry_factory)
+
+
+_register()

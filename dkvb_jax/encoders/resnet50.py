@@ -9,6 +9,8 @@ batch_stats mean/var (`num_batches_tracked` is ignored). Blocks are torchvision'
     module, variables, preprocess, embed_dim, input_size = resnet50_encoder('resnet50.pth')
     z = module.apply(variables, preprocess(images_uint8))                    # [batch, 2048]
     logits = module.apply(variables, preprocess(images_uint8), logits=True)  # [batch, 1000]
+
+Registered as `get_encoder('resnet50', path='resnet50.pth')` in `dkvb_jax.encoders.registry`.
 """
 
 from __future__ import annotations
@@ -202,3 +204,19 @@ def resnet50_encoder(
 
 def _depth_name(config: ResNetConfig) -> str:
     return f"-{3 * sum(config.stage_sizes) + 2}"
+
+
+def _registry_factory(path: str | os.PathLike[str], *, config: ResNetConfig | None = None):
+    """`get_encoder('resnet50', path=...)`: the registry's `path=` convention."""
+    return resnet50_encoder(path, **({"config": config} if config is not None else {}))
+
+
+def _register() -> None:
+    # The registry imports this module as a plugin; registering here keeps the name next to the
+    # code it names.
+    from dkvb_jax.encoders.registry import register_encoder
+
+    register_encoder("resnet50", _registry_factory)
+
+
+_register()

@@ -245,6 +245,14 @@ def test_factory_returns_registry_tuple(checkpoints):
     np.testing.assert_allclose(np.asarray(preprocess(mean_pixel)), 0.0, atol=1e-5)
 
 
+def test_registered_in_get_encoder(checkpoints):
+    from dkvb_jax.encoders.registry import get_encoder
+
+    encoder = get_encoder("clip_vit_b32", path=checkpoints["openai_fp16_pt"][0], config=TINY)
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    assert encoder.embed(pixels, batch_size=2).shape == (3, TINY.output_dim)
+
+
 def test_unpreprocessed_images_are_rejected(checkpoints):
     module, variables = clip.load_clip_visual(checkpoints["visual_only_pt"][0], TINY)
     with pytest.raises(ValueError, match="preprocess_fn"):

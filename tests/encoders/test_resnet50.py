@@ -237,6 +237,14 @@ def test_factory_returns_registry_tuple(checkpoints):
     assert jax.jit(module.apply)(variables, x).shape == (3, embed_dim) and embed_dim == TINY.embed_dim
 
 
+def test_registered_in_get_encoder(checkpoints):
+    from dkvb_jax.encoders.registry import get_encoder
+
+    encoder = get_encoder("resnet50", path=checkpoints[1]["pt"], config=TINY)
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert encoder.embed(pixels, batch_size=2).shape == (3, TINY.embed_dim)
+
+
 def test_headless_checkpoint_loads_and_refuses_logits(checkpoints, tmp_path):
     state = {k: v for k, v in checkpoints[0].items() if not k.startswith("fc.")}
     sd.save_torch_zip(state, tmp_path / "headless.pt")
