@@ -105,15 +105,16 @@ def _flax_key(torch_name: str) -> tuple[str, str, Any]:
   if len(path) >= 2 and path[0].startswith('layer'):
     path = [f'{path[0]}_{path[1]}'] + path[2:]
   module = '/'.join(path)
-  if leaf == 'weight' and path[-1].startswith('conv'):
+  kind = path[-1].rstrip('0123456789') if path else ''
+  if kind == 'conv' and leaf == 'weight':
     return 'params', f'{module}/kernel', lambda w: np.transpose(w, (2, 3, 1, 0))  # OIHW->HWIO
-  if leaf == 'weight' and path[-1] == 'linear':
-    return 'params', f'{module}/kernel', np.transpose
-  table = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-           'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
-  if leaf not in table:
+  if kind == 'linear' and leaf in ('weight', 'bias'):
+    return 'params', f'{module}/{"kernel" if leaf == "weight" else "bias"}', np.transpose
+  bn_leaves = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+               'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+  if kind != 'bn' or leaf not in bn_leaves:
     raise KeyError(torch_name)
-  collection, flax_leaf = table[leaf]
+  collection, flax_leaf = bn_leaves[leaf]
   return collection, f'{module}/{flax_leaf}', lambda w: w
 
 
