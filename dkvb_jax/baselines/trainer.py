@@ -292,19 +292,17 @@ def train_loop(
         compiled.append((step, per_call, context))
 
     monitors = {name: split for name, split in monitor.items() if split is not None}
-    meters = {
-        name: compiled_accuracy(apply_fn, variables, x, y, batch_size=eval_batch_size)
-        for name, (x, y) in monitors.items()
-    }
+    meter, meter_flops = compiled_accuracy(
+        apply_fn, variables, monitors, batch_size=eval_batch_size
+    )
     monitor_flops, monitor_wall = 0.0, 0.0
 
     def measure(params):
         nonlocal monitor_flops, monitor_wall
-        v = merge_params(rest, params)
         with Timer() as t:
-            accs = {name: float(fn(v)) for name, (fn, _) in meters.items()}
+            accs = {name: float(acc) for name, acc in meter(merge_params(rest, params)).items()}
         monitor_wall += t.seconds
-        monitor_flops += sum(flops for _, flops in meters.values())
+        monitor_flops += meter_flops
         return accs
 
     cost = CostRecord(method)

@@ -76,26 +76,34 @@ def accuracy(
 def compiled_accuracy(
     apply_fn: ApplyFn,
     variables: Mapping[str, Any],
-    x: jax.Array,
-    y: jax.Array,
+    splits: Mapping[str, tuple[jax.Array, jax.Array]],
     *,
     batch_size: int = 1024,
-) -> tuple[Callable[[Mapping[str, Any]], jax.Array], float]:
-    """Ahead-of-time compiled accuracy for a fixed split, reusable across epochs.
+) -> tuple[Callable[[Mapping[str, Any]], dict[str, jax.Array]], float]:
+    """Ahead-of-time compiled accuracy on several fixed splits at once, reusable across epochs.
+
+    Args:
+      splits: ``{name: (x [n, dim], y [n])}``.
 
     Returns:
-      ``(fn, flops)``: ``fn(variables) -> scalar accuracy`` (an array, no host sync) and the
-      XLA FLOPs of one call (used to account monitoring cost).
+      ``(fn, flops)``: ``fn(variables) -> {name: scalar accuracy}`` (arrays, no host sync) and
+      the XLA FLOPs of one call (used to account monitoring cost). One program covers every
+      split, so monitoring costs one compilation.
     """
-    validate_split(x, y, "accuracy input")
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    for name, (x, y) in splits.items():
+        validate_split(x, y, f"accuracy split {name!r}")
+    arrays = {name: (jnp.asarray(x), jnp.asarray(y)) for name, (x, y) in splits.items()}
 
-    # x and y are arguments, not closed-over constants, so large splits are not baked into the program.
-    def acc(v, x, y):
-        return jnp.mean(_correct(apply_fn, v, x, y, batch_size))
+    # The splits are arguments, not closed-over constants, so large arrays are not baked into
+    # the program.
+    def accs(v, arrays):
+        return {
+            name: jnp.mean(_correct(apply_fn, v, x, y, batch_size))
+            for name, (x, y) in arrays.items()
+        }
 
-    compiled, flops = compile_with_flops(acc, variables, x, y)
-    return (lambda v: compiled(v, x, y)), flops
+    compiled, flops = compile_with_flops(accs, variables, arrays)
+    return (lambda v: compiled(v, arrays)), flops
 
 
 def per_example_loss(
