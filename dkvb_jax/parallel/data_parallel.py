@@ -33,6 +33,16 @@ from dkvb_jax.training import values as values_lib
 from dkvb_jax.training.usage import usage_from_codes as _usage_from_codes
 from dkvb_jax.training.values import TrainHistory, ValueTrainConfig, smoothed_cross_entropy
 
+def _check_embeddings(x, embed_dim: int) -> None:
+    """The core's input check; a multi-host global array is checked shard by shard, since each
+    process can only read its own rows."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        for shard in x.addressable_shards:
+            _validation.check_embeddings(shard.data, embed_dim, allow_tokens=False)
+        return
+    _validation.check_embeddings(x, embed_dim, allow_tokens=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # Codes and key usage.
 
@@ -63,11 +73,13 @@ def codes(
       indices int32 `[n, codebooks, top_k]` (-1 where invalid) and valid bool, sharded over
       ``'data'`` along the examples.
     """
-    _validation.check_embeddings(x, model.config.embed_dim, allow_tokens=False)
+    _check_embeddings(x, model.config.embed_dim)
     _validation.check_positive_int(batch_size, "batch_size")
     n = x.shape[0]
     xs, _ = mesh_lib.shard_batch(x, mesh)
     indices, valid = _codes_sharded(model, mesh, batch_size, variables, xs)
+    if xs.shape[0] == n:
+        return indices, valid
     return indices[:n], valid[:n]
 
 
@@ -92,8 +104,18 @@ def usage_from_codes(
     mesh: Mesh,
     labels: jax.Array | None = None,
     num_classes: int | None = None,
+    *,
+    rows: jax.Array | None = None,
 ) -> jax.Array:
     """Usage histogram of codes `[n, codebooks, top_k]`, counted per device and `psum`-ed.
+
+    Args:
+      indices, valid: codes `[n, codebooks, top_k]` (host arrays, or split over ``'data'``).
+      num_keys: keys per codebook.
+      mesh: device mesh with a ``'data'`` axis.
+      labels: optional int `[n]`; with `num_classes`, counts per class.
+      num_classes: number of classes (required with `labels`).
+      rows: optional bool `[n]`; rows where it is False (padding) are not counted.
 
     Returns:
       int32 `[codebooks, keys]`, or `[classes, codebooks, keys]` with labels, replicated.
@@ -101,9 +123,9 @@ def usage_from_codes(
     if labels is not None and num_classes is None:
         raise ValueError("usage_from_codes: pass num_classes together with labels.")
     n = indices.shape[0]
-    idx, w = mesh_lib.shard_batch(indices, mesh)
+    idx, w = mesh_lib.shard_batch(indices, mesh, valid=rows)
     val, _ = mesh_lib.shard_batch(valid, mesh)
-    lab = np.zeros((n,), np.int32) if labels is None else np.asarray(labels, np.int32)
+    lab = np.zeros((n,), np.int32) if labels is None else labels
     lab, _ = mesh_lib.shard_batch(lab, mesh)
     return _usage_sharded(num_keys, None if labels is None else num_classes, mesh, idx, val, w, lab)
 
@@ -116,24 +138,30 @@ def key_usage(
     labels: np.ndarray | jax.Array | None = None,
     *,
     num_classes: int | None = None,
+    valid: np.ndarray | jax.Array | None = None,
     batch_size: int = 1024,
 ) -> jax.Array:
     """Data-parallel :func:`dkvb_jax.training.key_usage`: identical counts on any mesh.
+
+    Args:
+      valid: optional bool `[n]` marking real rows (e.g. from
+        :func:`dkvb_jax.parallel.distributed.global_batch`); others are not counted.
 
     Returns:
       int32 `[codebooks, keys]`, or `[classes, codebooks, keys]` when labels are given.
     """
     num_classes = model.config.num_classes if num_classes is None else num_classes
-    if labels is not None:
+    if labels is not None and getattr(labels, "is_fully_addressable", True):
         _validation.check_labels(labels, num_classes, n=x.shape[0])
-    indices, valid = codes(model, variables, x, mesh, batch_size=batch_size)
+    indices, codes_valid = codes(model, variables, x, mesh, batch_size=batch_size)
     return usage_from_codes(
         indices,
-        valid,
+        codes_valid,
         model.config.num_keys,
         mesh,
         labels,
         num_classes if labels is not None else None,
+        rows=valid,
     )
 
 
@@ -157,18 +185,28 @@ class EvalResult(NamedTuple):
     accuracy: float
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mesh"))
-def _evaluate_batches(model: DKVB, mesh: Mesh, variables, xb, yb, wb):
+@functools.partial(jax.jit, static_argnames=("model", "mesh", "per_device"))
+def _evaluate_sharded(model: DKVB, mesh: Mesh, per_device: int, variables, x, y, w):
+    size = mesh_lib.data_size(mesh)
+    steps = x.shape[0] // (size * per_device)
+    split = NamedSharding(mesh, P(None, DATA))
     rows = NamedSharding(mesh, P(DATA))
 
-    def body(batch):
-        x, y, w = batch
-        x = jax.lax.with_sharding_constraint(x, rows)
-        logits = jax.lax.with_sharding_constraint(model.apply(variables, x), rows)
-        return logits, jnp.sum((logits.argmax(-1) == y) & w)
+    def to_steps(a):
+        # Device d holds rows [d * m / size, (d + 1) * m / size): step through each device's own
+        # rows, so no example moves between devices.
+        a = a.reshape(size, steps, per_device, *a.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(a, split)
 
-    logits, correct = jax.lax.map(body, (xb, yb, wb))
-    return logits.reshape(-1, logits.shape[-1]), correct.sum()
+    def body(batch):
+        xb, yb, wb = (a.reshape(size * per_device, *a.shape[2:]) for a in batch)
+        xb = jax.lax.with_sharding_constraint(xb, rows)
+        logits = jax.lax.with_sharding_constraint(model.apply(variables, xb), rows)
+        return logits.reshape(size, per_device, -1), jnp.sum((logits.argmax(-1) == yb) & wb)
+
+    logits, correct = jax.lax.map(body, tuple(map(to_steps, (x, y, w))))
+    logits = logits.swapaxes(0, 1).reshape(x.shape[0], -1)
+    return jax.lax.with_sharding_constraint(logits, rows), correct.sum(), w.sum()
 
 
 def evaluate(
@@ -178,40 +216,46 @@ def evaluate(
     mesh: Mesh,
     y: np.ndarray | jax.Array | None = None,
     *,
+    valid: np.ndarray | jax.Array | None = None,
     batch_size: int = 256,
 ) -> EvalResult:
     """Logits and accuracy of embeddings `[n, embed_dim]`, data-parallel over `mesh`.
 
-    Each step evaluates `batch_size` rows per device (`batch_size * data devices` in all); the
-    last step is padded and its padding rows are masked out of the accuracy.
+    Each step evaluates up to `batch_size` rows per device; the data is padded to whole steps
+    and padding rows (and rows where `valid` is False) are masked out of the accuracy.
 
     Variables may be replicated or codebook-sharded (:func:`dkvb_jax.parallel.place_variables`
     on a ``data x codebook`` mesh); XLA then partitions the lookup over codebooks too.
+
+    Returns:
+      An :class:`EvalResult`; `logits` has one row per input row (padding rows of a multi-host
+      global array included, to be masked with `valid`).
     """
     cfg = model.config
-    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _check_embeddings(x, cfg.embed_dim)
     _validation.check_positive_int(batch_size, "batch_size")
     n = x.shape[0]
-    if y is not None:
+    if y is not None and getattr(y, "is_fully_addressable", True):
         _validation.check_labels(y, cfg.num_classes, n=n)
-    global_batch = batch_size * mesh_lib.data_size(mesh)
-    xp, valid = mesh_lib.pad_rows(x, global_batch)
-    yp, _ = mesh_lib.pad_rows(
-        np.zeros((n,), np.int32) if y is None else np.asarray(y), global_batch
-    )
-    steps = xp.shape[0] // global_batch
-    sharding = mesh_lib.batch_sharding(mesh, batch_axis=1)
-    xb, yb, wb = (
-        jax.device_put(a.reshape(steps, global_batch, *a.shape[1:]), sharding)
-        for a in (xp, yp.astype(np.int32), valid)
-    )
-    logits, correct = _evaluate_batches(model, mesh, variables, xb, yb, wb)
+    size = mesh_lib.data_size(mesh)
+    host = getattr(x, "is_fully_addressable", True)
+    # Host data is padded to whole steps of `batch_size` rows per device; a global array
+    # keeps its layout and is stepped in the largest per-device batch dividing its share.
+    xs, w = mesh_lib.shard_batch(x, mesh, multiple=size * batch_size if host else None, valid=valid)
+    labels = np.zeros((n,), np.int32) if y is None else y
+    ys, _ = mesh_lib.shard_batch(labels, mesh, multiple=size * batch_size if host else None)
+    share = xs.shape[0] // size
+    per_device = max(d for d in range(1, min(batch_size, share) + 1) if share % d == 0)
+    logits, correct, count = _evaluate_sharded(model, mesh, per_device, variables, xs, ys, w)
+    if host and xs.shape[0] != n:
+        logits = logits[:n]
     correct = int(correct) if y is not None else 0
+    count = int(count)
     return EvalResult(
-        logits=logits[:n],
+        logits=logits,
         correct=correct,
-        count=n,
-        accuracy=correct / n if y is not None else float("nan"),
+        count=count,
+        accuracy=correct / count if y is not None and count else float("nan"),
     )
 
 
@@ -369,7 +413,7 @@ def train_values(
     """
     config = ValueTrainConfig() if config is None else config
     cfg = model.config
-    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _check_embeddings(x, cfg.embed_dim)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
     n = x.shape[0]
     batch_size = min(config.batch_size, n)

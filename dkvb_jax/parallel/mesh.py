@@ -149,23 +149,43 @@ def pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[np.ndarray, np.n
 
 
 def shard_batch(
-    x: np.ndarray | jax.Array, mesh: Mesh, *, multiple: int | None = None
+    x: np.ndarray | jax.Array,
+    mesh: Mesh,
+    *,
+    multiple: int | None = None,
+    valid: np.ndarray | jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Pads `x [n, ...]` to a multiple of the data-axis size and splits it over ``'data'``.
 
     Args:
-      x: host or device array with the examples on axis 0.
+      x: host or device array with the examples on axis 0, or a global array already split
+        over ``'data'`` by :func:`dkvb_jax.parallel.distributed.to_global` (used as it is).
       mesh: the device mesh.
       multiple: pad to a multiple of this instead (must be divisible by the data-axis size).
+      valid: optional bool `[n]`; rows where it is False count as padding.
 
     Returns:
-      The sharded array `[m, ...]` and its validity bool `[m]` (same sharding); rows `n:` are
-      padding and must be masked out of any statistic.
+      The sharded array `[m, ...]` and its validity bool `[m]` (same sharding); padding rows
+      must be masked out of any statistic.
     """
     size = data_size(mesh)
     multiple = size if multiple is None else multiple
     if multiple % size:
         raise ValueError(f"multiple={multiple} must be divisible by the data-axis size {size}.")
-    padded, valid = pad_rows(x, multiple)
     sharding = batch_sharding(mesh)
-    return jax.device_put(padded, sharding), jax.device_put(jnp.asarray(valid), sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A multi-host global array: its rows are already laid out over the data axis.
+        if x.shape[0] % size:
+            raise ValueError(
+                f"global array rows {x.shape[0]} must be divisible by the data-axis size {size}."
+            )
+        if valid is None:
+            valid = jax.jit(lambda: jnp.ones((x.shape[0],), bool), out_shardings=sharding)()
+        return x, valid
+    padded, pad_valid = pad_rows(x, multiple)
+    if valid is not None:
+        valid = np.asarray(valid, bool)
+        if valid.shape != (np.shape(x)[0],):
+            raise ValueError(f"valid must have shape [n={np.shape(x)[0]}], got {valid.shape}.")
+        pad_valid[: len(valid)] &= valid
+    return jax.device_put(padded, sharding), jax.device_put(pad_valid, sharding)
