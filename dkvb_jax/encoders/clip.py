@@ -248,8 +248,13 @@ def clip_vit_b32_encoder(
     return module, variables, preprocess, config.output_dim, config.image_size
 
 
-def _registry_factory(path: str | os.PathLike[str], *, config: CLIPVisionConfig | None = None):
+def _registry_factory(path: str | os.PathLike[str] | None = None, *, config: CLIPVisionConfig | None = None):
     """`get_encoder('clip_vit_b32', path=...)`: the registry's `path=` convention."""
+    if path is None:
+        raise ValueError(
+            "path: encoder 'clip_vit_b32' has no shipped weights; pass path= to "
+            "an OpenAI-layout CLIP ViT-B/32 state dict (e.g. open_clip's ViT-B-32 openai .safetensors)."
+        )
     return clip_vit_b32_encoder(path, **({"config": config} if config is not None else {}))
 
 

@@ -206,8 +206,13 @@ def _depth_name(config: ResNetConfig) -> str:
     return f"-{3 * sum(config.stage_sizes) + 2}"
 
 
-def _registry_factory(path: str | os.PathLike[str], *, config: ResNetConfig | None = None):
+def _registry_factory(path: str | os.PathLike[str] | None = None, *, config: ResNetConfig | None = None):
     """`get_encoder('resnet50', path=...)`: the registry's `path=` convention."""
+    if path is None:
+        raise ValueError(
+            "path: encoder 'resnet50' has no shipped weights; pass path= to "
+            "a torchvision resnet50 state dict (e.g. torchvision's resnet50-*.pth, or .safetensors)."
+        )
     return resnet50_encoder(path, **({"config": config} if config is not None else {}))
 
 

@@ -248,6 +248,8 @@ def test_factory_returns_registry_tuple(checkpoints):
 def test_registered_in_get_encoder(checkpoints):
     from dkvb_jax.encoders.registry import get_encoder
 
+    with pytest.raises(ValueError, match="no shipped weights; pass path="):
+        get_encoder("clip_vit_b32")
     encoder = get_encoder("clip_vit_b32", path=checkpoints["openai_fp16_pt"][0], config=TINY)
     pixels = np.random.default_rng(4).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     assert encoder.embed(pixels, batch_size=2).shape == (3, TINY.output_dim)

@@ -240,6 +240,8 @@ def test_factory_returns_registry_tuple(checkpoints):
 def test_registered_in_get_encoder(checkpoints):
     from dkvb_jax.encoders.registry import get_encoder
 
+    with pytest.raises(ValueError, match="no shipped weights; pass path="):
+        get_encoder("resnet50")
     encoder = get_encoder("resnet50", path=checkpoints[1]["pt"], config=TINY)
     pixels = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     assert encoder.embed(pixels, batch_size=2).shape == (3, TINY.embed_dim)
