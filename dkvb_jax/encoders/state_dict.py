@@ -8,6 +8,7 @@ Two file formats are read into `dict[str, np.ndarray]`:
   by a restricted unpickler that admits only the tensor-rebuild functions, storage types, dtypes
   and `OrderedDict`; anything else (`os.system`, a model class, a TorchScript module) is refused
   before it is called. Tensor bytes come from the archive's `data/<key>` entries.
+* The legacy (pre-1.6) `torch.save` format, through `dkvb_jax.encoders.torch_legacy`.
 
 `torch_to_flax` then fills a Flax variables tree from such a dict one-to-one: every Flax leaf must
 be found with the right shape and every source key must be used (or explicitly ignored), else a
@@ -64,7 +65,7 @@ class StateDictMismatchError(ValueError):
 
 
 def load_state_dict(path: PathLike) -> StateDict:
-    """Reads a PyTorch state dict from `.safetensors` or zip-format `.pt` into NumPy arrays.
+    """Reads a PyTorch state dict from `.safetensors` or a `torch.save` file into NumPy arrays.
 
     The format is detected from the file's first bytes, not its suffix. A checkpoint that wraps
     the state dict under one of `'state_dict'`, `'model'`, `'model_state_dict'` is unwrapped, and a
@@ -78,7 +79,7 @@ def load_state_dict(path: PathLike) -> StateDict:
 
     Raises:
       FileNotFoundError: no file at `path`.
-      ValueError: unknown, legacy, TorchScript, truncated or corrupt file, or a pickle that asks
+      ValueError: unknown, TorchScript, truncated or corrupt file, or a pickle that asks
         for anything but tensors and dicts.
     """
     path = _check_file(path)
@@ -88,12 +89,14 @@ def load_state_dict(path: PathLike) -> StateDict:
         raw = load_torch_zip(path)
     elif _looks_like_safetensors(head):
         raw = load_safetensors(path)
-    elif head.startswith(_LEGACY_TORCH_PREFIX[:3]):
-        raise ValueError(
-            f"checkpoint {str(path)!r} is in PyTorch's legacy (pre-1.6) serialisation, not the zip "
-            "format. Re-save it with torch.save(state_dict, path) or as .safetensors; the CIFAR "
-            "ResNet checkpoints in this format are read by dkvb_jax.encoders.torch_legacy."
-        )
+    elif head.startswith(_LEGACY_TORCH_PREFIX):
+        # Pre-1.6 torch.save (e.g. older torchvision model-zoo files): its own restricted reader.
+        from dkvb_jax.encoders.torch_legacy import load_legacy
+
+        try:
+            raw = load_legacy(path)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"checkpoint {str(path)!r} (legacy torch format): {e}") from e
     else:
         raise ValueError(
             f"checkpoint {str(path)!r} is neither a .safetensors file nor a zip-format torch.save "

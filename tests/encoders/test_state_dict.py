@@ -173,7 +173,7 @@ def test_damaged_storage_entries(tmp_path, edit, match):
 
 @pytest.mark.parametrize("content, error, match", [
     (None, FileNotFoundError, "no file"),
-    (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", ValueError, "legacy"),
+    (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", ValueError, "x.bin: the file ends early"),  # via torch_legacy
     (b"hello, not weights", ValueError, "neither"),
     (b"PK\x05\x06" + b"\0" * 18, ValueError, "not a torch.save archive"),
 ])
@@ -183,6 +183,17 @@ def test_unreadable_inputs(tmp_path, content, error, match):
         path.write_bytes(content)
     with pytest.raises(error, match=match):
         sd.load_state_dict(path)
+
+
+SHARED_RESNET20 = pathlib.Path(__file__).resolve().parents[2].parent / "shared/weights/cifar_resnet/resnet20-12fca82f.th"
+
+
+@pytest.mark.skipif(not SHARED_RESNET20.exists(),
+                    reason="needs ../shared/weights/cifar_resnet: not in a fresh clone")
+def test_legacy_files_are_read_through_torch_legacy():
+    state = sd.load_state_dict(SHARED_RESNET20)  # {'state_dict': {'module.conv1.weight': ...}, ...}
+    assert state["conv1.weight"].shape == (16, 3, 3, 3)
+    assert all(isinstance(v, np.ndarray) for v in state.values())
 
 
 def test_non_path_argument_is_a_type_error():
