@@ -1,6 +1,6 @@
 """PyTorch state dicts without torch: reading `.safetensors` / zip `.pt` and mapping onto Flax trees.
 
-Two file formats are read into `dict[str, np.ndarray]`:
+These file formats are read into `dict[str, np.ndarray]`:
 
 * `.safetensors`, through the safetensors NumPy API (bfloat16 is read through `ml_dtypes`).
 * The zip format `torch.save` has written since PyTorch 1.6 (`.pt`, `.pth`, `.bin`), with
