@@ -1,0 +1,169 @@
+"""Every data-parallel path against the one-device result, on 8 forced CPU devices."""
+
+import jax
+
+if jax.device_count() < 8:  # conftest.py forces 8 CPU devices; keep the module runnable alone.
+    jax.config.update("jax_num_cpu_devices", 8)
+
+import chex  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from _tiny import CONFIG, tiny_problem  # noqa: E402
+
+from dkvb_jax import parallel, training  # noqa: E402
+from dkvb_jax.model import DKVB  # noqa: E402
+from dkvb_jax.training import keys as keys_lib  # noqa: E402
+from dkvb_jax.training import values as values_lib  # noqa: E402
+
+MESHES = {
+    "data8": lambda: parallel.data_mesh(8),
+    "data3": lambda: parallel.data_mesh(3),
+    "data4xcodebook2": lambda: parallel.data_codebook_mesh(4, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return tiny_problem()
+
+
+@pytest.fixture(scope="module", params=list(MESHES))
+def mesh(request):
+    return MESHES[request.param]()
+
+
+def _placed(variables, mesh):
+    return parallel.place_variables(variables, mesh)
+
+
+def test_codes_identical(problem, mesh):
+    model, variables, x, _ = problem
+    want = training.compute_codes(model, variables, x)
+    got = parallel.codes(model, _placed(variables, mesh), x, mesh, batch_size=4)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_key_usage_identical(problem, mesh, per_class):
+    model, variables, x, y = problem
+    labels = y if per_class else None
+    want = training.key_usage(model, variables, x, labels)
+    got = parallel.key_usage(model, _placed(variables, mesh), x, mesh, labels, batch_size=4)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 16])
+def test_usage_from_codes_matches_brute_force(n):
+    rng = np.random.default_rng(n)
+    c, k, top_k, classes = 3, 5, 2, 4
+    idx = rng.integers(0, k, (n, c, top_k)).astype(np.int32)
+    valid = rng.random((n, c, top_k)) < 0.8
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    rows = rng.random(n) < 0.7
+    want = np.zeros((classes, c, k), np.int64)
+    for i, cb, t in np.ndindex(n, c, top_k):
+        if valid[i, cb, t] and rows[i]:
+            want[labels[i], cb, idx[i, cb, t]] += 1
+    got = parallel.usage_from_codes(
+        idx, valid, k, parallel.data_mesh(8), labels, classes, rows=rows
+    )
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_evaluate_matches_single_device(problem, mesh, batch_size):
+    model, variables, x, y = problem
+    result = parallel.evaluate(model, _placed(variables, mesh), x, mesh, y, batch_size=batch_size)
+    logits = model.apply(variables, jnp.asarray(x))
+    assert result.count == len(x)
+    assert result.logits.shape == logits.shape
+    np.testing.assert_allclose(np.asarray(result.logits), np.asarray(logits), atol=1e-6)
+    assert result.correct == int(np.sum(np.asarray(logits).argmax(-1) == y))
+    assert result.accuracy == pytest.approx(result.correct / len(x))
+
+
+def test_evaluate_valid_rows_equal_subset(problem):
+    model, variables, x, y = problem
+    mesh = parallel.data_mesh(8)
+    keep = np.arange(len(x)) % 3 != 0
+    masked = parallel.evaluate(model, variables, x, mesh, y, valid=keep, batch_size=2)
+    subset = parallel.evaluate(model, variables, x[keep], mesh, y[keep], batch_size=2)
+    assert (masked.correct, masked.count) == (subset.correct, subset.count)
+
+
+def test_unlearned_variables_identical(problem):
+    unlearning = pytest.importorskip("dkvb_jax.unlearning")
+    model, variables, x, y = problem
+    mesh = parallel.data_mesh(8)
+    one = training.key_usage(model, variables, x, y)
+    many = parallel.key_usage(model, variables, x, mesh, y)
+    want, _ = unlearning.unlearn_via_activations(model, variables, 2, usage=one, classes=[0])
+    got, _ = unlearning.unlearn_via_activations(model, variables, 2, usage=many, classes=[0])
+    chex.assert_trees_all_equal(got, want)
+
+
+def test_pmap_lookup_and_unlearning_match(problem):
+    """User code that wraps the lookup and the UvA selection in `jax.pmap` gets the same result."""
+    unlearning = pytest.importorskip("dkvb_jax.unlearning")
+    model, variables, x, y = problem
+    n = 8 * (len(x) // 8)
+    xs = jnp.asarray(x[:n]).reshape(8, -1, x.shape[1])
+
+    def per_device(v, xb):
+        idx, valid = model.apply(v, xb, method=DKVB.codes)
+        usage = unlearning.selection.psum_usage(idx, valid, CONFIG.num_keys, "d")
+        return idx, unlearning.apply_selection(v, unlearning.mask_top_n(usage, 2))
+
+    idx, unlearned = jax.pmap(per_device, axis_name="d", in_axes=(None, 0))(variables, xs)
+    want_idx, _ = training.compute_codes(model, variables, x[:n])
+    np.testing.assert_array_equal(np.asarray(idx).reshape(want_idx.shape), np.asarray(want_idx))
+    want, _ = unlearning.unlearn_via_activations(
+        model, variables, 2, forget_x=x[:n], count_with_masks=True
+    )
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: a[0], unlearned), want)
+
+
+def test_ema_statistics_summed_over_devices(problem):
+    model, variables, x, _ = problem
+    mesh = parallel.data_mesh(8)
+    q = model.apply(variables, jnp.asarray(x), method=DKVB.queries)
+    w = jnp.asarray(np.random.default_rng(1).random(len(x)), jnp.float32)
+    keys = variables["frozen"]["keys"]
+    want = keys_lib._batch_stats(q, w, keys)
+    got = parallel.ema_batch_stats(q, w, keys, mesh)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    state = keys_lib.EMAState(keys, keys * 0.5, jnp.full(keys.shape[:2], 0.5))
+    rng = jax.random.key(3)
+    want_step = keys_lib._ema_step(state, q, w, rng, 0.9, 1e-5, 0.05)
+    got_step = parallel.ema_step(state, q, w, rng, mesh, decay=0.9, dead_threshold=0.05)
+    chex.assert_trees_all_close(got_step, want_step, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("splitter", ["random_projection", "learned"])
+def test_value_training_matches_single_device(splitter):
+    config = CONFIG.replace(
+        splitter=splitter, decoder="linear" if splitter == "learned" else "vote"
+    )
+    model, variables, x, y = tiny_problem(config=config)
+    cfg = training.ValueTrainConfig(epochs=2, batch_size=16, learning_rate=0.5)
+    key = jax.random.key(7)
+    want, hist = training.train_values(model, variables, x, y, key=key, config=cfg, progress=False)
+    mesh = parallel.data_mesh(8)
+    got, phist = parallel.train_values(
+        model, variables, x, y, mesh, key=key, config=cfg, progress=False
+    )
+    chex.assert_trees_all_close(got["params"], want["params"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(phist.loss, hist.loss, rtol=1e-5)
+    np.testing.assert_allclose(phist.accuracy, hist.accuracy)
+
+
+def test_value_training_refuses_uneven_batches(problem):
+    model, variables, x, y = problem
+    with pytest.raises(ValueError, match="divisible by the 8 devices"):
+        parallel.train_values(
+            model, variables, x, y, parallel.data_mesh(8), key=jax.random.key(0),
+            config=values_lib.ValueTrainConfig(batch_size=12), progress=False,
+        )  # fmt: skip
