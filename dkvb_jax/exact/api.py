@@ -188,6 +188,8 @@ def _exactness(stats: LabelStats, ids: np.ndarray, keys_independent: bool | None
 
 
 def _record(method, exact, reason, ids, classes, estimator, v0, v1, c0, c1, t0):
+    jax.block_until_ready(v1)
+    seconds = time.perf_counter() - t0
     return ExactAuditRecord(
         method=method,
         exact=exact,
@@ -200,7 +202,7 @@ def _record(method, exact, reason, ids, classes, estimator, v0, v1, c0, c1, t0):
         values_after=array_hash(v1),
         counts_before=array_hash(c0),
         counts_after=array_hash(c1),
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
     )
 
 

@@ -39,7 +39,8 @@ class ExactAuditRecord:
       estimator: The estimator's settings.
       values_before / values_after / counts_before / counts_after: hashes of the values and counts.
       timestamp: Unix time of the request.
-      seconds: Wall time of the request.
+      seconds: Wall time of the update itself (checks, count update, value derivation), not
+        counting the hashing for this record.
     """
 
     method: str
