@@ -84,8 +84,8 @@ def test_matches_live_interpreter(reference, port_embeddings):
   assert cosine(port_embeddings[True], live).min() > EMULATED_MIN_COS
 
 
-def _tf_same_conv(x, w, stride):
-  """Brute-force NumPy conv with TensorFlow 'SAME' padding: x [h, w, c], w [kh, kw, c, o]."""
+def _tf_same_conv(x, w, stride, depthwise=False):
+  """Brute-force NumPy conv with TensorFlow 'SAME' padding: x [h, w, c], w [kh, kw, c or 1, o]."""
   h, k = x.shape[0], w.shape[0]
   out = -(-h // stride)
   total = max((out - 1) * stride + k - h, 0)
@@ -95,20 +95,36 @@ def _tf_same_conv(x, w, stride):
   for i in range(out):
     for j in range(out):
       patch = xp[i * stride:i * stride + k, j * stride:j * stride + k]
-      y[i, j] = np.einsum('hwc,hwco->o', patch, w)
+      y[i, j] = (np.einsum('hwc,hwc->c', patch, w[:, :, 0]) if depthwise
+                 else np.einsum('hwc,hwco->o', patch, w))
   return y
 
 
 @pytest.mark.parametrize('size', [7, 8, 9])
 @pytest.mark.parametrize('stride', [1, 2])
-def test_conv_padding_is_tensorflow_same(size, stride):
-  """Includes the asymmetric stride-2 case (even input: pad 0 before, 1 after)."""
+@pytest.mark.parametrize('layer', ['conv', 'depthwise', 'grouped'])
+def test_conv_padding_is_tensorflow_same(size, stride, layer):
+  """Includes the asymmetric stride-2 case (even input: pad 0 before, 1 after).
+
+  'depthwise' is the port's `DepthwiseConv`; 'grouped' is the equivalent `feature_group_count`
+  convolution it replaces.
+  """
   rng = np.random.default_rng(size * 10 + stride)
-  x = rng.normal(size=(1, size, size, 3)).astype(np.float32)
-  w = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
-  conv = nn.Conv(4, (3, 3), strides=stride, padding='SAME', use_bias=False)
-  got = conv.apply({'params': {'kernel': w}}, x)[0]
-  np.testing.assert_allclose(got, _tf_same_conv(x[0], w, stride), rtol=1e-4, atol=1e-4)
+  x = rng.normal(size=(1, size, size, 4)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 1 if layer != 'conv' else 4, 4)).astype(np.float32)
+  b = rng.normal(size=4).astype(np.float32)
+  conv = {'conv': nn.Conv(4, (3, 3), strides=stride, padding='SAME'),
+          'grouped': nn.Conv(4, (3, 3), strides=stride, padding='SAME', feature_group_count=4),
+          'depthwise': mb.DepthwiseConv(strides=stride)}[layer]
+  got = conv.apply({'params': {'kernel': w, 'bias': b}}, x)[0]
+  want = _tf_same_conv(x[0], w, stride, depthwise=layer != 'conv') + b
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('size, kernel, stride, pads', [
+    (224, 3, 2, (0, 1)), (112, 3, 1, (1, 1)), (7, 3, 2, (1, 1)), (4, 1, 1, (0, 0))])
+def test_tf_same_pads(size, kernel, stride, pads):
+  assert mb.tf_same_pads(size, kernel, stride) == pads
 
 
 def test_shipped_weights_tree_and_dequantisation():
