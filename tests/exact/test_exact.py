@@ -123,18 +123,20 @@ def test_values_match_numpy_formula(cfg, drop_class):
 # ------------------------------------------------------------------ exactness
 
 
-@pytest.mark.parametrize("cfg", ESTIMATORS[:3], ids=lambda c: c.kind)
-@pytest.mark.parametrize("seed", range(3))
-def test_remove_examples_equals_refit(model_and_vars, cfg, seed):
+@pytest.mark.parametrize("cfg", ESTIMATORS[:4], ids=lambda c: f"{c.kind}-{c.codebook_weighting}")
+@pytest.mark.parametrize("seed, rank_weights", [(0, None), (1, None), (2, (2, 1))])
+def test_remove_examples_equals_refit(model_and_vars, cfg, seed, rank_weights):
     model, v = model_and_vars
+    sc = StatsConfig(rank_weights=rank_weights)
     codes, labels, ids = random_data(seed)
     rng = np.random.default_rng(100 + seed)
     forget = rng.random(ids.size) < rng.uniform(0.05, 0.6)
     forget[0] = True
-    v_all, s_all = fit_exact(model, v, codes, labels, ids, estimator=cfg, key_init_ids=[])
+    v_all, s_all = fit_exact(model, v, codes, labels, ids, estimator=cfg, stats_config=sc,
+                             key_init_ids=[])  # fmt: skip
     v_un, s_un, rec = remove_examples(v_all, s_all, rng.permutation(ids[forget]), estimator=cfg)
     v_ref, s_ref = fit_exact(model, v, codes[~forget], labels[~forget], ids[~forget],
-                             estimator=cfg, key_init_ids=[])  # fmt: skip
+                             estimator=cfg, stats_config=sc, key_init_ids=[])  # fmt: skip
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
     assert rec.exact and rec.num_examples == forget.sum()
