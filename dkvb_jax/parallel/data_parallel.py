@@ -33,6 +33,7 @@ from dkvb_jax.training import values as values_lib
 from dkvb_jax.training.usage import usage_from_codes as _usage_from_codes
 from dkvb_jax.training.values import TrainHistory, ValueTrainConfig, smoothed_cross_entropy
 
+
 def _check_embeddings(x, embed_dim: int) -> None:
     """The core's input check; a multi-host global array is checked shard by shard, since each
     process can only read its own rows."""
@@ -449,3 +450,88 @@ def train_values(
         history.loss.append(loss)
         history.accuracy.append(float(acc))
     return variables, history
+
+
+# ----------------------------------------------------------------------------------------------
+# Key initialisation: the whole EMA k-means pass.
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _queries(model: DKVB, variables: dict, x: jax.Array) -> jax.Array:
+    return model.apply(variables, x, method=DKVB.queries)
+
+
+def fit_keys(
+    model: DKVB,
+    variables: dict,
+    data: keys_lib.Batches,
+    mesh: Mesh,
+    *,
+    key: jax.Array,
+    config: keys_lib.KeyInitConfig | None = None,
+    progress: bool = True,
+) -> tuple[dict, keys_lib.KeyInitReport]:
+    """Data-parallel :func:`dkvb_jax.training.fit_keys`: every batch is split over ``'data'``.
+
+    Same shuffling, seeding and EMA updates as the core, with each batch's queries computed
+    on its own device shard and the k-means counts and sums all-reduced over the data axis.
+    When every batch has a multiple of the data-axis size rows, the keys equal the one-device
+    keys up to float summation order; otherwise batches are padded with zero-weight rows, which
+    leaves the statistics unchanged but draws dead-key re-seeds from a longer index range.
+
+    Returns:
+      New variables with fitted keys (replicated) and the per-epoch report.
+    """
+    config = keys_lib.KeyInitConfig() if config is None else config
+    cfg = model.config
+    key_seed, key_loop = jax.random.split(key)
+    # The same host-side shuffling stream as the core, so both visit batches in the same order.
+    shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())
+    variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+
+    def batches():
+        n_seen = 0
+        for b in keys_lib._epoch_batches(data, config.batch_size, shuffle_rng):
+            b = np.asarray(b)
+            _validation.check_embeddings(
+                b, cfg.embed_dim, name="key-init batch", allow_tokens=False
+            )
+            n_seen += len(b)
+            xs, valid = mesh_lib.shard_batch(b, mesh)
+            yield _queries(model, variables, xs), valid, len(b)
+        if n_seen == 0:
+            raise ValueError(
+                "fit_keys got an empty dataset: pass at least one batch of embeddings."
+            )
+
+    keys = variables["frozen"]["keys"]
+    if config.seeding != "random":
+        first, valid, n = next(iter(batches()))
+        first = first[:n]
+        if config.seeding == "sample":
+            pick = jax.random.choice(key_seed, first.shape[0], (cfg.num_keys,), replace=True)
+            keys = jnp.swapaxes(first[pick], 0, 1)
+        else:
+            keys = keys_lib._kmeans_plus_plus(key_seed, first, cfg.num_keys)
+    counts = jnp.ones(keys.shape[:2], jnp.float32)
+    state = keys_lib.EMAState(keys=keys, sums=keys * counts[..., None], counts=counts)
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+
+    report = keys_lib.KeyInitReport([], [])
+    rng = key_loop
+    epochs = tqdm(range(config.epochs), desc="key init (data-parallel)", disable=not progress)
+    for _ in epochs:
+        err, n, used = 0.0, 0, jnp.zeros(keys.shape[:2], bool)
+        for q, valid, rows in batches():
+            rng, sub = jax.random.split(rng)
+            w = valid.astype(q.dtype)
+            state, sq, batch_counts = keys_lib._ema_step(
+                state, q, w, sub, config.decay, config.epsilon, config.dead_threshold
+            )
+            err += float(sq)
+            n += rows
+            used = used | (batch_counts > 0)
+        report.quantisation_error.append(err / (n * cfg.num_codebooks))
+        report.dead_fraction.append(float(1.0 - used.mean()))
+    frozen = {**variables["frozen"], "keys": state.keys}
+    return {**variables, "frozen": frozen}, report

@@ -167,3 +167,18 @@ def test_value_training_refuses_uneven_batches(problem):
             model, variables, x, y, parallel.data_mesh(8), key=jax.random.key(0),
             config=values_lib.ValueTrainConfig(batch_size=12), progress=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("seeding", ["sample", "kmeans++"])
+def test_fit_keys_matches_single_device(seeding):
+    model, variables, x, _ = tiny_problem(n=64)
+    # dead_threshold 0.5 makes re-seeding happen, so the test covers the random draws too.
+    cfg = training.KeyInitConfig(epochs=2, batch_size=16, seeding=seeding, dead_threshold=0.5)
+    key = jax.random.key(4)
+    want, want_report = training.fit_keys(model, variables, x, key=key, config=cfg, progress=False)
+    got, report = parallel.fit_keys(
+        model, variables, x, parallel.data_mesh(8), key=key, config=cfg, progress=False
+    )
+    chex.assert_trees_all_close(got, want, atol=1e-5)
+    np.testing.assert_allclose(report.quantisation_error, want_report.quantisation_error, rtol=1e-5)
+    assert report.dead_fraction == want_report.dead_fraction
