@@ -125,17 +125,18 @@ def _blocked_rows(queries, keys_t, scores_t, k2_masked, penalty, top_k):
     if top_k == 1:
         best = jnp.argmin(mins, axis=0)[..., None]  # [codebooks, rows, 1]
     else:
-        best = jax.lax.top_k(-mins.transpose(1, 2, 0), top_k)[1]
+        # With fewer blocks than top_k every block is a candidate.
+        best = jax.lax.top_k(-mins.transpose(1, 2, 0), min(top_k, num_blocks))[1]
         # In block order, candidate positions follow key indices, so ties keep the lower key.
         best = jnp.sort(best, axis=-1)
     cb = jnp.arange(num_codebooks)[:, None, None]
-    kg = keys_t[cb, best]  # [codebooks, rows, top_k, key_dim, block]
+    kg = keys_t[cb, best]  # [codebooks, rows, candidate blocks, key_dim, block]
     # An unrolled sum over the few key dims stays one loop fusion with the gather, so the
     # gathered keys are never written out.
     d = sum(jnp.square(qc[:, :, None, j, None] - kg[:, :, :, j]) for j in range(key_dim))
     d = d + penalty[cb, best]  # [codebooks, rows, top_k, block]
     rows = qc.shape[1]
-    d = d.reshape(num_codebooks, rows, top_k * block)
+    d = d.reshape(num_codebooks, rows, best.shape[-1] * block)
     if top_k == 1:
         pos = jnp.argmin(d, axis=-1)[..., None]
         dist = jnp.take_along_axis(d, pos, axis=-1)
