@@ -205,3 +205,19 @@ def test_bad_arguments(tmp_path, call, error, match):
         checkpoints.save_model(tmp_path, CONFIG, _variables())
     with pytest.raises(error, match=match):
         call(tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_save_leaves_only_an_invisible_temporary_directory(tmp_path):
+    import subprocess
+    import sys
+
+    worker = pathlib.Path(__file__).with_name("killed_save_worker.py")
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("0",)]
+    assert leftovers and all(".orbax-checkpoint-tmp" in name for name in leftovers), leftovers
+    assert checkpoints.list_steps(tmp_path) == [0]
+    assert checkpoints.restore_model(tmp_path).step == 0
