@@ -22,147 +22,179 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dkvb_jax.encoders import _images
-from dkvb_jax.encoders import _weights
+from dkvb_jax.encoders import _images, _weights
 
 INPUT_SIZE = 224
 EMBED_DIM = 1024
-WEIGHTS_FILE = 'mobilenet_v1_1.0_224_quant.npz'
-FORMAT = 'dkvb_jax/mobilenet_v1_quant/v1'
+WEIGHTS_FILE = "mobilenet_v1_1.0_224_quant.npz"
+FORMAT = "dkvb_jax/mobilenet_v1_quant/v1"
 
 # (pointwise filters, depthwise stride) of blocks Conv2d_1 ... Conv2d_13.
 BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 
 
 def layer_names() -> list[str]:
-  """Names of the 27 convolution layers in network order (as in the TFLite graph)."""
-  names = ['Conv2d_0']
-  for i in range(1, len(BLOCKS) + 1):
-    names += [f'Conv2d_{i}_depthwise', f'Conv2d_{i}_pointwise']
-  return names
+    """Names of the 27 convolution layers in network order (as in the TFLite graph)."""
+    names = ["Conv2d_0"]
+    for i in range(1, len(BLOCKS) + 1):
+        names += [f"Conv2d_{i}_depthwise", f"Conv2d_{i}_pointwise"]
+    return names
 
 
 def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-  """TensorFlow "SAME" padding (before, after): the odd pixel goes after."""
-  out = -(-size // stride)
-  total = max((out - 1) * stride + kernel - size, 0)
-  return total // 2, total - total // 2
+    """TensorFlow "SAME" padding (before, after): the odd pixel goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 class DepthwiseConv(nn.Module):
-  """Depthwise convolution (one filter per channel) with TF "SAME" padding and bias.
+    """Depthwise convolution (one filter per channel) with TF "SAME" padding and bias.
 
-  Same parameters and result as `nn.Conv(c, k, feature_group_count=c, padding='SAME')` (kernel
-  `[kh, kw, 1, c]`), computed as a sum of `kh * kw` shifted, strided slices times per-channel
-  weights: XLA:CPU runs grouped convolutions about 8x slower than this.
-  """
+    Same parameters and result as `nn.Conv(c, k, feature_group_count=c, padding='SAME')` (kernel
+    `[kh, kw, 1, c]`), computed as a sum of `kh * kw` shifted, strided slices times per-channel
+    weights: XLA:CPU runs grouped convolutions about 8x slower than this.
+    """
 
-  kernel_size: tuple[int, int] = (3, 3)
-  strides: int = 1
-  dtype: Any = jnp.float32
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    (kh, kw), s, c = self.kernel_size, self.strides, x.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (kh, kw, 1, c))
-    bias = self.param('bias', nn.initializers.zeros, (c,))
-    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    pads = [tf_same_pads(x.shape[a], k, s) for a, k in ((1, kh), (2, kw))]
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    oh, ow = -(-x.shape[1] // s), -(-x.shape[2] // s)
-    y = sum(xp[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s, :] * kernel[i, j, 0]
-            for i in range(kh) for j in range(kw))
-    return y + bias
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        (kh, kw), s, c = self.kernel_size, self.strides, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, 1, c))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        pads = [tf_same_pads(x.shape[a], k, s) for a, k in ((1, kh), (2, kw))]
+        xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+        oh, ow = -(-x.shape[1] // s), -(-x.shape[2] // s)
+        y = sum(
+            xp[:, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s, :] * kernel[i, j, 0]
+            for i in range(kh)
+            for j in range(kw)
+        )
+        return y + bias
 
 
 class MobileNetV1(nn.Module):
-  """MobileNetV1 1.0 feature extractor with folded batch norm.
+    """MobileNetV1 1.0 feature extractor with folded batch norm.
 
-  Takes normalised images `[batch, 224, 224, 3]` (see `preprocess`) and returns the average-pooled
-  embedding `[batch, 1024]`. Padding is TensorFlow "SAME", which for the stride-2 layers pads one
-  pixel after and none before; `lax` 'SAME' uses the same rule (extra padding at the end).
+    Takes normalised images `[batch, 224, 224, 3]` (see `preprocess`) and returns the average-pooled
+    embedding `[batch, 1024]`. Padding is TensorFlow "SAME", which for the stride-2 layers pads one
+    pixel after and none before; `lax` 'SAME' uses the same rule (extra padding at the end).
 
-  Attributes:
-    activation_scale: None computes activations in float (the default, and what the embedding
-      cache uses). A float emulates the uint8 interpreter by rounding the input to its 1/128 grid
-      and every ReLU6 output and the pooled embedding to multiples of this scale (the TFLite
-      model uses 6/255 throughout); the port then matches the interpreter to cosine > 0.999.
-    dtype: computation dtype.
-  """
+    Attributes:
+      activation_scale: None computes activations in float (the default, and what the embedding
+        cache uses). A float emulates the uint8 interpreter by rounding the input to its 1/128 grid
+        and every ReLU6 output and the pooled embedding to multiples of this scale (the TFLite
+        model uses 6/255 throughout); the port then matches the interpreter to cosine > 0.999.
+      dtype: computation dtype.
+    """
 
-  activation_scale: float | None = None
-  dtype: Any = jnp.float32
+    activation_scale: float | None = None
+    dtype: Any = jnp.float32
 
-  def _act(self, x: jax.Array) -> jax.Array:
-    x = nn.relu6(x)
-    if self.activation_scale is None:
-      return x
-    return jnp.round(x / self.activation_scale) * self.activation_scale
+    def _act(self, x: jax.Array) -> jax.Array:
+        x = nn.relu6(x)
+        if self.activation_scale is None:
+            return x
+        return jnp.round(x / self.activation_scale) * self.activation_scale
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if self.activation_scale is not None:
-      x = jnp.clip(jnp.round(x * 128.0), -128.0, 127.0) / 128.0
-    x = self._act(nn.Conv(32, (3, 3), strides=2, padding='SAME', dtype=self.dtype,
-                          name='Conv2d_0')(x))
-    for i, (filters, stride) in enumerate(BLOCKS, start=1):
-      x = self._act(DepthwiseConv(strides=stride, dtype=self.dtype,
-                                  name=f'Conv2d_{i}_depthwise')(x))
-      x = self._act(nn.Conv(filters, (1, 1), dtype=self.dtype, name=f'Conv2d_{i}_pointwise')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    if self.activation_scale is not None:
-      x = jnp.round(x / self.activation_scale) * self.activation_scale
-    return x.astype(jnp.float32)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.activation_scale is not None:
+            x = jnp.clip(jnp.round(x * 128.0), -128.0, 127.0) / 128.0
+        x = self._act(
+            nn.Conv(32, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name="Conv2d_0")(x)
+        )
+        for i, (filters, stride) in enumerate(BLOCKS, start=1):
+            x = self._act(
+                DepthwiseConv(strides=stride, dtype=self.dtype, name=f"Conv2d_{i}_depthwise")(x)
+            )
+            x = self._act(
+                nn.Conv(filters, (1, 1), dtype=self.dtype, name=f"Conv2d_{i}_pointwise")(x)
+            )
+        x = jnp.mean(x, axis=(1, 2))
+        if self.activation_scale is not None:
+            x = jnp.round(x / self.activation_scale) * self.activation_scale
+        return x.astype(jnp.float32)
 
 
 def preprocess(images: Any) -> jax.Array:
-  """uint8/float RGB images `[batch, h, w, 3]` in [0, 255] -> `[batch, 224, 224, 3]` in [-1, 1).
+    """uint8/float RGB images `[batch, h, w, 3]` in [0, 255] -> `[batch, 224, 224, 3]` in [-1, 1).
 
-  Resizes bilinearly to 224 and maps x -> (x - 128) / 128, the TFLite input quantisation.
-  """
-  _images.check_images(images)
-  x = _images.resize_to(_images.as_float(images), INPUT_SIZE)
-  return (x - 128.0) / 128.0
+    Resizes bilinearly to 224 and maps x -> (x - 128) / 128, the TFLite input quantisation.
+    """
+    _images.check_images(images)
+    x = _images.resize_to(_images.as_float(images), INPUT_SIZE)
+    return (x - 128.0) / 128.0
 
 
 def param_shapes() -> dict[str, Any]:
-  """The expected `{'params': ...}` tree as `jax.ShapeDtypeStruct` leaves."""
-  return jax.eval_shape(MobileNetV1().init, jax.random.key(0),
-                        jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+    """The expected `{'params': ...}` tree as `jax.ShapeDtypeStruct` leaves."""
+    return jax.eval_shape(
+        MobileNetV1().init,
+        jax.random.key(0),
+        jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+    )
 
 
 def dequantize(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Quantised flat arrays (as written by the converter) -> Flax variables `{'params': ...}`.
+    """Quantised flat arrays (as written by the converter) -> Flax variables `{'params': ...}`.
 
-  Kernel: (q - zero_point) * scale; bias: int32 q * bias_scale.
-  """
-  # 'activation_scale' is read by load_mobilenet_v1 and only checked for presence here.
-  if not isinstance(flat, dict):
-    raise TypeError(f'MobileNetV1 weights: expected a dict of arrays, got {type(flat).__name__}.')
-  fmt = flat.get('__format__')
-  if fmt is None or str(fmt) != FORMAT:
-    raise ValueError(f'MobileNetV1 weights: expected format {FORMAT!r}, got '
-                     f'{None if fmt is None else str(fmt)!r}; this is not a file written by '
-                     'dkvb_jax.encoders.tflite_convert.')
-  if 'activation_scale' not in flat:
-    raise ValueError("MobileNetV1 weights: missing array 'activation_scale'.")
-  params = {}
-  for name in layer_names():
-    try:
-      q, scale, zp = (flat[f'{name}/kernel'], flat[f'{name}/kernel_scale'],
-                      flat[f'{name}/kernel_zero_point'])
-      bias_q, bias_scale = flat[f'{name}/bias'], flat[f'{name}/bias_scale']
-    except KeyError as e:
-      raise ValueError(f'MobileNetV1 weights: missing array {e.args[0]!r}; the file does not '
-                       'hold all 27 MobileNetV1 layers.') from None
-    kernel = (q.astype(np.float32) - np.float32(zp)) * np.float32(scale)
-    params[name] = {'kernel': kernel.astype(np.float32),
-                    'bias': (bias_q.astype(np.float32) * np.float32(bias_scale))}
-  variables = {'params': params}
-  _weights.check_tree_shapes(variables, param_shapes(), what='MobileNetV1 weights')
-  return jax.tree.map(jnp.asarray, variables)
+    Kernel: (q - zero_point) * scale; bias: int32 q * bias_scale.
+    """
+    # 'activation_scale' is read by load_mobilenet_v1 and only checked for presence here.
+    if not isinstance(flat, dict):
+        raise TypeError(
+            f"MobileNetV1 weights: expected a dict of arrays, got {type(flat).__name__}."
+        )
+    fmt = flat.get("__format__")
+    if fmt is None or str(fmt) != FORMAT:
+        raise ValueError(
+            f"MobileNetV1 weights: expected format {FORMAT!r}, got "
+            f"{None if fmt is None else str(fmt)!r}; this is not a file written by "
+            "dkvb_jax.encoders.tflite_convert."
+        )
+    if "activation_scale" not in flat:
+        raise ValueError("MobileNetV1 weights: missing array 'activation_scale'.")
+    params = {}
+    for name in layer_names():
+        try:
+            q, scale, zp = (
+                flat[f"{name}/kernel"],
+                flat[f"{name}/kernel_scale"],
+                flat[f"{name}/kernel_zero_point"],
+            )
+            bias_q, bias_scale = flat[f"{name}/bias"], flat[f"{name}/bias_scale"]
+        except KeyError as e:
+            raise ValueError(
+                f"MobileNetV1 weights: missing array {e.args[0]!r}; the file does not "
+                "hold all 27 MobileNetV1 layers."
+            ) from None
+        kernel = (q.astype(np.float32) - np.float32(zp)) * np.float32(scale)
+        params[name] = {
+            "kernel": kernel.astype(np.float32),
+            "bias": (bias_q.astype(np.float32) * np.float32(bias_scale)),
+        }
+    variables = {"params": params}
+    _weights.check_tree_shapes(variables, param_shapes(), what="MobileNetV1 weights")
+    return jax.tree.map(jnp.asarray, variables)
 
 
 def load_mobilenet_v1(
@@ -170,25 +202,26 @@ def load_mobilenet_v1(
     *,
     emulate_quantization: bool = False,
 ) -> tuple[MobileNetV1, dict[str, Any]]:
-  """Loads MobileNetV1 with ImageNet weights.
+    """Loads MobileNetV1 with ImageNet weights.
 
-  Args:
-    path: None for the weights shipped with the package; a `.npz` written by
-      `tflite_convert.convert_mobilenet_v1`; or the original `.tflite` file (needs the optional
-      `ai-edge-litert` package).
-    emulate_quantization: round activations like the uint8 interpreter (see
-      `MobileNetV1.activation_scale`); off by default.
+    Args:
+      path: None for the weights shipped with the package; a `.npz` written by
+        `tflite_convert.convert_mobilenet_v1`; or the original `.tflite` file (needs the optional
+        `ai-edge-litert` package).
+      emulate_quantization: round activations like the uint8 interpreter (see
+        `MobileNetV1.activation_scale`); off by default.
 
-  Returns:
-    `(module, variables)`; `module.apply(variables, preprocess(images))` is `[batch, 1024]`.
-  """
-  if path is None:
-    flat = _weights.load_npz(_weights.asset_path(WEIGHTS_FILE), what='MobileNetV1 weights')
-  elif pathlib.Path(path).suffix == '.tflite':
-    from dkvb_jax.encoders import tflite_convert  # pylint: disable=g-import-not-at-top
-    flat = tflite_convert.read_mobilenet_v1_tflite(path)
-  else:
-    flat = _weights.load_npz(path, what='MobileNetV1 weights')
-  variables = dequantize(flat)
-  scale = float(flat['activation_scale']) if emulate_quantization else None
-  return MobileNetV1(activation_scale=scale), variables
+    Returns:
+      `(module, variables)`; `module.apply(variables, preprocess(images))` is `[batch, 1024]`.
+    """
+    if path is None:
+        flat = _weights.load_npz(_weights.asset_path(WEIGHTS_FILE), what="MobileNetV1 weights")
+    elif pathlib.Path(path).suffix == ".tflite":
+        from dkvb_jax.encoders import tflite_convert
+
+        flat = tflite_convert.read_mobilenet_v1_tflite(path)
+    else:
+        flat = _weights.load_npz(path, what="MobileNetV1 weights")
+    variables = dequantize(flat)
+    scale = float(flat["activation_scale"]) if emulate_quantization else None
+    return MobileNetV1(activation_scale=scale), variables

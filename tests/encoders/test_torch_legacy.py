@@ -14,198 +14,241 @@ from hypothesis import strategies as st
 
 from dkvb_jax.encoders import torch_legacy
 
-_STORAGE_NAMES = {np.dtype('float32'): 'FloatStorage', np.dtype('float64'): 'DoubleStorage',
-                  np.dtype('float16'): 'HalfStorage', np.dtype('int64'): 'LongStorage',
-                  np.dtype('int32'): 'IntStorage', np.dtype('uint8'): 'ByteStorage',
-                  np.dtype('bool'): 'BoolStorage'}
+_STORAGE_NAMES = {
+    np.dtype("float32"): "FloatStorage",
+    np.dtype("float64"): "DoubleStorage",
+    np.dtype("float16"): "HalfStorage",
+    np.dtype("int64"): "LongStorage",
+    np.dtype("int32"): "IntStorage",
+    np.dtype("uint8"): "ByteStorage",
+    np.dtype("bool"): "BoolStorage",
+}
 
 
 class Global:
-  """A global to write into the pickle by name (no torch needed)."""
+    """A global to write into the pickle by name (no torch needed)."""
 
-  def __init__(self, module, name):
-    self.module, self.name = module, name
+    def __init__(self, module, name):
+        self.module, self.name = module, name
 
-  def __call__(self, *args):  # pickle requires reduce callables to be callable.
-    raise AssertionError('never called')
+    def __call__(self, *args):  # pickle requires reduce callables to be callable.
+        raise AssertionError("never called")
 
 
 class Storage:
-  def __init__(self, key, array):
-    self.key, self.array = key, np.ascontiguousarray(array).reshape(-1)
+    def __init__(self, key, array):
+        self.key, self.array = key, np.ascontiguousarray(array).reshape(-1)
 
 
 class Tensor:
-  """A view `(offset, size, stride)` into a Storage, pickled like torch's `_rebuild_tensor_v2`."""
+    """A view `(offset, size, stride)` into a Storage, pickled like torch's `_rebuild_tensor_v2`."""
 
-  def __init__(self, storage, offset, size, stride, v2=True):
-    self.storage, self.offset, self.size, self.stride, self.v2 = storage, offset, size, stride, v2
+    def __init__(self, storage, offset, size, stride, v2=True):
+        self.storage, self.offset, self.size, self.stride, self.v2 = (
+            storage,
+            offset,
+            size,
+            stride,
+            v2,
+        )
 
-  def __reduce__(self):
-    if self.v2:
-      return (Global('torch._utils', '_rebuild_tensor_v2'),
-              (self.storage, self.offset, self.size, self.stride, False,
-               collections.OrderedDict()))
-    return (Global('torch._utils', '_rebuild_tensor'),
-            (self.storage, self.offset, self.size, self.stride))
+    def __reduce__(self):
+        if self.v2:
+            return (
+                Global("torch._utils", "_rebuild_tensor_v2"),
+                (
+                    self.storage,
+                    self.offset,
+                    self.size,
+                    self.stride,
+                    False,
+                    collections.OrderedDict(),
+                ),
+            )
+        return (
+            Global("torch._utils", "_rebuild_tensor"),
+            (self.storage, self.offset, self.size, self.stride),
+        )
 
 
 class LegacyPickler(pickle._Pickler):  # The Python pickler lets `save` write raw GLOBALs.
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            return
+        super().save(obj, save_persistent_id)
 
-  def save(self, obj, save_persistent_id=True):
-    if isinstance(obj, Global):
-      self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode())
-      return
-    super().save(obj, save_persistent_id)
-
-  def persistent_id(self, obj):
-    if isinstance(obj, Storage):
-      name = _STORAGE_NAMES[obj.array.dtype]
-      return ('storage', Global('torch', name), obj.key, 'cpu', obj.array.size, None)
-    return None
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            name = _STORAGE_NAMES[obj.array.dtype]
+            return ("storage", Global("torch", name), obj.key, "cpu", obj.array.size, None)
+        return None
 
 
 def write_legacy(obj, storages, sys_info=None) -> bytes:
-  """Writes `obj` in torch's legacy format; `storages` are the Storage objects it refers to."""
-  f = io.BytesIO()
-  for header in (torch_legacy.MAGIC_NUMBER, torch_legacy.PROTOCOL_VERSION,
-                 sys_info or {'protocol_version': 1001, 'little_endian': True,
-                              'type_sizes': {'short': 2, 'int': 4, 'long': 8}}):
-    pickle.dump(header, f, protocol=2)
-  LegacyPickler(f, protocol=2).dump(obj)
-  keys = sorted(s.key for s in storages)
-  pickle.dump(keys, f, protocol=2)
-  for s in sorted(storages, key=lambda s: s.key):
-    f.write(struct.pack('<q', s.array.size))
-    f.write(s.array.astype(s.array.dtype.newbyteorder('<')).tobytes())
-  return f.getvalue()
+    """Writes `obj` in torch's legacy format; `storages` are the Storage objects it refers to."""
+    f = io.BytesIO()
+    for header in (
+        torch_legacy.MAGIC_NUMBER,
+        torch_legacy.PROTOCOL_VERSION,
+        sys_info
+        or {
+            "protocol_version": 1001,
+            "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 8},
+        },
+    ):
+        pickle.dump(header, f, protocol=2)
+    LegacyPickler(f, protocol=2).dump(obj)
+    keys = sorted(s.key for s in storages)
+    pickle.dump(keys, f, protocol=2)
+    for s in sorted(storages, key=lambda s: s.key):
+        f.write(struct.pack("<q", s.array.size))
+        f.write(s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
+    return f.getvalue()
 
 
 def tensor_of(array, key, v2=True):
-  s = Storage(key, array)
-  strides = tuple(int(x) // array.itemsize for x in array.copy(order='C').strides)
-  return Tensor(s, 0, tuple(array.shape), strides, v2), s
+    s = Storage(key, array)
+    strides = tuple(int(x) // array.itemsize for x in array.copy(order="C").strides)
+    return Tensor(s, 0, tuple(array.shape), strides, v2), s
 
 
 def sample_checkpoint():
-  """A DataParallel-style checkpoint with shared storage, a transposed view and an offset."""
-  base = np.arange(24, dtype=np.float32)
-  s = Storage('100', base)
-  w, s_w = tensor_of(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), '7')
-  idx, s_i = tensor_of(np.array([3, -2], np.int64), '9', v2=False)
-  state = collections.OrderedDict([
-      ('module.a', w),
-      ('module.view', Tensor(s, 2, (3, 4), (1, 3))),   # transposed view at offset 2
-      ('module.row', Tensor(s, 20, (4,), (1,))),
-      ('module.idx', idx),
-      ('module.scalar', Tensor(s, 5, (), ())),
-  ])
-  expected = {'module.a': np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3),
-              'module.view': base[2:].copy()[np.arange(3)[:, None] + 3 * np.arange(4)[None]],
-              'module.row': base[20:24], 'module.idx': np.array([3, -2]),
-              'module.scalar': np.float32(5)}
-  return {'state_dict': state, 'best_prec1': 91.5, 'arch': 'toy'}, [s, s_w, s_i], expected
+    """A DataParallel-style checkpoint with shared storage, a transposed view and an offset."""
+    base = np.arange(24, dtype=np.float32)
+    s = Storage("100", base)
+    w, s_w = tensor_of(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "7")
+    idx, s_i = tensor_of(np.array([3, -2], np.int64), "9", v2=False)
+    state = collections.OrderedDict(
+        [
+            ("module.a", w),
+            ("module.view", Tensor(s, 2, (3, 4), (1, 3))),  # transposed view at offset 2
+            ("module.row", Tensor(s, 20, (4,), (1,))),
+            ("module.idx", idx),
+            ("module.scalar", Tensor(s, 5, (), ())),
+        ]
+    )
+    expected = {
+        "module.a": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3),
+        "module.view": base[2:].copy()[np.arange(3)[:, None] + 3 * np.arange(4)[None]],
+        "module.row": base[20:24],
+        "module.idx": np.array([3, -2]),
+        "module.scalar": np.float32(5),
+    }
+    return {"state_dict": state, "best_prec1": 91.5, "arch": "toy"}, [s, s_w, s_i], expected
 
 
 def test_round_trip_of_hand_written_checkpoint():
-  obj, storages, expected = sample_checkpoint()
-  got = torch_legacy.load_legacy(io.BytesIO(write_legacy(obj, storages)))
-  assert got['best_prec1'] == 91.5 and got['arch'] == 'toy'
-  assert isinstance(got['state_dict'], collections.OrderedDict)
-  assert list(got['state_dict']) == list(expected)
-  for k, v in expected.items():
-    assert got['state_dict'][k].dtype == np.asarray(v).dtype, k
-    np.testing.assert_array_equal(got['state_dict'][k], v, err_msg=k)
+    obj, storages, expected = sample_checkpoint()
+    got = torch_legacy.load_legacy(io.BytesIO(write_legacy(obj, storages)))
+    assert got["best_prec1"] == 91.5 and got["arch"] == "toy"
+    assert isinstance(got["state_dict"], collections.OrderedDict)
+    assert list(got["state_dict"]) == list(expected)
+    for k, v in expected.items():
+        assert got["state_dict"][k].dtype == np.asarray(v).dtype, k
+        np.testing.assert_array_equal(got["state_dict"][k], v, err_msg=k)
 
 
 @settings(max_examples=25, deadline=None)
-@given(array=hnp.arrays(st.sampled_from(sorted(_STORAGE_NAMES, key=str)),
-                        hnp.array_shapes(min_dims=0, max_dims=4, max_side=4)),
-       offset=st.integers(0, 3))
+@given(
+    array=hnp.arrays(
+        st.sampled_from(sorted(_STORAGE_NAMES, key=str)),
+        hnp.array_shapes(min_dims=0, max_dims=4, max_side=4),
+    ),
+    offset=st.integers(0, 3),
+)
 def test_round_trip_property(array, offset):
-  """Any dtype/shape at any storage offset comes back bit-exact."""
-  flat = np.concatenate([np.zeros(offset, array.dtype), array.reshape(-1)])
-  s = Storage('k', flat)
-  strides = tuple(int(x) // array.itemsize for x in array.copy(order='C').strides)
-  t = Tensor(s, offset, tuple(array.shape), strides)
-  got = torch_legacy.load_legacy(io.BytesIO(write_legacy({'t': t}, [s])))['t']
-  assert got.dtype == array.dtype and got.shape == array.shape
-  np.testing.assert_array_equal(got.reshape(-1).view(np.uint8),
-                                array.reshape(-1).view(np.uint8))
+    """Any dtype/shape at any storage offset comes back bit-exact."""
+    flat = np.concatenate([np.zeros(offset, array.dtype), array.reshape(-1)])
+    s = Storage("k", flat)
+    strides = tuple(int(x) // array.itemsize for x in array.copy(order="C").strides)
+    t = Tensor(s, offset, tuple(array.shape), strides)
+    got = torch_legacy.load_legacy(io.BytesIO(write_legacy({"t": t}, [s])))["t"]
+    assert got.dtype == array.dtype and got.shape == array.shape
+    np.testing.assert_array_equal(got.reshape(-1).view(np.uint8), array.reshape(-1).view(np.uint8))
 
 
 class Evil:
-  def __init__(self, module, name, *args):
-    self.g, self.args = Global(module, name), args
+    def __init__(self, module, name, *args):
+        self.g, self.args = Global(module, name), args
 
-  def __reduce__(self):
-    return self.g, self.args
+    def __reduce__(self):
+        return self.g, self.args
 
 
-@pytest.mark.parametrize('module, name, args', [
-    ('os', 'system', ('echo pwned',)),
-    ('posix', 'system', ('echo pwned',)),
-    ('builtins', 'eval', ('1 + 1',)),
-    ('subprocess', 'Popen', (['true'],)),
-    ('torch.nn.modules.conv', 'Conv2d', (3, 3, 3)),
-    ('numpy.core.multiarray', '_reconstruct', ()),
-])
+@pytest.mark.parametrize(
+    "module, name, args",
+    [
+        ("os", "system", ("echo pwned",)),
+        ("posix", "system", ("echo pwned",)),
+        ("builtins", "eval", ("1 + 1",)),
+        ("subprocess", "Popen", (["true"],)),
+        ("torch.nn.modules.conv", "Conv2d", (3, 3, 3)),
+        ("numpy.core.multiarray", "_reconstruct", ()),
+    ],
+)
 def test_malicious_globals_are_refused(module, name, args):
-  data = write_legacy({'state_dict': {'x': Evil(module, name, *args)}}, [])
-  with pytest.raises(torch_legacy.UnsafePickleError, match=f'refusing to unpickle global {module}.{name}'):
-    torch_legacy.load_legacy(io.BytesIO(data))
+    data = write_legacy({"state_dict": {"x": Evil(module, name, *args)}}, [])
+    with pytest.raises(
+        torch_legacy.UnsafePickleError, match=f"refusing to unpickle global {module}.{name}"
+    ):
+        torch_legacy.load_legacy(io.BytesIO(data))
 
 
 def test_malicious_header_is_refused():
-  """Even the magic-number pickle goes through the restricted unpickler."""
-  f = io.BytesIO()
-  LegacyPickler(f, protocol=2).dump(Evil('os', 'system', 'echo pwned'))
-  with pytest.raises(torch_legacy.UnsafePickleError, match='refusing.*os.system'):
-    torch_legacy.load_legacy(io.BytesIO(f.getvalue()))
+    """Even the magic-number pickle goes through the restricted unpickler."""
+    f = io.BytesIO()
+    LegacyPickler(f, protocol=2).dump(Evil("os", "system", "echo pwned"))
+    with pytest.raises(torch_legacy.UnsafePickleError, match="refusing.*os.system"):
+        torch_legacy.load_legacy(io.BytesIO(f.getvalue()))
 
 
 def _cut(data: bytes, n: int) -> io.BytesIO:
-  return io.BytesIO(data[:n])
+    return io.BytesIO(data[:n])
 
 
-@pytest.mark.parametrize('where', [0.2, 0.6, 0.97, 0.999])
+@pytest.mark.parametrize("where", [0.2, 0.6, 0.97, 0.999])
 def test_truncated_file(where):
-  obj, storages, _ = sample_checkpoint()
-  data = write_legacy(obj, storages)
-  with pytest.raises(ValueError, match='truncated|ends early|cut short'):
-    torch_legacy.load_legacy(_cut(data, int(len(data) * where)))
+    obj, storages, _ = sample_checkpoint()
+    data = write_legacy(obj, storages)
+    with pytest.raises(ValueError, match="truncated|ends early|cut short"):
+        torch_legacy.load_legacy(_cut(data, int(len(data) * where)))
 
 
-@pytest.mark.parametrize('data, match', [
-    (pickle.dumps(12345, protocol=2), 'bad magic number'),
-    (b'PK\x03\x04' + b'\0' * 30, 'zip-based'),
-    (b'', 'ends early'),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (pickle.dumps(12345, protocol=2), "bad magic number"),
+        (b"PK\x03\x04" + b"\0" * 30, "zip-based"),
+        (b"", "ends early"),
+    ],
+)
 def test_not_legacy(data, match):
-  with pytest.raises(ValueError, match=match):
-    torch_legacy.load_legacy(io.BytesIO(data))
+    with pytest.raises(ValueError, match=match):
+        torch_legacy.load_legacy(io.BytesIO(data))
 
 
 def test_storage_count_and_bounds_are_checked():
-  s = Storage('k', np.arange(4, dtype=np.float32))
-  data = write_legacy({'t': Tensor(s, 2, (4,), (1,))}, [s])  # Reads past the 4 elements.
-  with pytest.raises(ValueError, match='runs past its storage'):
-    torch_legacy.load_legacy(io.BytesIO(data))
-  big_endian = write_legacy({}, [], sys_info={'little_endian': False})
-  with pytest.raises(ValueError, match='little-endian'):
-    torch_legacy.load_legacy(io.BytesIO(big_endian))
+    s = Storage("k", np.arange(4, dtype=np.float32))
+    data = write_legacy({"t": Tensor(s, 2, (4,), (1,))}, [s])  # Reads past the 4 elements.
+    with pytest.raises(ValueError, match="runs past its storage"):
+        torch_legacy.load_legacy(io.BytesIO(data))
+    big_endian = write_legacy({}, [], sys_info={"little_endian": False})
+    with pytest.raises(ValueError, match="little-endian"):
+        torch_legacy.load_legacy(io.BytesIO(big_endian))
 
 
 def test_missing_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match='no file'):
-    torch_legacy.load_legacy(tmp_path / 'absent.th')
+    with pytest.raises(FileNotFoundError, match="no file"):
+        torch_legacy.load_legacy(tmp_path / "absent.th")
 
 
 @needs_shared(RESNET_TH[20])
 def test_reads_real_checkpoint():
-  obj = torch_legacy.load_legacy(RESNET_TH[20])
-  assert obj['best_prec1'] == pytest.approx(91.78, abs=0.01)
-  sd = obj['state_dict']
-  assert len(sd) == 97 and all(k.startswith('module.') for k in sd)
-  assert sd['module.conv1.weight'].shape == (16, 3, 3, 3)
-  assert sd['module.linear.weight'].dtype == np.float32
+    obj = torch_legacy.load_legacy(RESNET_TH[20])
+    assert obj["best_prec1"] == pytest.approx(91.78, abs=0.01)
+    sd = obj["state_dict"]
+    assert len(sd) == 97 and all(k.startswith("module.") for k in sd)
+    assert sd["module.conv1.weight"].shape == (16, 3, 3, 3)
+    assert sd["module.linear.weight"].dtype == np.float32
