@@ -271,7 +271,8 @@ def main(argv=None) -> dict:
                         key_init_ids=[])  # fmt: skip
     f_te, r_te = y_te == fc, y_te != fc
     results["class_forgetting"] = {
-        "class": fc, "seconds": dt, "update_seconds": rec.seconds, "exact_record": rec.exact,
+        "class": fc, "seconds": dt, "update_seconds": rec.params["update_seconds"],
+                 "exact_record": rec.params["exact"],
         "bit_identical_to_oracle": same_bits(v_fc["params"]["values"], v_or["params"]["values"]),
         "before": {"forget_test": accuracy(evaluate, v_full, codes_te, y_te, f_te),
                    "retain_test": accuracy(evaluate, v_full, codes_te, y_te, r_te)},
@@ -300,7 +301,8 @@ def main(argv=None) -> dict:
         v_or, _ = fit_exact(model, variables, codes_d[~fset], y_d[~fset], ids_d[~fset],
                             estimator=est, key_init_ids=[])  # fmt: skip
         entry = {"fraction": frac, "num_forgotten": n_f, "seconds": dt,
-                 "update_seconds": rec.seconds, "exact_record": rec.exact,
+                 "update_seconds": rec.params["update_seconds"],
+                 "exact_record": rec.params["exact"],
                  "bit_identical_to_oracle": same_bits(v_un["params"]["values"],
                                                       v_or["params"]["values"])}  # fmt: skip
         for tag, v in (("before", v_full), ("after", v_un), ("oracle", v_or)):

@@ -11,13 +11,11 @@ from dkvb_jax.exact.api import (
     remove_examples,
     values_without,
 )
-from dkvb_jax.exact.audit import ExactAuditRecord
 from dkvb_jax.exact.estimators import EstimatorConfig, codebook_information, derive_values
 from dkvb_jax.exact.statistics import LabelStats, StatsConfig, counts_from_codes, subtract_rows
 
 __all__ = [
     "EstimatorConfig",
-    "ExactAuditRecord",
     "LabelStats",
     "StatsConfig",
     "add_examples",

@@ -12,7 +12,9 @@ compose with ``jax.jit`` and ``jax.vmap`` (e.g. one call for many forget sets).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -21,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import _validation
-from dkvb_jax.exact.audit import ExactAuditRecord, array_hash
 from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
 from dkvb_jax.exact.statistics import (
     LabelStats,
@@ -32,6 +33,7 @@ from dkvb_jax.exact.statistics import (
 )
 from dkvb_jax.model import DKVB
 from dkvb_jax.training.codes import compute_codes
+from dkvb_jax.unlearning.audit import AuditRecord, make_record
 
 Data = np.ndarray | jax.Array | tuple[jax.Array, jax.Array]
 _INT32_MAX = np.iinfo(np.int32).max
@@ -187,22 +189,31 @@ def _exactness(stats: LabelStats, ids: np.ndarray, keys_independent: bool | None
     return True, "the keys were fitted without any of these examples"
 
 
-def _record(method, exact, reason, ids, classes, estimator, v0, v1, c0, c1, t0):
-    jax.block_until_ready(v1)
+def _counts_hash(counts: jax.Array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(counts)).tobytes()).hexdigest()[:16]
+
+
+def _record(method, exact, reason, ids, classes, estimator, before, after, c0, c1, t0):
+    """The shared :class:`AuditRecord`; exactness and cost go in its ``params``."""
+    jax.block_until_ready(after["params"]["values"])
     seconds = time.perf_counter() - t0
-    return ExactAuditRecord(
+    params = {
+        "exact": exact,
+        "exact_reason": reason,
+        "estimator": dataclasses.asdict(estimator),
+        "num_examples": int(ids.size),
+        "update_seconds": seconds,
+        "counts_before": _counts_hash(c0),
+        "counts_after": _counts_hash(c1),
+    }
+    return make_record(
         method=method,
-        exact=exact,
-        reason=reason,
-        example_ids=tuple(int(i) for i in np.sort(ids)),
-        classes=classes,
-        num_examples=int(ids.size),
-        estimator=dict(vars(estimator)),
-        values_before=array_hash(v0),
-        values_after=array_hash(v1),
-        counts_before=array_hash(c0),
-        counts_after=array_hash(c1),
-        seconds=seconds,
+        params=params,
+        before=before,
+        after=after,
+        forgotten_classes=classes,
+        forgotten_examples=None if method == "exact_add" else np.sort(ids),
+        effect={"added_examples": np.sort(ids).tolist()} if method == "exact_add" else None,
     )
 
 
@@ -277,7 +288,7 @@ def add_examples(
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     batch_size: int = 1024,
     verify_keys: bool = True,
-) -> tuple[dict, LabelStats, ExactAuditRecord]:
+) -> tuple[dict, LabelStats, AuditRecord]:
     """Incremental learning: counts the new examples in and re-derives the values.
 
     Equals :func:`fit_exact` on the old data followed by the new (store rows appended).
@@ -313,9 +324,10 @@ def add_examples(
     )
     values = _derive(counts, estimator)
     exact, reason = _exactness(stats, ids, None)
-    rec = _record("exact_add", exact, reason, ids, None, estimator,
-                  variables["params"]["values"], values, stats.counts, counts, t0)  # fmt: skip
-    return _with_values(variables, values), new, rec
+    out = _with_values(variables, values)
+    rec = _record("exact_add", exact, reason, ids, None, estimator, variables, out,
+                  stats.counts, counts, t0)  # fmt: skip
+    return out, new, rec
 
 
 def remove_examples(
@@ -328,7 +340,7 @@ def remove_examples(
     verify_keys: bool = True,
     _method: str = "exact_remove",
     _classes: tuple[int, ...] | None = None,
-) -> tuple[dict, LabelStats, ExactAuditRecord]:
+) -> tuple[dict, LabelStats, AuditRecord]:
     """Forgets examples by id: subtracts their stored counts and re-derives the values.
 
     No encoder pass and no lookup: the examples' codes come from the store, and their rows are
@@ -345,7 +357,7 @@ def remove_examples(
       verify_keys: Check that keys/projection/search mask are those the codes were computed under.
 
     Returns:
-      New variables, new statistics and an :class:`ExactAuditRecord`.
+      New variables, new statistics and an :class:`AuditRecord`.
 
     Raises:
       ValueError: empty request, or ids that are not counted (never added or already removed);
@@ -391,9 +403,10 @@ def remove_examples(
     )
     values = _derive(counts, estimator)
     exact, reason = _exactness(stats, ids, keys_independent)
-    rec = _record(_method, exact, reason, ids, _classes, estimator,
-                  variables["params"]["values"], values, stats.counts, counts, t0)  # fmt: skip
-    return _with_values(variables, values), new, rec
+    out = _with_values(variables, values)
+    rec = _record(_method, exact, reason, ids, _classes, estimator, variables, out,
+                  stats.counts, counts, t0)  # fmt: skip
+    return out, new, rec
 
 
 def forget_classes(
@@ -404,7 +417,7 @@ def forget_classes(
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     keys_independent: bool | None = None,
     verify_keys: bool = True,
-) -> tuple[dict, LabelStats, ExactAuditRecord]:
+) -> tuple[dict, LabelStats, AuditRecord]:
     """Forgets every counted example of the given classes (exact class unlearning).
 
     Equals :func:`fit_exact` on the other classes' examples; with the default estimator

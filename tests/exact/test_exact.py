@@ -11,7 +11,6 @@ import pytest
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.exact import (
     EstimatorConfig,
-    ExactAuditRecord,
     StatsConfig,
     add_examples,
     counts_from_codes,
@@ -23,6 +22,7 @@ from dkvb_jax.exact import (
 )
 from dkvb_jax.model import DKVB
 from dkvb_jax.training import compute_codes
+from dkvb_jax.unlearning.audit import AuditRecord
 
 C, K, Y, TOPK, D = 4, 8, 3, 2, 16
 ESTIMATORS = [
@@ -139,7 +139,7 @@ def test_remove_examples_equals_refit(model_and_vars, cfg, seed, rank_weights):
                              estimator=cfg, stats_config=sc, key_init_ids=[])  # fmt: skip
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
-    assert rec.exact and rec.num_examples == forget.sum()
+    assert rec.params["exact"] and rec.params["num_examples"] == forget.sum()
 
 
 @pytest.mark.parametrize("classes", [0, [2], [0, 1]])
@@ -152,7 +152,8 @@ def test_forget_classes_equals_refit_and_never_predicts_them(model_and_vars, cla
     v_ref, s_ref = fit_exact(model, v, codes[keep], labels[keep], ids[keep], key_init_ids=[])
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
-    assert rec.classes == tuple(np.atleast_1d(classes).tolist())
+    assert rec.forgotten_classes == np.atleast_1d(classes).tolist()
+    assert rec.method == "exact_forget_classes" and sum(rec.pairs_masked) == 0
     pred = model.apply(v_un, jnp.asarray(codes), codes >= 0, method=DKVB.decode_codes).argmax(-1)
     assert not np.isin(np.asarray(pred), classes).any()
 
@@ -291,10 +292,10 @@ def test_audit_exactness_and_json_roundtrip(model_and_vars, key_init_ids, keys_i
     ids = np.arange(codes.shape[0])
     v0, s0 = fit_exact(model, v, codes, labels, ids, key_init_ids=key_init_ids)
     _, _, rec = remove_examples(v0, s0, [2, 9], keys_independent=keys_independent)
-    assert rec.exact is exact and rec.reason
-    assert rec.example_ids == (2, 9)
-    assert ExactAuditRecord.from_json(rec.to_json()) == rec
-    json.loads(rec.to_json())
+    assert rec.params["exact"] is exact and rec.params["exact_reason"]
+    assert rec.forgotten_examples == [2, 9] and rec.changed
+    assert AuditRecord.from_json(rec.to_json()) == rec
+    assert json.loads(rec.to_json())["params"]["exact"] is exact
 
 
 # ------------------------------------------------------------------ jit / vmap
