@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from dkvb_jax import _batching, _validation
 from dkvb_jax.model import DKVB
+from dkvb_jax.model.lookup import auto_chunk
 from dkvb_jax.parallel import mesh as mesh_lib
 from dkvb_jax.parallel.mesh import DATA
 from dkvb_jax.training import keys as keys_lib
@@ -247,7 +248,19 @@ def evaluate(
     ys, _ = mesh_lib.shard_batch(labels, mesh, multiple=size * batch_size if host else None)
     share = xs.shape[0] // size
     per_device = max(d for d in range(1, min(batch_size, share) + 1) if share % d == 0)
-    logits, correct, count = _evaluate_sharded(model, mesh, per_device, variables, xs, ys, w)
+    # One step is one lookup chunk: the core's row chunking (`lax.map` over the rows) would run
+    # over the sharded batch axis and make XLA gather the whole step onto every device. So the
+    # step is capped at the lookup memory budget (per device, after codebook sharding) and the
+    # lookup itself runs unchunked.
+    if cfg.lookup_chunk is None:
+        cap = auto_chunk(
+            cfg.num_codebooks // mesh_lib.codebook_size(mesh), cfg.num_keys, cfg.lookup_memory_mb
+        )
+    else:
+        cap = cfg.lookup_chunk or per_device
+    per_device = max(d for d in range(1, min(per_device, cap) + 1) if share % d == 0)
+    unchunked = DKVB(cfg.replace(lookup_chunk=0))
+    logits, correct, count = _evaluate_sharded(unchunked, mesh, per_device, variables, xs, ys, w)
     if host and xs.shape[0] != n:
         logits = logits[:n]
     correct = int(correct) if y is not None else 0
@@ -295,6 +308,31 @@ def ema_batch_stats(
     return _ema_stats_sharded(mesh, q, w, keys)
 
 
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _ema_step_sharded(mesh, state, queries, weights, rng, decay, epsilon, dead_threshold):
+    counts, sums, sq_err = _ema_stats_sharded(mesh, queries, weights, state.keys)
+    # The EMA update below is the core's (`training.keys._ema_step`) after its batch statistics;
+    # it is repeated here because the core computes those statistics inside the same jitted
+    # function, where XLA would gather the whole batch onto every device for the chunked
+    # lookup. TODO(core): expose the update as its own function and call it here.
+    new_counts = decay * state.counts + (1.0 - decay) * counts
+    new_sums = decay * state.sums + (1.0 - decay) * sums
+    total = new_counts.sum(axis=-1, keepdims=True)
+    num_keys = new_counts.shape[-1]
+    smoothed = (new_counts + epsilon) / (total + num_keys * epsilon) * total
+    keys = new_sums / smoothed[..., None]
+    dead = smoothed < dead_threshold
+    batch = queries.shape[0]
+    p = weights / weights.sum()
+    pick = jax.random.choice(rng, batch, shape=(keys.shape[0], num_keys), p=p)
+    seeds = queries[pick, jnp.arange(keys.shape[0])[:, None]]
+    reset_count = jnp.maximum(total / num_keys, epsilon)
+    keys = jnp.where(dead[..., None], seeds, keys)
+    smoothed = jnp.where(dead, reset_count, smoothed)
+    new_sums = jnp.where(dead[..., None], seeds * reset_count[..., None], new_sums)
+    return keys_lib.EMAState(keys, new_sums, smoothed), sq_err, counts
+
+
 def ema_step(
     state: keys_lib.EMAState,
     queries: jax.Array,
@@ -308,15 +346,20 @@ def ema_step(
 ) -> tuple[keys_lib.EMAState, jax.Array, jax.Array]:
     """The core's EMA k-means step on a batch split over ``'data'``.
 
-    The core step is compiled for the sharded batch; XLA reduces the per-device counts and sums
-    over the data axis (an all-reduce), and the dead-key re-seeding draws from the global batch,
-    so the result matches the one-device step up to float summation order.
+    Each device assigns its own rows to keys; counts and sums are `psum`-ed over the data axis;
+    the update and the dead-key re-seeding (drawn from the global batch) then run on the
+    replicated statistics, so the result matches the one-device step up to float summation
+    order.
+
+    Returns:
+      The new state, the batch's weighted squared quantisation error and its counts
+      `[codebooks, keys]`.
     """
     q, valid = mesh_lib.shard_batch(queries, mesh)
     w, _ = mesh_lib.shard_batch(weights, mesh)
     w = jnp.where(valid, w, 0).astype(q.dtype)
     state = jax.device_put(state, mesh_lib.replicated(mesh))
-    return keys_lib._ema_step(state, q, w, rng, decay, epsilon, dead_threshold)
+    return _ema_step_sharded(mesh, state, q, w, rng, decay, epsilon, dead_threshold)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,8 +568,8 @@ def fit_keys(
         for q, valid, rows in batches():
             rng, sub = jax.random.split(rng)
             w = valid.astype(q.dtype)
-            state, sq, batch_counts = keys_lib._ema_step(
-                state, q, w, sub, config.decay, config.epsilon, config.dead_threshold
+            state, sq, batch_counts = _ema_step_sharded(
+                mesh, state, q, w, sub, config.decay, config.epsilon, config.dead_threshold
             )
             err += float(sq)
             n += rows
