@@ -4,11 +4,12 @@ The weights come from the quantised TFLite embedding extractor in
 `../shared/weights/mobilenet_v1/` (google-coral/test_data, Apache-2.0): batch norm is folded into
 the convolutions, so every layer is a convolution with bias followed by ReLU6. They are shipped
 in `dkvb_jax/assets/mobilenet_v1_1.0_224_quant.npz` as the original uint8 weights plus one
-scale and zero point per tensor (about 3 MB) and dequantised on load; see
+scale and zero point per tensor (2.3 MB) and dequantised on load; see
 `dkvb_jax.encoders.tflite_convert` for the converter.
 
 The port computes activations in float, so its embedding matches the quantised interpreter's up
-to activation quantisation (cosine about 0.98 on CIFAR-10 images resized to 224).
+to activation quantisation: cosine 0.97 on average (0.87 at worst) on 20 CIFAR-10 test images
+resized to 224, and 0.9998 with `emulate_quantization=True`.
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ from dkvb_jax.encoders import mobilenet_v1 as mb
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="needs the optional ai-edge-litert")
 
-# Measured on the 20 shipped images (float port vs interpreter): min 0.893, mean 0.977.
-# With activation rounding the port matches the interpreter to min 0.9997.
-FLOAT_MIN_COS, FLOAT_MEAN_COS = 0.87, 0.96
+# Measured on the 20 shipped images, port vs interpreter on the same uint8 224 inputs: float
+# activations min 0.8725 (a dark 'deer' image) and mean 0.9723; with activation rounding
+# (emulate_quantization) min 0.9997, mean 0.9998. From the 32 px images (float resize, no
+# rounding of the input): mean 0.9421. Thresholds leave a margin for JPEG decoder versions.
+FLOAT_MIN_COS, FLOAT_MEAN_COS = 0.85, 0.96
 EMULATED_MIN_COS = 0.999
 
 
@@ -68,7 +70,7 @@ def test_matches_stored_interpreter_embedding(
 
 def test_embedding_from_32px_uint8_close_to_interpreter(reference, port_embeddings):
     """The default path (float resize inside preprocess, no rounding) stays close too."""
-    assert cosine(port_embeddings["32px"], reference[1]).mean() >= 0.94
+    assert cosine(port_embeddings["32px"], reference[1]).mean() >= 0.92
 
 
 def test_emulated_module_uses_scale_from_weights():
