@@ -11,6 +11,7 @@ from dkvb_jax.data.cache import (
     cached_embeddings,
 )
 from dkvb_jax.data.image_folder import CIFAR10_CLASSES, ImageFolderSource
+from dkvb_jax.data.registry import DATASETS, get_source
 from dkvb_jax.data.sample import cifar10_sample_path, load_cifar10_sample
 from dkvb_jax.data.sharding import BatchPlan, batch_plan
 from dkvb_jax.data.sources import ArraySource, ImageSource, Source
@@ -20,6 +21,7 @@ __all__ = [
     "ArraySource",
     "BatchPlan",
     "CIFAR10_CLASSES",
+    "DATASETS",
     "CacheRebuildWarning",
     "CachedEmbeddings",
     "ImageFolderSource",
@@ -30,6 +32,7 @@ __all__ = [
     "cache_path",
     "cached_embeddings",
     "cifar10_sample_path",
+    "get_source",
     "load_cifar10_sample",
     "load_tfds",
     "tensorflow_available",
