@@ -124,11 +124,13 @@ def usage_from_codes(
     """
     if labels is not None and num_classes is None:
         raise ValueError("usage_from_codes: pass num_classes together with labels.")
-    n = indices.shape[0]
     idx, w = mesh_lib.shard_batch(indices, mesh, valid=rows)
     val, _ = mesh_lib.shard_batch(valid, mesh)
-    lab = np.zeros((n,), np.int32) if labels is None else labels
-    lab, _ = mesh_lib.shard_batch(lab, mesh)
+    if labels is None:
+        # Unused placeholder, built from the sharded codes so it also works on global arrays.
+        lab = jnp.zeros_like(idx[:, 0, 0])
+    else:
+        lab, _ = mesh_lib.shard_batch(labels, mesh)
     return _usage_sharded(num_keys, None if labels is None else num_classes, mesh, idx, val, w, lab)
 
 
