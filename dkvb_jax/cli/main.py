@@ -1,0 +1,664 @@
+"""``dkvb``: the command line of dkvb_jax (embed, fit, unlearn, evaluate, compare, demo).
+
+    dkvb demo                                   # fit, forget one class, compare; offline
+    dkvb embed   --encoder mobilenet_v1 --dataset cifar10 --data-dir ../shared/data/cifar10
+    dkvb fit     --dataset cifar10_sample --checkpoint ckpt/
+    dkvb unlearn --checkpoint ckpt/ --classes 3 --method uva
+    dkvb evaluate --checkpoint ckpt/
+    dkvb compare --dataset cifar10 --data-dir ../shared/data/cifar10 --out results/
+
+Every command prints a readable table, or JSON with ``--json``. Bad input ends with one line on
+stderr and exit status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")
+DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
+METHODS = ("uva", "uve", "exact")
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(ValueError):
+    """A user error the command line reports in one line."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """Train / test embeddings and where they came from."""
+
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    source: dict
+    class_names: tuple[str, ...] = ()
+    ids_train: Any = None
+
+
+def _encoders() -> list[str]:
+    from dkvb_jax.encoders import list_encoders
+
+    return list(list_encoders())
+
+
+def _load_npz(path: str) -> Embeddings:
+    import numpy as np
+
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"--embeddings {path}: no such file.")
+    with np.load(p) as f:
+        missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(f.files))
+        if missing:
+            raise CLIError(
+                f"--embeddings {path} lacks arrays {missing}; it needs x_train, y_train, x_test, "
+                "y_test."
+            )
+        arrays = {k: f[k] for k in f.files}
+    names = tuple(str(n) for n in arrays.get("class_names", ()))
+    return Embeddings(
+        arrays["x_train"].astype("float32"), arrays["y_train"].astype("int32"),
+        arrays["x_test"].astype("float32"), arrays["y_test"].astype("int32"),
+        {"embeddings": str(p)}, names, arrays.get("ids_train"),
+    )  # fmt: skip
+
+
+def load_embeddings(args: argparse.Namespace, info: dict | None = None) -> Embeddings:
+    """The run's embeddings: ``--embeddings`` NPZ, or encoder + dataset through the cache.
+
+    `info` (a checkpoint's ``run.json``) fills in what the arguments leave unset.
+    """
+    info = info or {}
+    npz = getattr(args, "embeddings", None) or (
+        info.get("embeddings") if getattr(args, "dataset", None) is None else None
+    )
+    if npz:
+        return _load_npz(npz)
+    from dkvb_jax.embedding import embed_dataset
+
+    encoder = args.encoder or info.get("encoder") or "mobilenet_v1"
+    dataset = args.dataset or info.get("dataset") or "cifar10_sample"
+    data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
+    _check_names(encoder, dataset)
+    splits = {}
+    for split in ("train", "test"):
+        splits[split] = embed_dataset(
+            encoder, dataset, split, data_dir=data_dir, cache_dir=_cache_dir(args),
+            progress=not args.no_progress,
+        )  # fmt: skip
+    tr, te = splits["train"], splits["test"]
+    return Embeddings(
+        tr.embeddings.astype("float32"), tr.labels, te.embeddings.astype("float32"), te.labels,
+        {"encoder": encoder, "dataset": dataset, "data_dir": data_dir},
+        tuple(tr.class_names), tr.ids,
+    )  # fmt: skip
+
+
+def _check_names(encoder: str, dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise CLIError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}.")
+    known = _encoders()
+    if encoder not in known:
+        raise CLIError(f"unknown encoder {encoder!r}; known: {', '.join(known)}.")
+
+
+def _cache_dir(args) -> pathlib.Path:
+    return pathlib.Path(args.cache_dir).expanduser()
+
+
+def _key_data(args, emb: Embeddings):
+    """Unlabelled embeddings for the keys: another dataset (``--key-dataset``) or None."""
+    if not getattr(args, "key_dataset", None):
+        return None
+    from dkvb_jax.embedding import embed_dataset
+
+    encoder = emb.source.get("encoder")
+    if encoder is None:
+        raise CLIError("--key-dataset needs --encoder/--dataset input (not --embeddings).")
+    _check_names(encoder, args.key_dataset)
+    return embed_dataset(
+        encoder, args.key_dataset, "train", data_dir=args.key_data_dir,
+        cache_dir=_cache_dir(args), progress=not args.no_progress,
+    ).embeddings.astype("float32")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _emit(args, payload: dict, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="github", floatfmt=".4g")
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def experiment_config(args) -> Any:
+    """ExperimentConfig from ``--config`` JSON (an experiments/ file) overridden by flags."""
+    from dkvb_jax.experiment import ExperimentConfig
+
+    base: dict = {}
+    if getattr(args, "config", None):
+        p = pathlib.Path(args.config)
+        if not p.is_file():
+            raise FileNotFoundError(f"--config {args.config}: no such file.")
+        loaded = json.loads(p.read_text())
+        base = dict(loaded.get("experiment", loaded))
+    flags = {
+        "num_codebooks": args.codebooks, "num_keys": args.keys, "key_dim": args.key_dim,
+        "top_k": args.top_k, "key_epochs": args.key_epochs, "value_epochs": args.value_epochs,
+        "value_learning_rate": args.lr, "seed": args.seed,
+    }  # fmt: skip
+    for name in ("forget_classes", "baselines", "methods", "head_epochs", "baseline_max_epochs"):
+        if getattr(args, name, None) is not None:
+            flags[name] = getattr(args, name)
+    if getattr(args, "no_mia", False):
+        flags["mia"] = False
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return ExperimentConfig.from_dict(base)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_embed(args) -> int:
+    from dkvb_jax.embedding import embed_dataset
+
+    encoder = args.encoder or "mobilenet_v1"
+    dataset = args.dataset or "cifar10_sample"
+    _check_names(encoder, dataset)
+    out, rows = {}, []
+    for split in args.splits:
+        start = time.perf_counter()
+        c = embed_dataset(encoder, dataset, split, data_dir=args.data_dir,
+                          cache_dir=_cache_dir(args), rebuild=args.rebuild,
+                          progress=not args.no_progress)  # fmt: skip
+        secs = time.perf_counter() - start
+        out[split] = {"examples": int(c.embeddings.shape[0]), "dim": int(c.embeddings.shape[1]),
+                      "from_cache": c.from_cache, "seconds": secs, "path": str(c.path)}  # fmt: skip
+        rows.append([split, c.embeddings.shape[0], c.embeddings.shape[1],
+                     "cache" if c.from_cache else f"encoded ({c.embeddings.shape[0] / secs:.1f} img/s)",
+                     f"{secs:.1f}", str(c.path)])  # fmt: skip
+    _emit(args, {"encoder": encoder, "dataset": dataset, "splits": out},
+          _table(rows, ["split", "examples", "dim", "source", "seconds", "cache entry"]))  # fmt: skip
+    return 0
+
+
+def _accuracies(fitted, emb: Embeddings) -> dict:
+    import jax.numpy as jnp
+
+    from dkvb_jax.evaluation import accuracy, per_class_accuracy
+
+    apply = fitted.model.apply
+    v = fitted.variables
+    return {
+        "train_acc": accuracy(apply, v, jnp.asarray(emb.x_train), jnp.asarray(emb.y_train)),
+        "test_acc": accuracy(apply, v, jnp.asarray(emb.x_test), jnp.asarray(emb.y_test)),
+        "per_class_test_acc": per_class_accuracy(
+            apply, v, jnp.asarray(emb.x_test), jnp.asarray(emb.y_test)
+        ),
+    }
+
+
+def cmd_fit(args) -> int:
+    import jax
+
+    from dkvb_jax.experiment import fit_dkvb
+
+    cfg = experiment_config(args)
+    emb = load_embeddings(args)
+    num_classes = int(max(emb.y_train.max(), emb.y_test.max())) + 1
+    model_cfg = cfg.dkvb_config(emb.x_train.shape[1], num_classes)
+    info = {**emb.source, "experiment": cfg.to_dict(), "class_names": list(emb.class_names)}
+    if args.key_dataset:
+        info["key_dataset"] = args.key_dataset
+    start = time.perf_counter()
+    fitted = fit_dkvb(
+        model_cfg, emb.x_train, emb.y_train, key=jax.random.key(cfg.seed),
+        key_data=_key_data(args, emb), key_config=cfg.key_config(),
+        value_config=cfg.value_config(), standardize=cfg.standardize,
+        checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    secs = time.perf_counter() - start
+    acc = _accuracies(fitted, emb)
+    payload = {"checkpoint": str(args.checkpoint), "config": model_cfg.to_dict(), "seconds": secs,
+               **{k: acc[k] for k in ("train_acc", "test_acc")},
+               "per_class_test_acc": acc["per_class_test_acc"]}  # fmt: skip
+    text = _table(
+        [[model_cfg.num_codebooks, model_cfg.num_keys, model_cfg.key_dim,
+          _pct(acc["train_acc"]), _pct(acc["test_acc"]), f"{secs:.1f}"]],
+        ["codebooks", "keys", "key dim", "train acc (%)", "test acc (%)", "seconds"],
+    ) + f"\ncheckpoint: {args.checkpoint}"  # fmt: skip
+    _emit(args, payload, text)
+    return 0
+
+
+def _parse_ids(spec: str) -> list[int]:
+    if spec.startswith("@"):
+        p = pathlib.Path(spec[1:])
+        if not p.is_file():
+            raise FileNotFoundError(f"--examples {spec}: no such file.")
+        spec = p.read_text().replace("\n", ",")
+    try:
+        return [int(s) for s in spec.replace(" ", ",").split(",") if s.strip()]
+    except ValueError as e:
+        raise CLIError(
+            f"--examples must be comma-separated integer ids or @file, got {spec!r}."
+        ) from e
+
+
+def _forget_rows(emb: Embeddings, ids: list[int]):
+    """Row indices of the named training example ids (ids from the cache, or row numbers)."""
+    import numpy as np
+
+    ids_arr = np.asarray(ids, np.int64)
+    if emb.ids_train is None:
+        known = np.arange(emb.x_train.shape[0])
+    else:
+        known = np.asarray(emb.ids_train, np.int64)
+    pos = {int(v): i for i, v in enumerate(known)}
+    missing = [int(i) for i in ids_arr if int(i) not in pos]
+    if missing:
+        raise CLIError(
+            f"--examples ids {missing[:10]} are not training examples of this dataset "
+            f"(ids range {known.min()}..{known.max()})."
+        )
+    return np.asarray([pos[int(i)] for i in ids_arr])
+
+
+def cmd_unlearn(args) -> int:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dkvb_jax.experiment import load_fitted, save_fitted
+    from dkvb_jax.experiment.fitting import FittedDKVB
+    from dkvb_jax.unlearning import (
+        accuracy_effect,
+        forget_examples,
+        sweep_uva,
+        sweep_uve,
+        unlearn_via_activations,
+        unlearn_via_examples,
+    )
+
+    if (args.classes is None) == (args.examples is None):
+        raise CLIError("give exactly one of --classes or --examples.")
+    fitted, info = load_fitted(args.checkpoint)
+    cfg = fitted.config
+    model, variables = fitted.model, fitted.variables
+    classes = None
+    if args.classes is not None:
+        classes = sorted(set(args.classes))
+        bad = [c for c in classes if not 0 <= c < cfg.num_classes]
+        if bad:
+            raise CLIError(f"--classes {bad} outside the model's {cfg.num_classes} classes.")
+    # Embeddings are needed for the before/after effect in the audit record in every case.
+    emb = load_embeddings(args, info)
+    rows_forget = None
+    if args.examples is not None:
+        rows_forget = _forget_rows(emb, _parse_ids(args.examples))
+        forget_y = np.unique(emb.y_train[rows_forget])
+    eval_classes = classes if classes is not None else forget_y.tolist()
+    effect = accuracy_effect(model, jnp.asarray(emb.x_test), emb.y_test, eval_classes)
+    start = time.perf_counter()
+    n = args.n
+    if args.method == "exact":
+        new_vars, record = _exact_unlearn(args, fitted, emb, classes, rows_forget)
+    elif classes is not None and args.method == "uva":
+        if n is None:
+            sweep = sweep_uva(model, variables, fitted.usage, classes, emb.x_train, emb.y_train,
+                              [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096][
+                                  : 1 + int(np.log2(cfg.num_keys))])  # fmt: skip
+            n = sweep.smallest_n or max(sweep.ns)
+        new_vars, record = unlearn_via_activations(
+            model, variables, n, usage=fitted.usage, classes=classes, eval_fn=effect
+        )
+    elif classes is not None:
+        mask = np.isin(emb.y_train, classes)
+        forget_x = emb.x_train[mask][np.random.default_rng(0).permutation(int(mask.sum()))]
+        if n is None:
+            grid = [g for g in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if g <= len(forget_x)]
+            sweep = sweep_uve(model, variables, forget_x, classes, emb.x_train, emb.y_train, grid)
+            n = sweep.smallest_n or max(sweep.ns)
+        new_vars, record = unlearn_via_examples(
+            model, variables, forget_x[:n], classes=classes, eval_fn=effect
+        )
+    else:
+        if args.method == "uva":
+            raise CLIError(
+                "--method uva forgets classes (it masks each class's most-used keys); for "
+                "--examples use --method uve or exact."
+            )
+        ids = rows_forget.tolist()
+        new_vars, record = forget_examples(model, variables, ids, x=emb.x_train, eval_fn=effect)
+    secs = time.perf_counter() - start
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.checkpoint)
+    if out != pathlib.Path(args.checkpoint):
+        if (out / "model").exists():
+            raise CLIError(f"--out {out} already holds a checkpoint; choose a new folder.")
+    new = FittedDKVB(model, new_vars, fitted.usage, audit=(*fitted.audit, record))
+    step = save_fitted(out, new, encoder=info.get("encoder"), run_info=info)
+    rec = json.loads(record.to_json())
+    eff = rec.get("effect") or {}
+    before, after = eff.get("before", {}), eff.get("after", {})
+    payload = {"checkpoint": str(out), "step": step, "method": args.method, "n": n,
+               "seconds": secs, "audit": rec}  # fmt: skip
+    text = _table(
+        [["before", _pct(before.get("forget_accuracy")), _pct(before.get("retain_accuracy"))],
+         ["after", _pct(after.get("forget_accuracy")), _pct(after.get("retain_accuracy"))]],
+        ["model", "forget-test acc (%)", "retain-test acc (%)"],
+    ) + (f"\n{args.method} (N={n}) in {secs:.2f} s; saved step {step} of {out} with its audit "
+         f"record")  # fmt: skip
+    _emit(args, payload, text)
+    return 0
+
+
+def _exact_unlearn(args, fitted, emb, classes, rows_forget):
+    """Exact unlearning: closed-form values from label counts minus the forgotten examples."""
+    import numpy as np
+
+    from dkvb_jax import exact
+    from dkvb_jax.unlearning.audit import make_record
+
+    model, variables = fitted.model, fitted.variables
+    if fitted.config.decoder != "vote":
+        raise CLIError("--method exact needs a model with the vote decoder.")
+    ids = np.arange(emb.x_train.shape[0], dtype=np.int32)
+    fitted_vars, stats = exact.fit_exact(
+        model, variables, emb.x_train, emb.y_train, ids,
+        key_init_ids=[] if args.keys_independent else None,
+    )  # fmt: skip
+    if classes is not None:
+        new_vars, _, rec = exact.forget_classes(fitted_vars, stats, classes)
+    else:
+        new_vars, _, rec = exact.remove_examples(fitted_vars, stats, rows_forget.astype(np.int32))
+    # The checkpoint's audit trail holds AuditRecords; the exact record rides in its params.
+    record = make_record(
+        method="exact", params=json.loads(rec.to_json()), before=variables, after=new_vars,
+        forgotten_classes=classes,
+        forgotten_examples=None if rows_forget is None else rows_forget.tolist(),
+    )  # fmt: skip
+    return new_vars, record
+
+
+def cmd_evaluate(args) -> int:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dkvb_jax.evaluation import membership_inference
+    from dkvb_jax.experiment import load_fitted
+
+    fitted, info = load_fitted(args.checkpoint, step=args.step)
+    emb = load_embeddings(args, info)
+    if emb.x_train.shape[1] != fitted.config.embed_dim:
+        raise CLIError(
+            f"the embeddings have dimension {emb.x_train.shape[1]} but the checkpoint's model "
+            f"reads {fitted.config.embed_dim}: they come from another encoder."
+        )
+    acc = _accuracies(fitted, emb)
+    forgotten = sorted({c for r in fitted.audit for c in (_field(r, "forgotten_classes") or [])})
+    payload = {"checkpoint": str(args.checkpoint), "audit_records": len(fitted.audit),
+               "forgotten_classes": forgotten, **acc}  # fmt: skip
+    lines = [_table([[_pct(acc["train_acc"]), _pct(acc["test_acc"]), len(fitted.audit),
+                      ",".join(map(str, forgotten)) or "-"]],
+                    ["train acc (%)", "test acc (%)", "unlearning calls", "forgotten classes"])]  # fmt: skip
+    if forgotten:
+        f_tr, f_te = np.isin(emb.y_train, forgotten), np.isin(emb.y_test, forgotten)
+        pred = np.asarray(fitted.model.apply(fitted.variables, jnp.asarray(emb.x_test)).argmax(-1))
+        ok = pred == emb.y_test
+        payload["forget_test_acc"] = float(ok[f_te].mean())
+        payload["retain_test_acc"] = float(ok[~f_te].mean())
+        if not args.no_mia:
+            mia = membership_inference(
+                fitted.model.apply, fitted.variables, jnp.asarray(emb.x_train[f_tr]),
+                jnp.asarray(emb.y_train[f_tr]), jnp.asarray(emb.x_test[f_te]),
+                jnp.asarray(emb.y_test[f_te]),
+            )  # fmt: skip
+            payload["mia"] = mia.to_dict()
+        lines.append(_table([[_pct(payload["retain_test_acc"]), _pct(payload["forget_test_acc"]),
+                              _pct(payload.get("mia", {}).get("accuracy"))]],
+                            ["retain-test acc (%)", "forget-test acc (%)", "MIA (%)"]))  # fmt: skip
+    names = list(info.get("class_names") or emb.class_names)
+    lines.append(_table(
+        [[c, names[c] if c < len(names) else "", _pct(a)] for c, a in acc["per_class_test_acc"].items()],
+        ["class", "name", "test acc (%)"]))  # fmt: skip
+    _emit(args, payload, "\n\n".join(lines))
+    return 0
+
+
+def _field(record, name):
+    return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+
+
+def _run_compare(args, cfg, out: pathlib.Path) -> int:
+    from dkvb_jax.experiment import run_class_unlearning, save_plots
+
+    emb = load_embeddings(args)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = run_class_unlearning(
+        (emb.x_train, emb.y_train), (emb.x_test, emb.y_test), cfg,
+        key_data=_key_data(args, emb), checkpoint_dir=out / "checkpoint",
+        cache_dir=out / "rows", encoder=emb.source.get("encoder"),
+        meta={"source": emb.source, "machine": _machine(), "command": " ".join(sys.argv)},
+        progress=not args.no_progress,
+    )  # fmt: skip
+    secs = time.perf_counter() - start
+    paths = result.save(out)
+    paths.update(save_plots(result, out, class_names=emb.class_names or None))
+    names = emb.class_names
+    fc = ", ".join(f"{c} ({names[c]})" if c < len(names) else str(c) for c in result.forget_classes)
+    payload = {"out": str(out), "seconds": secs, "files": paths, **result.to_dict()}
+    text = (
+        f"forget class: {fc};  N_a = {result.n_a}, N_e = {result.n_e}\n\n"
+        + result.table.to_markdown()
+        + f"\n\nwrote {', '.join(sorted(pathlib.Path(p).name for p in paths.values()))} to {out} "
+        f"({secs:.0f} s)"
+    )
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    return _run_compare(args, experiment_config(args), pathlib.Path(args.out))
+
+
+# The demo's model: 2,000 training images are ~200 per class. 128 codebooks x 256 keys gives
+# about 8 training images per key on average, so most values are trained, while each class still
+# owns ~25 keys per codebook for UvA to mask; 10 key epochs and 30 value epochs take seconds
+# because value training runs on codes computed once. 1024-key codebooks would leave most pairs
+# with no training example on this sample.
+DEMO = dict(num_codebooks=128, num_keys=256, key_dim=14, key_epochs=10, value_epochs=30,
+            baselines=("finetune",), n_a_grid=(1, 2, 4, 8, 16, 32, 64, 128),
+            n_e_grid=(1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
+
+
+def cmd_demo(args) -> int:
+    from dkvb_jax.experiment import ExperimentConfig
+
+    args.dataset = args.dataset or "cifar10_sample"
+    args.encoder = args.encoder or "mobilenet_v1"
+    args.embeddings = None
+    args.key_dataset = None
+    cfg = ExperimentConfig(**DEMO, seed=args.seed or 0)
+    return _run_compare(args, cfg, pathlib.Path(args.out))
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE,
+                   help="embedding cache (default: $DKVB_CACHE_DIR or ~/.cache/dkvb_jax)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _data(p: argparse.ArgumentParser, embeddings: bool = True) -> None:
+    p.add_argument("--encoder", default=None,
+                   help="registered encoder, e.g. mobilenet_v1 (default), cifar_resnet20")  # fmt: skip
+    p.add_argument("--dataset", default=None,
+                   help=f"dataset: {', '.join(DATASETS)} (default cifar10_sample)")  # fmt: skip
+    p.add_argument(
+        "--data-dir", default=None, help="where the dataset lives (folder, zip, tfds dir)"
+    )
+    if embeddings:
+        p.add_argument("--embeddings", default=None,
+                       help="NPZ with x_train, y_train, x_test, y_test instead of encoder+dataset")  # fmt: skip
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", default=None, help="experiment config JSON (see experiments/configs)"
+    )
+    p.add_argument("--codebooks", type=int, default=None, help="codebooks C (default 128)")
+    p.add_argument("--keys", type=int, default=None, help="keys per codebook K (default 512)")
+    p.add_argument("--key-dim", type=int, default=None, help="key dimension (default 14)")
+    p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
+    p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
+    p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (10)")
+    p.add_argument("--lr", type=float, default=None, help="value learning rate (0.3)")
+    p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
+    p.add_argument("--key-dataset", default=None,
+                   help="fit keys on this dataset's train split, unlabelled (e.g. cifar100)")  # fmt: skip
+    p.add_argument("--key-data-dir", default=None, help="data dir of --key-dataset")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dkvb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    p = sub.add_parser("embed", help="encode a dataset into the embedding cache")
+    _data(p, embeddings=False)
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--rebuild", action="store_true", help="encode again even if cached")
+    _common(p)
+    p.set_defaults(fn=cmd_embed)
+
+    p = sub.add_parser("fit", help="fit keys (unlabelled) and values; save a checkpoint")
+    _data(p)
+    _model(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (resumes if present)")
+    _common(p)
+    p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("unlearn", help="forget classes or examples; save a new checkpoint")
+    _data(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'dkvb fit'")
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids to forget")
+    p.add_argument("--examples", default=None, help="training example ids: 1,2,3 or @file")
+    p.add_argument("--method", default="uva", choices=METHODS,
+                   help="uva (class: mask top-N keys), uve (mask keys of N examples), exact")  # fmt: skip
+    p.add_argument("--n", type=int, default=None,
+                   help="N_a or N_e; default: the smallest N giving forget train accuracy 0")  # fmt: skip
+    p.add_argument("--keys-independent", action="store_true",
+                   help="exact: the keys were fitted on other data (certifies exactness)")  # fmt: skip
+    p.add_argument("--out", default=None,
+                   help="new checkpoint folder (default: a new step of --checkpoint)")  # fmt: skip
+    _common(p)
+    p.set_defaults(fn=cmd_unlearn)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and MIA of a checkpoint")
+    _data(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--no-mia", action="store_true", help="skip the membership-inference attack")
+    _common(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="the paper's class-unlearning experiment, end to end")
+    _data(p)
+    _model(p)
+    p.add_argument("--forget-classes", type=int, nargs="+", default=None,
+                   help="classes to forget (default: the best-learned class)")  # fmt: skip
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="from retrain finetune neggrad+ scrub (default: all)")  # fmt: skip
+    p.add_argument(
+        "--methods", nargs="*", default=None, help="DKVB methods: uva uve (default both)"
+    )
+    p.add_argument("--head-epochs", type=int, default=None, help="linear head / retrain epochs")
+    p.add_argument("--baseline-max-epochs", type=int, default=None, help="baseline epoch cap")
+    p.add_argument("--no-mia", action="store_true", help="skip the membership-inference attack")
+    p.add_argument("--out", required=True, help="output folder (table, plots, checkpoint)")
+    _common(p)
+    p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("demo", help="fit, forget the best-learned class, compare (offline)")
+    p.add_argument("--encoder", default=None, help="encoder (default mobilenet_v1, shipped)")
+    p.add_argument("--dataset", default=None, help="dataset (default cifar10_sample, shipped)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="dkvb_demo", help="output folder (default ./dkvb_demo)")
+    _common(p)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dkvb`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    # orbax logs read-only-manager notices through absl on every restore; they are not news.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print(
+            f"dkvb {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr
+        )
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError,
+            FloatingPointError, OSError) as e:  # fmt: skip
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, KeyError):
+            msg = f"missing entry {msg}"
+        print(f"dkvb {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

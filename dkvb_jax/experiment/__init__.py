@@ -1,0 +1,56 @@
+"""Library-level orchestration shared by the command line, the experiment scripts and notebooks.
+
+fitted = fit_dkvb(config, x_train, y_train, key=jax.random.key(0))
+result = run_class_unlearning((x_tr, y_tr), (x_te, y_te), ExperimentConfig())
+result.save('outputs/cifar10'); save_plots(result, 'outputs/cifar10')
+"""
+
+from dkvb_jax.experiment.class_unlearning import (
+    BASELINE_NAMES,
+    DKVB_METHODS,
+    ClassUnlearningResult,
+    ExperimentConfig,
+    LinearHeadModel,
+    best_learned_class,
+    fit_head,
+    run_class_unlearning,
+)
+from dkvb_jax.experiment.fitting import (
+    FittedDKVB,
+    build_model,
+    fit_dkvb,
+    fold_standardization,
+    load_fitted,
+    save_fitted,
+    standardizer,
+)
+from dkvb_jax.experiment.plots import (
+    plot_accuracy_vs_cost,
+    plot_mean_sweep,
+    plot_per_class,
+    plot_sweep,
+    save_plots,
+)
+
+__all__ = [
+    "BASELINE_NAMES",
+    "DKVB_METHODS",
+    "ClassUnlearningResult",
+    "ExperimentConfig",
+    "FittedDKVB",
+    "LinearHeadModel",
+    "best_learned_class",
+    "build_model",
+    "fit_dkvb",
+    "fit_head",
+    "fold_standardization",
+    "load_fitted",
+    "plot_accuracy_vs_cost",
+    "plot_mean_sweep",
+    "plot_per_class",
+    "plot_sweep",
+    "run_class_unlearning",
+    "save_fitted",
+    "save_plots",
+    "standardizer",
+]

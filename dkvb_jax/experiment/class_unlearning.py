@@ -1,0 +1,609 @@
+"""The paper's class-unlearning experiment on cached embeddings, end to end.
+
+One call fits (or reuses) a DKVB model, picks the forget class (by default the best-learned one,
+as the paper does), sweeps N_a / N_e for the smallest setting that drives forget accuracy to the
+target, unlearns with UvA (from the per-class histogram stored at training time: no data pass)
+and UvE, runs the optimisation baselines on a linear head trained on the same embeddings (and
+fine-tuning on the DKVB values), and measures every row the same way: accuracy on the four
+splits, SCRUB's membership-inference attack, wall time and XLA-counted FLOPs.
+
+    result = run_class_unlearning((x_tr, y_tr), (x_te, y_te), ExperimentConfig())
+    print(result.table.to_markdown())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from dkvb_jax import baselines as bl
+from dkvb_jax.config import DKVBConfig
+from dkvb_jax.evaluation import (
+    CostRecord,
+    ResultRow,
+    ResultsTable,
+    Timer,
+    deltas,
+    evaluate_unlearning,
+    forward_cost,
+    membership_inference,
+    per_class_accuracy,
+)
+from dkvb_jax.experiment.fitting import FittedDKVB, data_fingerprint, fit_dkvb, standardizer
+from dkvb_jax.model import DKVB
+from dkvb_jax.training import KeyInitConfig, ValueTrainConfig
+from dkvb_jax.unlearning import (
+    AuditRecord,
+    SweepResult,
+    apply_selection,
+    codes_selection,
+    mask_top_n_per_class,
+    sweep_uva,
+    sweep_uve,
+    unlearn_via_activations,
+    unlearn_via_examples,
+)
+
+BASELINE_NAMES: tuple[str, ...] = ("retrain", "finetune", "neggrad+", "scrub")
+DKVB_METHODS: tuple[str, ...] = ("uva", "uve")
+ORIGINAL_HEAD = "original (linear head)"
+DKVB_FINETUNE = "DKVB-finetune"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Settings of one class-unlearning run (defaults: a modest model for CIFAR-10 on a CPU).
+
+    Attributes:
+      num_codebooks, num_keys, key_dim, top_k: the DKVB model (paper: 256 x 4096 x 14, top-1).
+      standardize: standardise embeddings with the key data's statistics (folded into the model).
+      key_epochs, key_batch_size: EMA k-means on the unlabelled key data (paper: ~10 epochs).
+      value_epochs, value_learning_rate, value_batch_size: value training (paper: SGD lr 0.3,
+        batch 256, label smoothing 0.1, clip 1.0).
+      forget_classes: classes to forget; None picks the class the DKVB model learned best
+        (highest test accuracy), as the paper does.
+      n_a_grid, n_e_grid: N_a (keys per codebook) and N_e (forget examples) tried by the sweep.
+      sweep_split: where the sweep measures forget accuracy: ``train`` (the forget training
+        examples themselves, default; test data stays for reporting) or ``test``.
+      target: forget accuracy the sweep must reach (paper: 0).
+      mask_mode: ``search`` (masked keys leave the nearest-key search) or ``readout``.
+      methods: DKVB unlearning methods to run, from ``uva``, ``uve``.
+      baselines: optimisation baselines on the linear head, from ``retrain``, ``finetune``,
+        ``neggrad+``, ``scrub``.
+      dkvb_finetune: also fine-tune the DKVB values on retain data (a baseline on DKVB itself).
+      head_epochs: training epochs of the original linear head and of the retrain oracle.
+      baseline_max_epochs: epoch cap of fine-tune / NegGrad+ / SCRUB (stopping rule as in the
+        paper: forget accuracy at target, or no longer improving).
+      neggrad_alpha: NegGrad+ retain weight.
+      mia: run the membership-inference attack on every row.
+      seed: PRNG seed of model init, training, shuffles and the attack.
+    """
+
+    num_codebooks: int = 128
+    num_keys: int = 512
+    key_dim: int = 14
+    top_k: int = 1
+    standardize: bool = True
+    key_epochs: int = 10
+    key_batch_size: int = 256
+    value_epochs: int = 10
+    value_learning_rate: float = 0.3
+    value_batch_size: int = 256
+    forget_classes: tuple[int, ...] | None = None
+    n_a_grid: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    n_e_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+    sweep_split: Literal["train", "test"] = "train"
+    target: float = 0.0
+    mask_mode: Literal["search", "readout"] = "search"
+    methods: tuple[str, ...] = DKVB_METHODS
+    baselines: tuple[str, ...] = BASELINE_NAMES
+    dkvb_finetune: bool = True
+    head_epochs: int = 30
+    baseline_max_epochs: int = 10
+    neggrad_alpha: float = 0.99
+    mia: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_codebooks", "num_keys", "key_dim", "top_k", "key_epochs",
+                     "key_batch_size", "value_epochs", "value_batch_size", "head_epochs",
+                     "baseline_max_epochs"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ExperimentConfig.{name} must be a positive int, got {value!r}.")
+        if self.forget_classes is not None:
+            fc = tuple(int(c) for c in np.atleast_1d(self.forget_classes))
+            if not fc or min(fc) < 0:
+                raise ValueError(
+                    f"ExperimentConfig.forget_classes must be non-negative class ids or None, "
+                    f"got {self.forget_classes!r}."
+                )
+            object.__setattr__(self, "forget_classes", fc)
+        for name in ("n_a_grid", "n_e_grid"):
+            grid = tuple(int(n) for n in getattr(self, name))
+            if not grid or min(grid) < 1:
+                raise ValueError(f"ExperimentConfig.{name} must be positive ints, got {grid!r}.")
+            object.__setattr__(self, name, tuple(sorted(set(grid))))
+        if self.sweep_split not in ("train", "test"):
+            raise ValueError(
+                f"ExperimentConfig.sweep_split must be 'train' or 'test', got {self.sweep_split!r}."
+            )
+        if self.mask_mode not in ("search", "readout"):
+            raise ValueError(
+                f"ExperimentConfig.mask_mode must be 'search' or 'readout', got {self.mask_mode!r}."
+            )
+        for name, known in (("methods", DKVB_METHODS), ("baselines", BASELINE_NAMES)):
+            values = tuple(getattr(self, name))
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise ValueError(
+                    f"ExperimentConfig.{name} has unknown entries {unknown}; known: {known}."
+                )
+            object.__setattr__(self, name, values)
+        if not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"ExperimentConfig.target must be in [0, 1], got {self.target!r}.")
+        if not 0.0 < self.value_learning_rate:
+            raise ValueError(
+                f"ExperimentConfig.value_learning_rate must be > 0, got {self.value_learning_rate}."
+            )
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown ExperimentConfig fields {unknown}; known: {sorted(known)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def dkvb_config(self, embed_dim: int, num_classes: int) -> DKVBConfig:
+        return DKVBConfig(
+            embed_dim=embed_dim, num_classes=num_classes, num_codebooks=self.num_codebooks,
+            num_keys=self.num_keys, key_dim=self.key_dim, top_k=self.top_k,
+        )  # fmt: skip
+
+    def key_config(self) -> KeyInitConfig:
+        return KeyInitConfig(epochs=self.key_epochs, batch_size=self.key_batch_size)
+
+    def value_config(self) -> ValueTrainConfig:
+        return ValueTrainConfig(
+            epochs=self.value_epochs, learning_rate=self.value_learning_rate,
+            batch_size=self.value_batch_size,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearHeadModel:
+    """The linear head the baselines act on, with the standardisation of its inputs."""
+
+    head: bl.LinearHead
+    variables: dict
+    mu: np.ndarray
+    sd: np.ndarray
+    cost: CostRecord
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float32) - self.mu) / self.sd).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassUnlearningResult:
+    """Everything one run measured.
+
+    Attributes:
+      table: one row per method (accuracies, MIA, cost); ``extra`` holds per-class test
+        accuracy, deltas against the row's own original model, trajectories and audit records.
+      sweeps: ``{'uva': SweepResult, 'uve': SweepResult}``.
+      forget_classes: the classes forgotten.
+      n_a, n_e: the N chosen by the sweeps (None when that method did not run).
+      fitted: the original DKVB model.
+      unlearned: ``{'uva': variables, 'uve': variables}`` of the unlearned DKVB models.
+      audits: their audit records.
+      config: the experiment configuration.
+    """
+
+    table: ResultsTable
+    sweeps: dict[str, SweepResult]
+    forget_classes: tuple[int, ...]
+    n_a: int | None
+    n_e: int | None
+    fitted: FittedDKVB | None
+    unlearned: dict[str, dict]
+    audits: dict[str, AuditRecord]
+    config: ExperimentConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "forget_classes": list(self.forget_classes),
+            "n_a": self.n_a,
+            "n_e": self.n_e,
+            "sweeps": {k: dataclasses.asdict(s) for k, s in self.sweeps.items()},
+            "table": self.table.to_dict(),
+        }
+
+    def save(self, directory: str | pathlib.Path, stem: str = "results") -> dict[str, str]:
+        """Writes the table (``stem.md/.csv/.json``) and ``sweeps.json`` into `directory`."""
+        directory = pathlib.Path(directory)
+        paths = self.table.save(directory, stem)
+        sweeps = directory / "sweeps.json"
+        sweeps.write_text(json.dumps(self.to_dict()["sweeps"], indent=2))
+        return {**paths, "sweeps": str(sweeps)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def best_learned_class(per_class: Mapping[int, float]) -> int:
+    """The class with the highest accuracy (lowest id on ties): the paper's forget class."""
+    return min(per_class, key=lambda c: (-per_class[c], c))
+
+
+def fit_head(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, epochs: int, key: jax.Array
+) -> LinearHeadModel:
+    """Trains the linear head on standardised embeddings (SGD lr 0.1, momentum 0.9, wd 5e-4)."""
+    mu, sd = standardizer(x)
+    head = bl.LinearHead(num_classes)
+    k_init, k_train = jax.random.split(key)
+    xs = ((np.asarray(x, np.float32) - mu) / sd).astype(np.float32)
+    v0 = head.init(k_init, jnp.zeros((1, xs.shape[1]), jnp.float32))
+    v, cost, _ = bl.fit_classifier(
+        head.apply, v0, jnp.asarray(xs), jnp.asarray(y, jnp.int32),
+        bl.TrainConfig(epochs=epochs), key=k_train, method="train_head",
+    )  # fmt: skip
+    return LinearHeadModel(head, v, mu, sd, cost)
+
+
+def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: bool):
+    stopping = bl.StoppingConfig(max_epochs=config.baseline_max_epochs, forget_target=config.target)
+    if name == "retrain":
+        return bl.RetrainConfig(init_fn=init_fn, epochs=config.head_epochs, progress=progress)
+    if name == "finetune":
+        return bl.FineTuneConfig(stopping=stopping, progress=progress)
+    if name == "neggrad+":
+        return bl.NegGradConfig(alpha=config.neggrad_alpha, stopping=stopping, progress=progress)
+    return bl.SCRUBConfig(stopping=stopping, progress=progress)
+
+
+def _uva_core(variables, usage, forget, n, mode):
+    return apply_selection(variables, mask_top_n_per_class(usage, forget, n), mode)
+
+
+def _uve_core(model, variables, forget_x, mode):
+    cleared = {
+        **variables,
+        "mask": {**variables["mask"], "search": jnp.zeros_like(variables["mask"]["search"])},
+    }
+    idx, valid = model.apply(cleared, forget_x, method=DKVB.codes)
+    return apply_selection(variables, codes_selection(idx, valid, model.config.num_keys), mode)
+
+
+def _run_id(config: ExperimentConfig, *arrays) -> str:
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(data_fingerprint(*arrays).encode())
+    return h.hexdigest()[:16]
+
+
+class _RowCache:
+    """Finished rows on disk, so an interrupted run redoes only what is missing."""
+
+    def __init__(self, directory: pathlib.Path | None, run_id: str):
+        self.dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            stamp = directory / "run_id"
+            if not stamp.is_file() or stamp.read_text() != run_id:
+                for old in directory.glob("*.json"):
+                    old.unlink()
+                stamp.write_text(run_id)
+
+    def _path(self, name: str) -> pathlib.Path:
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name)
+        return self.dir / f"{slug}.json"
+
+    def get(self, name: str) -> dict | None:
+        if self.dir is None or not self._path(name).is_file():
+            return None
+        return json.loads(self._path(name).read_text())
+
+    def put(self, name: str, value: dict) -> None:
+        if self.dir is not None:
+            tmp = self._path(name).with_suffix(".tmp")
+            tmp.write_text(json.dumps(value, allow_nan=False))
+            tmp.replace(self._path(name))
+
+
+def _measure(
+    method: str,
+    apply_fn,
+    variables,
+    data: bl.UnlearningData,
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    config: ExperimentConfig,
+    cost: CostRecord | None,
+    reference: Mapping[str, float] | None,
+    **extra: Any,
+) -> ResultRow:
+    accs = evaluate_unlearning(apply_fn, variables, data)
+    mia = None
+    if config.mia:
+        mia = membership_inference(
+            apply_fn, variables, data.forget_x, data.forget_y, data.val_forget_x,
+            data.val_forget_y, seed=config.seed,
+        )  # fmt: skip
+    per_class = per_class_accuracy(apply_fn, variables, jnp.asarray(test[0]), jnp.asarray(test[1]))
+    extra = {"per_class_test_acc": {str(c): a for c, a in per_class.items()}, **extra}
+    if reference is not None:
+        extra["delta_vs_original"] = deltas(accs, reference)
+    return ResultRow.from_results(method, accs, mia=mia, cost=cost, **extra)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def run_class_unlearning(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    config: ExperimentConfig = ExperimentConfig(),
+    *,
+    num_classes: int | None = None,
+    key_data: np.ndarray | None = None,
+    fitted: FittedDKVB | None = None,
+    head: LinearHeadModel | None = None,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    cache_dir: str | pathlib.Path | None = None,
+    encoder: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> ClassUnlearningResult:
+    """Runs the class-unlearning comparison and returns its results table.
+
+    Args:
+      train, test: embeddings `[n, dim]` and int labels `[n]` of the two splits.
+      config: the experiment settings.
+      num_classes: label-space size (default: 1 + the largest label).
+      key_data: unlabelled embeddings for key fitting (e.g. CIFAR-100 for a CIFAR-10 task);
+        default: the training embeddings without labels.
+      fitted: an already trained DKVB model (skips fitting; its config wins).
+      head: an already trained linear head (skips training it).
+      checkpoint_dir: resumable DKVB fitting (see :func:`fit_dkvb`).
+      cache_dir: finished rows are stored here, so a rerun with the same inputs skips them.
+      encoder: encoder name recorded in the checkpoint and table.
+      meta: extra description stored in the table's JSON.
+      progress: progress bars.
+    """
+    x_tr, y_tr = np.asarray(train[0], np.float32), np.asarray(train[1]).astype(np.int32)
+    x_te, y_te = np.asarray(test[0], np.float32), np.asarray(test[1]).astype(np.int32)
+    for name, (x, y) in (("train", (x_tr, y_tr)), ("test", (x_te, y_te))):
+        bl.types.validate_split(x, y, name)
+    if x_te.shape[1] != x_tr.shape[1]:
+        raise ValueError(
+            f"train and test embeddings differ in dimension ({x_tr.shape[1]} vs {x_te.shape[1]}); "
+            "use the same encoder for both."
+        )
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1 if num_classes is None else num_classes
+    key = jax.random.key(config.seed)
+    k_fit, k_head, k_base, k_perm = jax.random.split(key, 4)
+    steps = tqdm(total=6, desc="class unlearning", disable=not progress)
+
+    steps.set_postfix_str("fit DKVB")
+    if fitted is None:
+        fitted = fit_dkvb(
+            config.dkvb_config(x_tr.shape[1], num_classes), x_tr, y_tr, key=k_fit,
+            key_data=key_data, key_config=config.key_config(),
+            value_config=config.value_config(), standardize=config.standardize,
+            checkpoint_dir=checkpoint_dir, encoder=encoder, progress=progress,
+        )  # fmt: skip
+    model, variables, usage = fitted.model, fitted.variables, fitted.usage
+    steps.update()
+
+    cache = _RowCache(
+        None if cache_dir is None else pathlib.Path(cache_dir),
+        _run_id(config, x_tr, y_tr, x_te, y_te, *jax.tree.leaves(variables)),
+    )
+    apply_dkvb = model.apply
+    if config.forget_classes is None:
+        per_class = per_class_accuracy(apply_dkvb, variables, jnp.asarray(x_te), jnp.asarray(y_te))
+        forget = (best_learned_class(per_class),)
+    else:
+        forget = config.forget_classes
+        if max(forget) >= num_classes:
+            raise ValueError(
+                f"forget class(es) {list(forget)} outside the {num_classes} classes of the data."
+            )
+    data = bl.class_unlearning_data(x_tr, y_tr, forget, val_x=x_te, val_y=y_te)
+    measure = functools.partial(_measure, data=data, test=(x_te, y_te), config=config)
+
+    rows: dict[str, ResultRow] = {}
+
+    def cached_row(name: str, compute) -> ResultRow:
+        hit = cache.get(name)
+        if hit is not None:
+            return ResultRow(**hit)
+        row = compute()
+        cache.put(name, dataclasses.asdict(row) | {"extra": dict(row.extra)})
+        return row
+
+    rows["original"] = cached_row(
+        "original",
+        lambda: measure(
+            "original", apply_dkvb, variables, cost=None, reference=None, model="dkvb"
+        ),  # fmt: skip
+    )
+    reference = rows["original"].extra["accuracies"]
+
+    # --- sweeps: the smallest N reaching the target, then unlearning with it
+    steps.set_postfix_str("sweeps")
+    sweep_x, sweep_y = (x_tr, y_tr) if config.sweep_split == "train" else (x_te, y_te)
+    perm = np.asarray(jax.random.permutation(k_perm, data.forget_x.shape[0]))
+    forget_x = np.asarray(data.forget_x)[perm]
+    sweeps: dict[str, SweepResult] = {}
+    n_a = n_e = None
+    unlearned: dict[str, dict] = {}
+    audits: dict[str, AuditRecord] = {}
+    forget_mask = jnp.zeros((num_classes,), bool).at[jnp.asarray(forget)].set(True)
+    if "uva" in config.methods:
+        grid = [n for n in config.n_a_grid if n <= model.config.num_keys] or [model.config.num_keys]
+        sweeps["uva"] = sweep_uva(
+            model, variables, usage, forget, sweep_x, sweep_y, grid, target=config.target,
+            mode=config.mask_mode,
+        )  # fmt: skip
+        n_a = sweeps["uva"].smallest_n or max(grid)
+        with Timer() as t:
+            v_uva, rec = unlearn_via_activations(
+                model, variables, n_a, usage=usage, classes=forget, mode=config.mask_mode
+            )
+        _, cost = forward_cost(
+            "DKVB-UvA", functools.partial(_uva_core, n=n_a, mode=config.mask_mode),
+            variables, usage, forget_mask,
+        )  # fmt: skip
+        cost = cost.with_extra(library_call_wall_s=t.seconds, source="usage histogram")
+        unlearned["uva"], audits["uva"] = v_uva, rec
+        rows["DKVB-UvA"] = cached_row(
+            "DKVB-UvA",
+            lambda: measure(
+                "DKVB-UvA",
+                apply_dkvb,
+                v_uva,
+                cost=cost,
+                reference=reference,
+                model="dkvb",
+                n_a=n_a,
+                reached_target=sweeps["uva"].smallest_n is not None,
+                audit=json.loads(rec.to_json()),
+            ),  # fmt: skip
+        )
+    if "uve" in config.methods:
+        grid = [n for n in config.n_e_grid if n <= forget_x.shape[0]] or [forget_x.shape[0]]
+        sweeps["uve"] = sweep_uve(
+            model, variables, forget_x, forget, sweep_x, sweep_y, grid, target=config.target,
+            mode=config.mask_mode,
+        )  # fmt: skip
+        n_e = sweeps["uve"].smallest_n or max(grid)
+        with Timer() as t:
+            v_uve, rec = unlearn_via_examples(
+                model, variables, forget_x[:n_e], classes=forget, mode=config.mask_mode
+            )
+        _, cost = forward_cost(
+            "DKVB-UvE", functools.partial(_uve_core, model, mode=config.mask_mode),
+            variables, jnp.asarray(forget_x[:n_e]),
+        )  # fmt: skip
+        cost = cost.with_extra(library_call_wall_s=t.seconds)
+        unlearned["uve"], audits["uve"] = v_uve, rec
+        rows["DKVB-UvE"] = cached_row(
+            "DKVB-UvE",
+            lambda: measure(
+                "DKVB-UvE",
+                apply_dkvb,
+                v_uve,
+                cost=cost,
+                reference=reference,
+                model="dkvb",
+                n_e=n_e,
+                reached_target=sweeps["uve"].smallest_n is not None,
+                audit=json.loads(rec.to_json()),
+            ),  # fmt: skip
+        )
+    steps.update()
+
+    # --- fine-tuning the DKVB values themselves
+    steps.set_postfix_str("DKVB fine-tune")
+    if config.dkvb_finetune:
+
+        def dkvb_finetune():
+            cfg = _baseline_config("finetune", config, None, progress)
+            try:
+                v, cost, traj = bl.finetune(apply_dkvb, variables, data, cfg, key=k_base)
+            except bl.NonFiniteLossError as e:
+                return ResultRow(DKVB_FINETUNE, extra={"error": str(e)})
+            return measure(DKVB_FINETUNE, apply_dkvb, v, cost=cost, reference=reference,
+                           model="dkvb", trajectory=traj.to_dict())  # fmt: skip
+
+        rows[DKVB_FINETUNE] = cached_row(DKVB_FINETUNE, dkvb_finetune)
+    steps.update()
+
+    # --- the linear head and the baselines on it
+    steps.set_postfix_str("linear head")
+    head_rows_needed = [ORIGINAL_HEAD, *config.baselines]
+    if any(cache.get(n) is None for n in head_rows_needed):
+        if head is None:
+            head = fit_head(x_tr, y_tr, num_classes, epochs=config.head_epochs, key=k_head)
+        hdata = bl.class_unlearning_data(
+            head.inputs(x_tr), y_tr, forget, val_x=head.inputs(x_te), val_y=y_te
+        )
+        hmeasure = functools.partial(_measure, data=hdata, test=(head.inputs(x_te), y_te),
+                                     config=config)  # fmt: skip
+        rows[ORIGINAL_HEAD] = cached_row(
+            ORIGINAL_HEAD,
+            lambda: hmeasure(
+                ORIGINAL_HEAD,
+                head.head.apply,
+                head.variables,
+                cost=None,
+                reference=None,
+                model="linear head",
+                training_cost=head.cost.to_dict(),
+            ),  # fmt: skip
+        )
+        head_ref = rows[ORIGINAL_HEAD].extra["accuracies"]
+        steps.update()
+        init_fn = bl.params_initializer(head.head, x_tr.shape[1])
+        for i, name in enumerate(config.baselines):
+            steps.set_postfix_str(name)
+
+            def run_baseline(name=name, i=i):
+                cfg = _baseline_config(name, config, init_fn, progress)
+                try:
+                    v, cost, traj = bl.BASELINES[name](
+                        head.head.apply, head.variables, hdata, cfg,
+                        key=jax.random.fold_in(k_base, i + 1),
+                    )  # fmt: skip
+                except bl.NonFiniteLossError as e:
+                    return ResultRow(name, extra={"error": str(e), "model": "linear head"})
+                return hmeasure(name, head.head.apply, v, cost=cost, reference=head_ref,
+                                model="linear head", trajectory=traj.to_dict())  # fmt: skip
+
+            rows[name] = cached_row(name, run_baseline)
+    else:
+        for name in head_rows_needed:
+            rows[name] = cached_row(name, lambda: None)
+        steps.update()
+    steps.update()
+    steps.close()
+
+    table_meta = {
+        "forget_classes": list(forget),
+        "n_a": n_a,
+        "n_e": n_e,
+        "encoder": encoder,
+        "model": model.config.to_dict(),
+        "experiment": config.to_dict(),
+        "train_examples": int(x_tr.shape[0]),
+        "test_examples": int(x_te.shape[0]),
+        **dict(meta or {}),
+    }
+    order = ["original", ORIGINAL_HEAD, *BASELINE_NAMES, DKVB_FINETUNE, "DKVB-UvA", "DKVB-UvE"]
+    ordered = [rows[name] for name in order if name in rows]
+    table = ResultsTable.from_rows(ordered, meta=table_meta, sort=False)
+    return ClassUnlearningResult(
+        table, sweeps, tuple(forget), n_a, n_e, fitted, unlearned, audits, config
+    )
