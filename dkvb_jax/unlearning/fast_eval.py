@@ -19,7 +19,7 @@ import numpy as np
 from dkvb_jax import _batching, _validation
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.lookup import nearest_keys
-from dkvb_jax.unlearning import masking
+from dkvb_jax.unlearning import _checks, masking
 from dkvb_jax.unlearning import selection as sel_lib
 
 
@@ -150,6 +150,11 @@ def every_class_metrics(
       other rows), each entry for the model that forgot that class alone.
     """
     cfg = model.config
+    _checks.check_variables(cfg, variables)
+    _checks.check_histogram(usage, cfg)
+    n = _checks.check_n(n, cfg.num_keys, "n")
+    masking.check_mode(mode)
+    _validation.check_labels(labels, cfg.num_classes, n=x.shape[0])
     ranked = ranked_codes(model, variables, x, n + cfg.top_k)
     eye = jnp.eye(cfg.num_classes, dtype=bool)
     f, r = jax.vmap(

@@ -248,6 +248,7 @@ def unlearn_via_examples(
         None uses all of them.
       classes: forget class ids, recorded in the audit.
       retain_x / retain_codes: retain data, needed with `retain_aware`.
+      method, example_ids: recorded in the audit (set by :func:`forget_examples`).
       Others as in :func:`unlearn_via_activations`.
 
     Returns:

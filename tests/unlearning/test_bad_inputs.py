@@ -7,6 +7,7 @@ import pytest
 from dkvb_jax import DKVB
 from dkvb_jax.unlearning import (
     RetainAware,
+    every_class_metrics,
     forget_classes,
     forget_examples,
     unlearn_via_activations,
@@ -75,6 +76,9 @@ CASES = {
     "random rekey without rng": (
         lambda t: forget_classes(t.model, t.v, 1, 4, usage=t.usage, hard=True, rekey="random"),
         ValueError, "needs rng"),
+    "vmapped metrics with a histogram of the wrong shape": (
+        lambda t: every_class_metrics(t.model, t.v, t.usage[:3], 4, t.xt, t.yt), ValueError,
+        "per-class usage histogram"),
     "bad retain ratio": (lambda t: RetainAware(ratio=-1.0), ValueError, "RetainAware.ratio"),
 }  # fmt: skip
 
