@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from dkvb_jax import _validation
+from dkvb_jax import _validation, parallel
 from dkvb_jax.checkpoints import _orbax
 from dkvb_jax.checkpoints._orbax import CheckpointError
 from dkvb_jax.model import DKVB
@@ -65,6 +66,7 @@ def fit_values(
     max_to_keep: int = 3,
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end: Callable[[int, dict, TrainHistory], None] | None = None,
+    mesh: Mesh | None = None,
     progress: bool = True,
 ) -> tuple[dict, TrainHistory]:
     """Resumable :func:`dkvb_jax.training.train_values`, checkpointing after each epoch.
@@ -76,6 +78,9 @@ def fit_values(
       max_to_keep: how many of the newest epoch checkpoints to keep.
       on_epoch_end: called as `on_epoch_end(epoch, variables, history)` after each epoch's
         checkpoint is committed (`epoch` counts from 1).
+      mesh: run each epoch data-parallel over this mesh
+        (:func:`dkvb_jax.parallel.train_epoch`: gradients averaged over the ``'data'`` axis);
+        None runs the core's one-device epoch.
 
     Returns:
       The trained variables and the full history (restored epochs included).
@@ -92,7 +97,17 @@ def fit_values(
     identity = _run_identity(model, variables, x, y, key, config)
 
     use_codes = cfg.splitter != "learned"
-    inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
+    if mesh is not None:
+        size = parallel.data_size(mesh)
+        if min(config.batch_size, x.shape[0]) % size:
+            raise ValueError(
+                f"batch size {min(config.batch_size, x.shape[0])} must be divisible by the {size} "
+                "devices of the mesh's 'data' axis; pick a multiple of the data-axis size."
+            )
+        variables = jax.device_put(variables, parallel.replicated(mesh))
+        inputs = parallel.codes(model, variables, x, mesh) if use_codes else (jnp.asarray(x),)
+    else:
+        inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
     eval_inputs = None
     if eval_data is not None:
         xe, ye = eval_data
@@ -104,6 +119,10 @@ def fit_values(
     batch_size = min(config.batch_size, n)
     tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
     opt_state = tx.init(variables["params"])
+    if mesh is not None:
+        # Scalars such as the step count start on one device; the restore target takes its
+        # shardings from this state, so put all of it where the epoch runs.
+        opt_state = jax.device_put(opt_state, parallel.replicated(mesh))
     y = jnp.asarray(y, jnp.int32)
     history = TrainHistory([], [], [])
     epoch_keys = jax.random.split(key, config.epochs)
@@ -120,10 +139,16 @@ def fit_values(
             range(start, config.epochs), desc="value training (resumable)", disable=not progress
         )
         for epoch in bar:
-            params, opt_state, loss, acc = values_lib._train_epoch(
-                model, use_codes, tx, batch_size, config.label_smoothing,
-                variables, opt_state, inputs, y, epoch_keys[epoch],
-            )  # fmt: skip
+            if mesh is None:
+                params, opt_state, loss, acc = values_lib._train_epoch(
+                    model, use_codes, tx, batch_size, config.label_smoothing,
+                    variables, opt_state, inputs, y, epoch_keys[epoch],
+                )  # fmt: skip
+            else:
+                params, opt_state, loss, acc = parallel.train_epoch(
+                    model, use_codes, tx, batch_size, config.label_smoothing, mesh,
+                    variables, opt_state, inputs, y, epoch_keys[epoch],
+                )  # fmt: skip
             loss = float(loss)
             if not np.isfinite(loss):
                 raise FloatingPointError(

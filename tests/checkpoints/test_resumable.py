@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dkvb_jax import checkpoints, training
+from dkvb_jax import checkpoints, parallel, training
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.model import DKVB
 
@@ -92,3 +92,20 @@ def test_resume_of_a_different_run_is_refused(tmp_path, problem, change, field):
     kwargs, y = change(kwargs, y)
     with pytest.raises(checkpoints.CheckpointError, match=f"differs in: .*{field}"):
         checkpoints.fit_values(model, variables, x, y, **kwargs)
+
+
+def test_data_parallel_resume_equals_uninterrupted_data_parallel_run(tmp_path, problem):
+    if jax.device_count() < 8:
+        pytest.skip("needs the 8 forced CPU devices of tests/conftest.py")
+    model, variables, x, y = problem
+    mesh = parallel.data_mesh(8)
+    key = jax.random.key(1)
+    want, want_hist = parallel.train_values(
+        model, variables, x, y, mesh, key=key, config=TRAIN, progress=False
+    )
+    kwargs = dict(key=key, directory=tmp_path, config=TRAIN, mesh=mesh, progress=False)
+    with pytest.raises(Interrupted):
+        checkpoints.fit_values(model, variables, x, y, on_epoch_end=_raise, **kwargs)
+    got, hist = checkpoints.fit_values(model, variables, x, y, **kwargs)
+    assert _equal(got, want)
+    assert (hist.loss, hist.accuracy) == (want_hist.loss, want_hist.accuracy)
