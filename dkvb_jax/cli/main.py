@@ -169,17 +169,34 @@ def _machine() -> dict:
 # ----------------------------------------------------------------------------- config
 
 
+def _read_config(args) -> dict:
+    if not getattr(args, "config", None):
+        return {}
+    p = pathlib.Path(args.config)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file.")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--config {args.config} is not valid JSON ({e}).") from e
+
+
+def apply_config_defaults(args) -> None:
+    """Fills --encoder/--dataset/--data-dir/--key-dataset from the --config file when unset."""
+    loaded = _read_config(args)
+    if getattr(args, "embeddings", None):
+        return
+    for name in ("encoder", "dataset", "data_dir", "key_dataset"):
+        if getattr(args, name, None) is None and loaded.get(name) is not None:
+            setattr(args, name, loaded[name])
+
+
 def experiment_config(args) -> Any:
     """ExperimentConfig from ``--config`` JSON (an experiments/ file) overridden by flags."""
     from dkvb_jax.experiment import ExperimentConfig
 
-    base: dict = {}
-    if getattr(args, "config", None):
-        p = pathlib.Path(args.config)
-        if not p.is_file():
-            raise FileNotFoundError(f"--config {args.config}: no such file.")
-        loaded = json.loads(p.read_text())
-        base = dict(loaded.get("experiment", loaded))
+    loaded = _read_config(args)
+    base = dict(loaded.get("experiment", loaded)) if loaded else {}
     flags = {
         "num_codebooks": args.codebooks, "num_keys": args.keys, "key_dim": args.key_dim,
         "top_k": args.top_k, "key_epochs": args.key_epochs, "value_epochs": args.value_epochs,
@@ -240,7 +257,9 @@ def cmd_fit(args) -> int:
     import jax
 
     from dkvb_jax.experiment import fit_dkvb
+    from dkvb_jax.experiment.class_unlearning import subsample_key_data
 
+    apply_config_defaults(args)
     cfg = experiment_config(args)
     emb = load_embeddings(args)
     num_classes = int(max(emb.y_train.max(), emb.y_test.max())) + 1
@@ -248,10 +267,14 @@ def cmd_fit(args) -> int:
     info = {**emb.source, "experiment": cfg.to_dict(), "class_names": list(emb.class_names)}
     if args.key_dataset:
         info["key_dataset"] = args.key_dataset
+    key_data = _key_data(args, emb)
     start = time.perf_counter()
     fitted = fit_dkvb(
         model_cfg, emb.x_train, emb.y_train, key=jax.random.key(cfg.seed),
-        key_data=_key_data(args, emb), key_config=cfg.key_config(),
+        key_data=subsample_key_data(
+            emb.x_train if key_data is None else key_data, cfg.key_max_examples, cfg.seed
+        ),
+        key_config=cfg.key_config(),
         value_config=cfg.value_config(), standardize=cfg.standardize,
         checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
         progress=not args.no_progress,
@@ -497,6 +520,7 @@ def _run_compare(args, cfg, out: pathlib.Path) -> int:
 
 
 def cmd_compare(args) -> int:
+    apply_config_defaults(args)
     return _run_compare(args, experiment_config(args), pathlib.Path(args.out))
 
 

@@ -68,6 +68,8 @@ class ExperimentConfig:
       num_codebooks, num_keys, key_dim, top_k: the DKVB model (paper: 256 x 4096 x 14, top-1).
       standardize: standardise embeddings with the key data's statistics (folded into the model).
       key_epochs, key_batch_size: EMA k-means on the unlabelled key data (paper: ~10 epochs).
+      key_max_examples: fit the keys on at most this many random rows of the key data (None:
+        all). k-means cost grows with rows x codebooks x keys; ~10 rows per key suffice.
       value_epochs, value_learning_rate, value_batch_size: value training (paper: SGD lr 0.3,
         batch 256, label smoothing 0.1, clip 1.0).
       forget_classes: classes to forget; None picks the class the DKVB model learned best
@@ -75,6 +77,9 @@ class ExperimentConfig:
       n_a_grid, n_e_grid: N_a (keys per codebook) and N_e (forget examples) tried by the sweep.
       sweep_split: where the sweep measures forget accuracy: ``train`` (the forget training
         examples themselves, default; test data stays for reporting) or ``test``.
+      sweep_max_examples: at most this many forget and this many retain rows of the sweep
+        split are used (a random subset): the sweep ranks each row's N+1 nearest keys, whose
+        memory grows with rows x codebooks x N.
       target: forget accuracy the sweep must reach (paper: 0).
       mask_mode: ``search`` (masked keys leave the nearest-key search) or ``readout``.
       methods: DKVB unlearning methods to run, from ``uva``, ``uve``.
@@ -96,6 +101,7 @@ class ExperimentConfig:
     standardize: bool = True
     key_epochs: int = 10
     key_batch_size: int = 256
+    key_max_examples: int | None = None
     value_epochs: int = 10
     value_learning_rate: float = 0.3
     value_batch_size: int = 256
@@ -103,6 +109,7 @@ class ExperimentConfig:
     n_a_grid: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     n_e_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
     sweep_split: Literal["train", "test"] = "train"
+    sweep_max_examples: int = 2000
     target: float = 0.0
     mask_mode: Literal["search", "readout"] = "search"
     methods: tuple[str, ...] = DKVB_METHODS
@@ -117,7 +124,7 @@ class ExperimentConfig:
     def __post_init__(self):
         for name in ("num_codebooks", "num_keys", "key_dim", "top_k", "key_epochs",
                      "key_batch_size", "value_epochs", "value_batch_size", "head_epochs",
-                     "baseline_max_epochs"):  # fmt: skip
+                     "baseline_max_epochs", "sweep_max_examples"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ExperimentConfig.{name} must be a positive int, got {value!r}.")
@@ -283,6 +290,25 @@ def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: boo
     return bl.SCRUBConfig(stopping=stopping, progress=progress)
 
 
+def subsample_key_data(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most `limit` random rows of the unlabelled key data (all of them for None)."""
+    if limit is None or len(x) <= limit:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
+    return np.asarray(x)[rows]
+
+
+def _sweep_subset(x, y, forget, limit: int, seed: int):
+    """At most `limit` forget-class rows and `limit` other rows, in their original order."""
+    rng = np.random.default_rng(seed)
+    is_forget = np.isin(y, forget)
+    keep = np.zeros(len(y), bool)
+    for side in (is_forget, ~is_forget):
+        rows = np.flatnonzero(side)
+        keep[rng.choice(rows, min(limit, rows.size), replace=False)] = True
+    return x[keep], y[keep]
+
+
 def _uva_core(variables, usage, forget, n, mode):
     return apply_selection(variables, mask_top_n_per_class(usage, forget, n), mode)
 
@@ -407,6 +433,9 @@ def run_class_unlearning(
 
     steps.set_postfix_str("fit DKVB")
     if fitted is None:
+        key_data = subsample_key_data(
+            x_tr if key_data is None else key_data, config.key_max_examples, config.seed
+        )
         fitted = fit_dkvb(
             config.dkvb_config(x_tr.shape[1], num_classes), x_tr, y_tr, key=k_fit,
             key_data=key_data, key_config=config.key_config(),
@@ -453,7 +482,10 @@ def run_class_unlearning(
 
     # --- sweeps: the smallest N reaching the target, then unlearning with it
     steps.set_postfix_str("sweeps")
-    sweep_x, sweep_y = (x_tr, y_tr) if config.sweep_split == "train" else (x_te, y_te)
+    sweep_x, sweep_y = _sweep_subset(
+        *((x_tr, y_tr) if config.sweep_split == "train" else (x_te, y_te)),
+        forget, config.sweep_max_examples, config.seed,
+    )  # fmt: skip
     perm = np.asarray(jax.random.permutation(k_perm, data.forget_x.shape[0]))
     forget_x = np.asarray(data.forget_x)[perm]
     sweeps: dict[str, SweepResult] = {}

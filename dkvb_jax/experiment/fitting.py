@@ -33,6 +33,8 @@ from dkvb_jax.training import (
     train_values,
 )
 
+DEFAULT_KEY_CONFIG = KeyInitConfig()
+DEFAULT_VALUE_CONFIG = ValueTrainConfig()
 USAGE_FILE = "usage.npy"
 RUN_FILE = "run.json"
 
@@ -106,8 +108,8 @@ def fit_dkvb(
     *,
     key: jax.Array,
     key_data: np.ndarray | None = None,
-    key_config: KeyInitConfig = KeyInitConfig(),
-    value_config: ValueTrainConfig = ValueTrainConfig(),
+    key_config: KeyInitConfig = DEFAULT_KEY_CONFIG,
+    value_config: ValueTrainConfig = DEFAULT_VALUE_CONFIG,
     standardize: bool = True,
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     checkpoint_dir: str | pathlib.Path | None = None,

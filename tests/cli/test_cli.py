@@ -1,0 +1,145 @@
+"""The dkvb command line on tiny synthetic embeddings: outputs, written files, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dkvb_jax.cli.main import build_parser, main
+from dkvb_jax.testing import clustered_embeddings
+
+TINY = ["--codebooks", "8", "--keys", "32", "--key-dim", "4", "--key-epochs", "2",
+        "--value-epochs", "5", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    x, y = clustered_embeddings(0, 400, num_classes=4, dim=16)
+    xt, yt = clustered_embeddings(1, 160, num_classes=4, dim=16)
+    path = tmp_path_factory.mktemp("data") / "emb.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(npz, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt") / "model"
+    assert main(["fit", "--embeddings", npz, "--checkpoint", str(ckpt), *TINY]) == 0
+    return ckpt
+
+
+def test_fit_json(npz, checkpoint, capsys):
+    # A rerun restores the checkpoint instead of fitting again.
+    code, out, _ = run(capsys, "fit", "--embeddings", npz, "--checkpoint", str(checkpoint),
+                       *TINY, "--json")  # fmt: skip
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["config"]["num_keys"] == 32 and payload["test_acc"] > 0.9
+    assert (checkpoint / "usage.npy").is_file() and (checkpoint / "run.json").is_file()
+
+
+@pytest.mark.parametrize("method, n", [("uva", "8"), ("uve", None), ("exact", None)])
+def test_unlearn_writes_checkpoint_with_audit(npz, checkpoint, tmp_path, capsys, method, n):
+    out_dir = tmp_path / "forgot"
+    extra = [] if n is None else ["--n", n]
+    code, out, err = run(capsys, "unlearn", "--checkpoint", str(checkpoint), "--classes", "2",
+                         "--method", method, *extra, "--out", str(out_dir), "--json",
+                         "--no-progress")  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["audit"]["forgotten_classes"] == [2]
+    assert payload["audit"]["effect"]["after"]["forget_accuracy"] == 0.0
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(out_dir), "--json", "--no-progress")
+    ev = json.loads(out)
+    assert ev["forgotten_classes"] == [2] and ev["audit_records"] == 1
+    assert ev["forget_test_acc"] == 0.0 and ev["retain_test_acc"] > 0.9
+    assert 0 <= ev["mia"]["accuracy"] <= 1
+
+
+def test_unlearn_examples_and_table(npz, checkpoint, tmp_path, capsys):
+    code, out, err = run(capsys, "unlearn", "--checkpoint", str(checkpoint), "--examples",
+                         "0,1,2", "--method", "uve", "--out", str(tmp_path / "ex"),
+                         "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "| before" in out and "audit record" in out
+
+
+def test_compare_writes_table_json_and_plots(npz, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = run(capsys, "compare", "--embeddings", npz, *TINY, "--baselines", "finetune",
+                         "--baseline-max-epochs", "2", "--head-epochs", "3", "--out", str(out_dir))  # fmt: skip
+    assert code == 0, err
+    assert "| DKVB-UvA" in out and "| finetune" in out
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert {"reference", "meta", "rows", "summary"} <= set(saved)
+    for rec in saved["summary"]:
+        assert set(rec) == {"method", "retain_test_acc", "forget_test_acc", "mia", "wall_s",
+                            "gflops", "cost_vs_dkvb"}  # fmt: skip
+    assert len((out_dir / "results.csv").read_text().splitlines()) == 1 + len(saved["rows"])
+    for png in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):
+        assert (out_dir / f"{png}.png").stat().st_size > 1000
+
+
+def _one_line_error(capsys, argv, needle):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["fit", "--embeddings", "/nope.npz", "--checkpoint", "/tmp/x"], "no such file"),
+        (["fit", "--dataset", "mnist", "--checkpoint", "/tmp/x"], "unknown dataset"),
+        (["fit", "--encoder", "vgg", "--checkpoint", "/tmp/x"], "unknown encoder"),
+        (["evaluate", "--checkpoint", "/nope"], "not a dkvb checkpoint"),
+        (["compare", "--config", "/nope.json", "--out", "/tmp/x"], "no such file"),
+    ],
+)
+def test_bad_input_one_line(capsys, argv, needle):
+    _one_line_error(capsys, argv, needle)
+
+
+def test_bad_checkpoint_inputs(npz, checkpoint, capsys, tmp_path):
+    _one_line_error(capsys, ["unlearn", "--checkpoint", str(checkpoint), "--classes", "9"],
+                    "outside the model's 4 classes")  # fmt: skip
+    # Another configuration into the same checkpoint folder is refused.
+    argv = ["fit", "--embeddings", npz, "--checkpoint", str(checkpoint), *TINY, "--keys", "16"]
+    _one_line_error(capsys, argv, "different model configuration")
+    # Embeddings of another encoder (other dimension) are refused.
+    other = tmp_path / "other.npz"
+    x, y = clustered_embeddings(0, 50, num_classes=4, dim=8)
+    np.savez(other, x_train=x, y_train=y, x_test=x, y_test=y)
+    _one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--embeddings",
+                             str(other)], "another encoder")  # fmt: skip
+
+
+def test_unknown_method_is_rejected_by_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["unlearn", "--checkpoint", "x", "--classes", "1", "--method", "magic"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["embed", "fit", "unlearn", "evaluate", "compare", "demo"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_python_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "dkvb_jax", "--help"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0 and "demo" in res.stdout

@@ -1,0 +1,136 @@
+"""The class-unlearning experiment on synthetic clustered embeddings: rows, sweeps, files, plots."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from dkvb_jax.evaluation import ResultsTable
+from dkvb_jax.experiment import (
+    ExperimentConfig,
+    best_learned_class,
+    fit_dkvb,
+    fold_standardization,
+    load_fitted,
+    run_class_unlearning,
+    save_plots,
+    standardizer,
+)
+from dkvb_jax.experiment.fitting import build_model
+from dkvb_jax.model import DKVB
+from dkvb_jax.testing import clustered_embeddings
+
+TINY = ExperimentConfig(
+    num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=5, head_epochs=5,
+    baseline_max_epochs=2, n_a_grid=(1, 2, 4, 8), n_e_grid=(1, 2, 5, 10, 20),
+    baselines=("finetune",), dkvb_finetune=False,
+)  # fmt: skip
+
+
+def _data():
+    x, y = clustered_embeddings(0, 400, num_classes=4, dim=16)
+    xt, yt = clustered_embeddings(1, 160, num_classes=4, dim=16)
+    return (x, y), (xt, yt)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    train, test = _data()
+    rows = tmp_path_factory.mktemp("rows")
+    return run_class_unlearning(train, test, TINY, cache_dir=rows, progress=False), rows
+
+
+def test_rows_and_forgetting(result):
+    res, _ = result
+    methods = res.table.methods
+    assert methods == ["original", "original (linear head)", "finetune", "DKVB-UvA", "DKVB-UvE"]
+    row = {r.method: r for r in res.table.rows}
+    # Each class owns its own clusters: UvA with the swept N forgets it and keeps the others.
+    assert row["DKVB-UvA"].forget_test_acc == 0.0
+    assert row["DKVB-UvA"].retain_test_acc >= row["original"].retain_test_acc - 0.02
+    assert row["original"].forget_test_acc > 0.9
+    assert res.sweeps["uva"].smallest_n == res.n_a
+    # DKVB unlearning needs no backward pass; the baseline does.
+    assert row["DKVB-UvA"].extra["cost"]["backward_flops"] == 0
+    assert row["finetune"].extra["cost"]["backward_flops"] > 0
+    assert all(0 <= r.mia <= 1 for r in res.table.rows)
+    assert set(row["DKVB-UvA"].extra["per_class_test_acc"]) == {"0", "1", "2", "3"}
+    assert res.audits["uva"].forgotten_classes == list(res.forget_classes)
+
+
+def test_saved_files_and_plots(result, tmp_path):
+    res, _ = result
+    paths = res.save(tmp_path)
+    paths.update(save_plots(res, tmp_path))
+    for name in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert len(md) == 2 + len(res.table.rows)
+    csv_rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("method,retain_test_acc,forget_test_acc,mia")
+    loaded = ResultsTable.load_json(tmp_path / "results.json")
+    assert loaded.methods == res.table.methods
+    sweeps = json.loads((tmp_path / "sweeps.json").read_text())
+    assert set(sweeps) == {"uva", "uve"} and sweeps["uva"]["ns"] == [1, 2, 4, 8]
+
+
+def test_rerun_reuses_cached_rows(result):
+    res, rows = result
+    train, test = _data()
+    again = run_class_unlearning(train, test, TINY, cache_dir=rows, progress=False,
+                                 fitted=res.fitted)  # fmt: skip
+    # Rows come from the cache: wall times identical to the first run.
+    assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
+
+
+def test_fold_standardization_keeps_codes():
+    x, _ = clustered_embeddings(3, 64, dim=16)
+    x = x * 3 + 5  # far from standardised
+    mu, sd = standardizer(x)
+    cfg = TINY.dkvb_config(16, 5)
+    model, v = build_model(cfg, __import__("jax").random.key(0))
+    folded = fold_standardization(v, mu, sd)
+    a = np.asarray(model.apply(v, (x - mu) / sd, method=DKVB.codes)[0])
+    b = np.asarray(model.apply(folded, x, method=DKVB.codes)[0])
+    assert (a == b).mean() > 0.99  # equal up to float rounding of near-ties
+
+
+def test_checkpointed_fit_resumes(tmp_path):
+    import jax
+
+    (x, y), _ = _data()
+    cfg = TINY.dkvb_config(16, 4)
+    kw = dict(key=jax.random.key(0), key_config=TINY.key_config(),
+              value_config=dataclasses.replace(TINY.value_config(), epochs=2), progress=False)  # fmt: skip
+    first = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)
+    again = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)  # restored, not refitted
+    assert again.history is None
+    np.testing.assert_array_equal(first.variables["params"]["values"],
+                                  again.variables["params"]["values"])  # fmt: skip
+    with pytest.raises(ValueError, match="different model configuration"):
+        load_fitted(tmp_path, config=cfg.replace(num_keys=16))
+    with pytest.raises(ValueError, match="other data"):
+        fit_dkvb(cfg, x[:200], y[:200], checkpoint_dir=tmp_path, **kw)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(num_keys=0), "num_keys"),
+        (dict(baselines=("bogus",)), "baselines"),
+        (dict(sweep_split="val"), "sweep_split"),
+        (dict(n_a_grid=()), "n_a_grid"),
+        (dict(forget_classes=(-1,)), "forget_classes"),
+    ],
+)
+def test_config_rejects_bad_values(change, match):
+    with pytest.raises(ValueError, match=match):
+        TINY.replace(**change)
+
+
+def test_config_round_trip_and_best_class():
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+    with pytest.raises(ValueError, match="Unknown ExperimentConfig fields"):
+        ExperimentConfig.from_dict({"codebooks": 3})
+    assert best_learned_class({0: 0.5, 1: 0.9, 2: 0.9}) == 1
