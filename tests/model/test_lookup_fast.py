@@ -134,6 +134,14 @@ def test_bad_options_raise(kwargs, match):
 
 
 def test_blocked_row_bytes_bound_chunk_memory():
-    # The paper's setting under the default 64 MiB budget gives a chunk of a few dozen rows.
-    row = lookup._blocked_row_bytes(256, 4096, 14, 1, lookup.DEFAULT_BLOCK)
-    assert 10 <= (64 * 2**20) // row <= 200
+    # The paper's setting under the default 64 MiB budget gives a chunk of many rows.
+    row = lookup._blocked_row_bytes(256, 4096, 14, 1, lookup.DEFAULT_BLOCK, lookup.DEFAULT_GROUP)
+    assert 50 <= (64 * 2**20) // row <= 10_000
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 6, 100])
+def test_codebook_groups_are_invisible(group):
+    q, k, mask = problem(8, batch=5, codebooks=6, keys=24, dim=3, mask_p=0.3, integer=True)
+    fast = lookup.nearest_keys(q, k, mask, top_k=2, method="blocked", block=4, codebook_group=group)
+    assert_same_lookup(fast, dense(q, k, mask, 2))
+    assert lookup._codebook_group(6, group) in (1, 2, 3, 6)
