@@ -24,7 +24,6 @@ TINY = {"num_codebooks": 4, "num_keys": 8, "key_dim": 3}
 
 def _recipes(tmp_path):
     recipes = [
-        {"name": "exact", "model": TINY, "key_init": {"epochs": 1, "batch_size": 64}},
         {"name": "sgd_std_top2", "model": {**TINY, "top_k": 2}, "preprocess": "standardize",
          "key_init": {"epochs": 1, "batch_size": 64}, "key_rows": 100, "values": "train",
          "train": {"epochs": 1, "batch_size": 64}},
@@ -39,7 +38,7 @@ def test_main_writes_one_table(mq, tmp_path):
     argv = ["--synthetic", "--out", str(out), "--recipes", str(_recipes(tmp_path))]
     result = mq.main(argv + ["--max-n-uva", "4", "--max-n-uve", "4", "--unlearn-eval-rows", "50"])
     saved = json.loads((out / "model_quality.json").read_text())
-    assert [r["name"] for r in saved["rows"]] == ["exact", "sgd_std_top2"]
+    assert [r["name"] for r in saved["rows"]] == ["sgd_std_top2"]
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     for row in saved["rows"]:
         assert 0.0 <= row["test_accuracy"] <= 1.0
@@ -51,9 +50,9 @@ def test_main_writes_one_table(mq, tmp_path):
             assert u["n"] in [g["n"] for g in u["grid"]] and u["n"] <= 4
             assert u["reached"] == (u["forget_max"] == 0.0)
     table = (out / "model_quality.md").read_text().splitlines()
-    rows = [line for line in table if line.startswith("| exact") or line.startswith("| sgd")]
-    assert len(rows) == 2
-    assert all(line.count("|") == table[-3].count("|") for line in rows)
+    header = next(line for line in table if line.startswith("| recipe"))
+    rows = [line for line in table if line.startswith("| sgd_std_top2 |")]
+    assert len(rows) == 1 and rows[0].count("|") == header.count("|")
 
 
 @pytest.mark.parametrize(
