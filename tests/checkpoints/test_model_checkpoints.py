@@ -148,6 +148,7 @@ def test_checksum_catches_changed_bytes(tmp_path):
     checkpoints.restore_model(tmp_path, verify=False)
 
 
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 @pytest.mark.parametrize("handler", ["JsonCheckpointHandler", "StandardCheckpointHandler"])
 def test_interrupted_save_leaves_no_valid_looking_checkpoint(tmp_path, monkeypatch, handler):
     good = _variables(seed=0)

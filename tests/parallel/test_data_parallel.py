@@ -18,7 +18,6 @@ from dkvb_jax.training import values as values_lib  # noqa: E402
 
 MESHES = {
     "data8": lambda: parallel.data_mesh(8),
-    "data3": lambda: parallel.data_mesh(3),
     "data4xcodebook2": lambda: parallel.data_codebook_mesh(4, 2),
 }
 
@@ -52,6 +51,13 @@ def test_key_usage_identical(problem, mesh, per_class):
     want = training.key_usage(model, variables, x, labels)
     got = parallel.key_usage(model, _placed(variables, mesh), x, mesh, labels, batch_size=4)
     assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_key_usage_identical_on_an_odd_device_count(problem):
+    model, variables, x, y = problem
+    want = training.key_usage(model, variables, x, y)
+    got = parallel.key_usage(model, variables, x, parallel.data_mesh(3), y, batch_size=4)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
