@@ -23,7 +23,6 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -205,7 +204,7 @@ def unlearning_scan(
         base_f, base_r = jax.vmap(lambda forget: metrics_fn(forget, 0))(eye)
         rows = []
         for n in ns:
-            f, r = jax.vmap(lambda forget: metrics_fn(forget, n))(eye)
+            f, r = jax.vmap(metrics_fn, in_axes=(0, None))(eye, n)
             delta = 100.0 * (np.asarray(r) - np.asarray(base_r))
             rows.append(
                 dict(
