@@ -363,7 +363,7 @@ def cmd_unlearn(args) -> int:
     start = time.perf_counter()
     n = args.n
     if args.method == "exact":
-        new_vars, record = _exact_unlearn(args, fitted, emb, classes, rows_forget)
+        new_vars, record = _exact_unlearn(args, fitted, emb, classes, rows_forget, effect)
     elif classes is not None and args.method == "uva":
         if n is None:
             sweep = sweep_uva(model, variables, fitted.usage, classes, emb.x_train, emb.y_train,
@@ -413,7 +413,7 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def _exact_unlearn(args, fitted, emb, classes, rows_forget):
+def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
     """Exact unlearning: closed-form values from label counts minus the forgotten examples."""
     import numpy as np
 
@@ -437,6 +437,7 @@ def _exact_unlearn(args, fitted, emb, classes, rows_forget):
         method="exact", params=json.loads(rec.to_json()), before=variables, after=new_vars,
         forgotten_classes=classes,
         forgotten_examples=None if rows_forget is None else rows_forget.tolist(),
+        effect={"before": effect(variables), "after": effect(new_vars)},
     )  # fmt: skip
     return new_vars, record
 
