@@ -144,3 +144,24 @@ def test_python_m_entry_point():
     res = subprocess.run([sys.executable, "-m", "dkvb_jax", "--help"], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert res.returncode == 0 and "demo" in res.stdout
+
+
+def test_embed_folder_then_cache(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "imgs" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(d / f"{i}.png")
+    argv = ["embed", "--encoder", "cifar_resnet20", "--dataset", "folder", "--data-dir",
+            str(tmp_path / "imgs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "| train" in out and "encoded" in out
+    code, out, _ = run(capsys, *argv, "--json")
+    payload = json.loads(out)
+    assert payload["splits"]["train"] == payload["splits"]["train"] | {"examples": 4, "dim": 64,
+                                                                       "from_cache": True}  # fmt: skip
