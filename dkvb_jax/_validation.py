@@ -15,8 +15,14 @@ import numpy as np
 
 
 def is_concrete(x: Any) -> bool:
-    """True when `x` holds values (not a tracer inside `jit`/`vmap`/`grad`)."""
-    return not isinstance(x, jax.core.Tracer)
+    """True when `x` holds values this process can read.
+
+    False for tracers inside `jit`/`vmap`/`grad`, and for a multi-host array whose rows live
+    partly on other processes.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def check_embeddings(

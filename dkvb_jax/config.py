@@ -14,6 +14,7 @@ Decoder = Literal["vote", "linear", "mlp"]
 
 SPLITTERS: tuple[str, ...] = ("random_projection", "chunk", "learned")
 DECODERS: tuple[str, ...] = ("vote", "linear", "mlp")
+LOOKUP_METHODS: tuple[str, ...] = ("auto", "blocked", "dense", "approx")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,6 +56,7 @@ class DKVBConfig:
     mlp_hidden: int = 512
     lookup_chunk: int | None = None
     lookup_memory_mb: float = 64.0
+    lookup_method: str = "auto"
 
     def __post_init__(self):
         for name in (
@@ -111,6 +113,11 @@ class DKVBConfig:
         if not self.lookup_memory_mb > 0:
             raise ValueError(
                 f"DKVBConfig.lookup_memory_mb must be positive, got {self.lookup_memory_mb!r}."
+            )
+        if self.lookup_method not in LOOKUP_METHODS:
+            raise ValueError(
+                f"DKVBConfig.lookup_method must be one of {LOOKUP_METHODS}, got "
+                f"{self.lookup_method!r}."
             )
 
     @property

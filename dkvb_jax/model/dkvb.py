@@ -78,6 +78,7 @@ class DKVB(nn.Module):
             top_k=cfg.top_k,
             chunk=cfg.lookup_chunk,
             memory_mb=cfg.lookup_memory_mb,
+            method=cfg.lookup_method,
         )
 
     def codes(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:

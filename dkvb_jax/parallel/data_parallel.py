@@ -313,26 +313,11 @@ def ema_batch_stats(
 @functools.partial(jax.jit, static_argnames=("mesh",))
 def _ema_step_sharded(mesh, state, queries, weights, rng, decay, epsilon, dead_threshold):
     counts, sums, sq_err = _ema_stats_sharded(mesh, queries, weights, state.keys)
-    # The EMA update below is the core's (`training.keys._ema_step`) after its batch statistics;
-    # it is repeated here because the core computes those statistics inside the same jitted
-    # function, where XLA would gather the whole batch onto every device for the chunked
-    # lookup. TODO(core): expose the update as its own function and call it here.
-    new_counts = decay * state.counts + (1.0 - decay) * counts
-    new_sums = decay * state.sums + (1.0 - decay) * sums
-    total = new_counts.sum(axis=-1, keepdims=True)
-    num_keys = new_counts.shape[-1]
-    smoothed = (new_counts + epsilon) / (total + num_keys * epsilon) * total
-    keys = new_sums / smoothed[..., None]
-    dead = smoothed < dead_threshold
-    batch = queries.shape[0]
-    p = weights / weights.sum()
-    pick = jax.random.choice(rng, batch, shape=(keys.shape[0], num_keys), p=p)
-    seeds = queries[pick, jnp.arange(keys.shape[0])[:, None]]
-    reset_count = jnp.maximum(total / num_keys, epsilon)
-    keys = jnp.where(dead[..., None], seeds, keys)
-    smoothed = jnp.where(dead, reset_count, smoothed)
-    new_sums = jnp.where(dead[..., None], seeds * reset_count[..., None], new_sums)
-    return keys_lib.EMAState(keys, new_sums, smoothed), sq_err, counts
+    # The update runs on replicated, psum-ed statistics, outside the sharded lookup.
+    state = keys_lib.ema_update(
+        state, counts, sums, queries, weights, rng, decay, epsilon, dead_threshold
+    )
+    return state, sq_err, counts
 
 
 def ema_step(

@@ -90,35 +90,62 @@ def _assign(queries: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _batch_stats(queries, weights, keys):
     """One-hot counts `[codebooks, keys]` and sums `[codebooks, keys, key_dim]` of a batch."""
     idx, dist = _assign(queries, keys)  # [batch, codebooks]
-    num_codebooks, num_keys, _ = keys.shape
-    onehot = jax.nn.one_hot(idx, num_keys, dtype=queries.dtype) * weights[:, None, None]
-    counts = onehot.sum(axis=0)
-    sums = jnp.einsum("bck,bcd->ckd", onehot, queries, precision=jax.lax.Precision.HIGHEST)
+    num_codebooks, num_keys, key_dim = keys.shape
+    # Scatter-adds, not a one-hot [batch, codebooks, keys] tensor (1 GiB at the paper setting).
+    cb = jnp.arange(num_codebooks)[None, :]
+    counts = jnp.zeros((num_codebooks, num_keys), queries.dtype).at[cb, idx].add(weights[:, None])
+    sums = jnp.zeros((num_codebooks, num_keys, key_dim), queries.dtype)
+    sums = sums.at[cb, idx].add(queries * weights[:, None, None])
     return counts, sums, (dist * weights[:, None]).sum()
 
 
-@jax.jit
-def _ema_step(state: EMAState, queries, weights, rng, decay, epsilon, dead_threshold):
-    counts, sums, sq_err = _batch_stats(queries, weights, state.keys)
+def ema_update(
+    state: EMAState,
+    counts: jax.Array,
+    sums: jax.Array,
+    queries: jax.Array,
+    weights: jax.Array,
+    rng: jax.Array,
+    decay: float,
+    epsilon: float,
+    dead_threshold: float,
+) -> EMAState:
+    """The EMA k-means update from one batch's statistics (pure; data-parallel code reuses it).
+
+    Args:
+      state: running statistics.
+      counts: the batch's assignment counts `[codebooks, keys]` (summed over devices, if any).
+      sums: the batch's summed queries per key `[codebooks, keys, key_dim]`.
+      queries: the batch's queries `[batch, codebooks, key_dim]`, source of re-seeded keys.
+      weights: `[batch]` example weights (0 for padding rows, never picked as seeds).
+      rng: PRNG key for re-seeding.
+      decay, epsilon, dead_threshold: see :class:`KeyInitConfig`.
+    """
     new_counts = decay * state.counts + (1.0 - decay) * counts
     new_sums = decay * state.sums + (1.0 - decay) * sums
     total = new_counts.sum(axis=-1, keepdims=True)
-    num_keys = new_counts.shape[-1]
+    num_codebooks, num_keys = new_counts.shape
     smoothed = (new_counts + epsilon) / (total + num_keys * epsilon) * total
     keys = new_sums / smoothed[..., None]
 
     # Re-seed dead keys from random (valid) inputs of this batch, and reset their running
     # statistics to match: sums = key * count, so keys == sums / counts still holds.
     dead = smoothed < dead_threshold
-    batch = queries.shape[0]
     p = weights / weights.sum()
-    pick = jax.random.choice(rng, batch, shape=(keys.shape[0], num_keys), p=p)
-    seeds = queries[pick, jnp.arange(keys.shape[0])[:, None]]  # [codebooks, keys, key_dim]
+    pick = jax.random.choice(rng, queries.shape[0], shape=(num_codebooks, num_keys), p=p)
+    seeds = queries[pick, jnp.arange(num_codebooks)[:, None]]  # [codebooks, keys, key_dim]
     reset_count = jnp.maximum(total / num_keys, epsilon)  # [codebooks, 1]
     keys = jnp.where(dead[..., None], seeds, keys)
     smoothed = jnp.where(dead, reset_count, smoothed)
     new_sums = jnp.where(dead[..., None], seeds * reset_count[..., None], new_sums)
-    return EMAState(keys, new_sums, smoothed), sq_err, counts
+    return EMAState(keys, new_sums, smoothed)
+
+
+@jax.jit
+def _ema_step(state: EMAState, queries, weights, rng, decay, epsilon, dead_threshold):
+    counts, sums, sq_err = _batch_stats(queries, weights, state.keys)
+    state = ema_update(state, counts, sums, queries, weights, rng, decay, epsilon, dead_threshold)
+    return state, sq_err, counts
 
 
 def _kmeans_plus_plus(rng: jax.Array, queries: jax.Array, num_keys: int) -> jax.Array:

@@ -171,6 +171,7 @@ def test_bad_embeddings(x, error, match):
         ({"splitter": "chunk"}, "key_dim"),
         ({"lookup_chunk": -3}, "lookup_chunk"),
         ({"lookup_memory_mb": 0}, "lookup_memory_mb"),
+        ({"lookup_method": "faiss"}, "lookup_method"),
     ],
 )
 def test_config_validation_names_the_field(changes, match):
