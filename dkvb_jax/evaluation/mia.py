@@ -15,10 +15,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from dkvb_jax.evaluation.metrics import per_example_loss
 from dkvb_jax.evaluation.splits import ApplyFn
@@ -79,6 +75,12 @@ def mia_attack(
     nonmembers = rng.choice(nonmembers, n, replace=False)
     features = np.concatenate([members, nonmembers])[:, None]
     labels = np.concatenate([np.ones(n, np.int32), np.zeros(n, np.int32)])
+    # scikit-learn costs seconds to import; only the attack needs it.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     attack = make_pipeline(StandardScaler(), LogisticRegression())
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     scores = cross_val_score(attack, features, labels, cv=folds, scoring="accuracy")
