@@ -1,5 +1,5 @@
-"""The ``dkvb`` command line (see :mod:`dkvb_jax.cli.main`)."""
+"""The ``dkvb`` command line: see :mod:`dkvb_jax.cli.main` (``main``, ``build_parser``).
 
-from dkvb_jax.cli.main import build_parser, main
-
-__all__ = ["build_parser", "main"]
+The submodule is not re-exported here, so ``dkvb_jax.cli.main`` stays the module (scripts reuse
+its argument helpers) rather than being shadowed by its ``main`` function.
+"""

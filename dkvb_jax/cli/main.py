@@ -531,7 +531,7 @@ def cmd_compare(args) -> int:
 # because value training runs on codes computed once. 1024-key codebooks would leave most pairs
 # with no training example on this sample.
 DEMO = dict(num_codebooks=128, num_keys=256, key_dim=14, key_epochs=10, value_epochs=30,
-            baselines=("finetune",), n_a_grid=(1, 2, 4, 8, 16, 32, 64, 128),
+            baselines=("finetune",), dkvb_finetune=False, n_a_grid=(1, 2, 4, 8, 16, 32, 64, 128),
             n_e_grid=(1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
 
 
