@@ -501,7 +501,8 @@ def _run_compare(args, cfg, out: pathlib.Path) -> int:
         (emb.x_train, emb.y_train), (emb.x_test, emb.y_test), cfg,
         key_data=_key_data(args, emb), checkpoint_dir=out / "checkpoint",
         cache_dir=out / "rows", encoder=emb.source.get("encoder"),
-        meta={"source": emb.source, "machine": _machine(), "command": " ".join(sys.argv)},
+        meta={"source": emb.source, "machine": _machine(),
+              "command": " ".join(["dkvb", *sys.argv[1:]])},
         progress=not args.no_progress,
     )  # fmt: skip
     secs = time.perf_counter() - start
