@@ -6,7 +6,7 @@ certified exact. Values are then fitted in closed form from per-pair label count
 with SGD-trained values on the same keys, and forgotten by subtracting counts.
 
 Data: a ``.npz`` with ``x_train, y_train, x_test, y_test`` (``--npz``), or the embedding cache
-under ``--data-dir`` (entries with ``manifest.json`` for the train and test splits of one
+under ``--cache-dir`` (entries with ``manifest.json`` for the train and test splits of one
 encoder, ``--encoder``), or ``--synthetic`` clustered data for a quick check.
 
     python experiments/exact_unlearning.py --synthetic --json /tmp/exact.json
@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from dkvb_jax.config import DKVBConfig
+from dkvb_jax.embedding import DEFAULT_CACHE_DIR
 from dkvb_jax.exact import EstimatorConfig, fit_exact, forget_classes, remove_examples
 from dkvb_jax.model import DKVB
 from dkvb_jax.training import (
@@ -68,7 +69,7 @@ def load_cache(data_dir: pathlib.Path, encoder: str | None):
     """Train/test embeddings from the embedding cache (folders with a manifest.json)."""
     if not data_dir.is_dir():
         raise FileNotFoundError(
-            f"--data-dir {data_dir} does not exist; pass --npz, or --synthetic for a quick check."
+            f"--cache-dir {data_dir} does not exist; pass --npz, or --synthetic for a quick check."
         )
     found: dict[tuple[str, str], pathlib.Path] = {}
     for manifest in sorted(data_dir.rglob("manifest.json")):
@@ -154,7 +155,7 @@ def same_bits(a, b) -> bool:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--npz", type=pathlib.Path, help=".npz with x_train,y_train,x_test,y_test")
-    p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("../shared/data/cifar10"),
+    p.add_argument("--cache-dir", type=pathlib.Path, default=DEFAULT_CACHE_DIR,
                    help="embedding-cache root searched for train/test entries")  # fmt: skip
     p.add_argument("--encoder", help="substring of the cached encoder name to use")
     p.add_argument("--synthetic", action="store_true", help="clustered synthetic data")
@@ -181,8 +182,8 @@ def main(argv=None) -> dict:
         x_tr, y_tr, x_te, y_te = load_npz(args.npz)
         source = str(args.npz)
     else:
-        x_tr, y_tr, x_te, y_te = load_cache(args.data_dir, args.encoder)
-        source = str(args.data_dir)
+        x_tr, y_tr, x_te, y_te = load_cache(args.cache_dir, args.encoder)
+        source = str(args.cache_dir)
     y_tr, y_te = y_tr.astype(np.int32), y_te.astype(np.int32)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     rng = np.random.default_rng(args.seed)

@@ -41,8 +41,9 @@ def resize_center_crop_normalize(
     b, h, w, c = x.shape
     short = min(h, w)
     # torchvision.transforms.Resize(int): the shorter side becomes `size`, the other scales along.
-    new_h, new_w = (size, max(size, int(size * w / h))) if h == short else (
-        max(size, int(size * h / w)), size)
+    new_h, new_w = (
+        (size, max(size, int(size * w / h))) if h == short else (max(size, int(size * h / w)), size)
+    )
     if (new_h, new_w) != (h, w):
         x = jax.image.resize(x, (b, new_h, new_w, c), method, antialias=True)
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))

@@ -171,8 +171,14 @@ class CLIPVisionTransformer(nn.Module):
                 f"got shape {images.shape}; apply the encoder's preprocess_fn first."
             )
         scale = c.width**-0.5
-        x = nn.Conv(c.width, (c.patch_size,) * 2, (c.patch_size,) * 2, padding="VALID",
-                    use_bias=False, name="conv1")(images.astype(jnp.float32))
+        x = nn.Conv(
+            c.width,
+            (c.patch_size,) * 2,
+            (c.patch_size,) * 2,
+            padding="VALID",
+            use_bias=False,
+            name="conv1",
+        )(images.astype(jnp.float32))
         x = x.reshape(x.shape[0], -1, c.width)  # row-major patches, as torch's flatten of NCHW
         cls = self.param("class_embedding", nn.initializers.normal(scale), (c.width,))
         pos = self.param("positional_embedding", nn.initializers.normal(scale), (c.tokens, c.width))
@@ -190,16 +196,19 @@ def _split_prefix(state_dict: sd.StateDict) -> str:
         return ""
     hint = ""
     if any(k.startswith(("vision_model.", "text_model.")) for k in state_dict):
-        hint = (" These are Hugging Face transformers names (vision_model.*), which are not "
-                "supported: use the OpenAI or open_clip checkpoint.")
+        hint = (
+            " These are Hugging Face transformers names (vision_model.*), which are not "
+            "supported: use the OpenAI or open_clip checkpoint."
+        )
     raise sd.StateDictMismatchError(
         "CLIP ViT: no image-tower keys in the state dict (expected 'visual.conv1.weight', "
         f"'visual.class_embedding', ...; got e.g. {sorted(state_dict)[:5]}).{hint}"
     )
 
 
-def convert_clip_visual(state_dict: sd.StateDict, config: CLIPVisionConfig = CLIP_VIT_B32
-                        ) -> dict[str, Any]:
+def convert_clip_visual(
+    state_dict: sd.StateDict, config: CLIPVisionConfig = CLIP_VIT_B32
+) -> dict[str, Any]:
     """Maps a CLIP state dict's image tower onto `CLIPVisionTransformer(config)`, one-to-one.
 
     Every `visual.*` key must be used; keys outside `visual.` (the text tower, `logit_scale`) are
@@ -220,11 +229,13 @@ def convert_clip_visual(state_dict: sd.StateDict, config: CLIPVisionConfig = CLI
     )
 
 
-def load_clip_visual(checkpoint_path: str | os.PathLike[str],
-                     config: CLIPVisionConfig = CLIP_VIT_B32
-                     ) -> tuple[CLIPVisionTransformer, dict[str, Any]]:
+def load_clip_visual(
+    checkpoint_path: str | os.PathLike[str], config: CLIPVisionConfig = CLIP_VIT_B32
+) -> tuple[CLIPVisionTransformer, dict[str, Any]]:
     """Reads a `.safetensors` / `.pt` CLIP state dict: `(module, variables)` of its image tower."""
-    return CLIPVisionTransformer(config), convert_clip_visual(sd.load_state_dict(checkpoint_path), config)
+    return CLIPVisionTransformer(config), convert_clip_visual(
+        sd.load_state_dict(checkpoint_path), config
+    )
 
 
 def clip_vit_b32_encoder(
@@ -248,7 +259,9 @@ def clip_vit_b32_encoder(
     return module, variables, preprocess, config.output_dim, config.image_size
 
 
-def _registry_factory(path: str | os.PathLike[str] | None = None, *, config: CLIPVisionConfig | None = None):
+def _registry_factory(
+    path: str | os.PathLike[str] | None = None, *, config: CLIPVisionConfig | None = None
+):
     """`get_encoder('clip_vit_b32', path=...)`: the registry's `path=` convention."""
     if path is None:
         raise ValueError(

@@ -27,7 +27,14 @@ import jax.numpy as jnp
 from dkvb_jax.encoders import state_dict as sd
 from dkvb_jax.encoders._center_crop import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
 
-__all__ = ["ResNetConfig", "RESNET50", "ResNet", "convert_resnet", "load_resnet", "resnet50_encoder"]
+__all__ = [
+    "ResNetConfig",
+    "RESNET50",
+    "ResNet",
+    "convert_resnet",
+    "load_resnet",
+    "resnet50_encoder",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +56,19 @@ class ResNetConfig:
     def __post_init__(self):
         sizes = tuple(self.stage_sizes)
         if not sizes or any(not isinstance(n, int) or n < 1 for n in sizes):
-            raise ValueError(f"ResNetConfig.stage_sizes must be positive ints, got {self.stage_sizes!r}.")
+            raise ValueError(
+                f"ResNetConfig.stage_sizes must be positive ints, got {self.stage_sizes!r}."
+            )
         object.__setattr__(self, "stage_sizes", sizes)
         for name in ("width", "image_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ResNetConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"ResNetConfig.{name} must be a positive int, got {getattr(self, name)!r}."
+                )
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"ResNetConfig.num_classes must be an int >= 0, got {self.num_classes!r}.")
+            raise ValueError(
+                f"ResNetConfig.num_classes must be an int >= 0, got {self.num_classes!r}."
+            )
 
     @property
     def embed_dim(self) -> int:
@@ -73,8 +86,14 @@ def _bn(name: str) -> nn.BatchNorm:
 
 def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     pad = (kernel - 1) // 2  # torch's explicit symmetric padding, not TF "SAME"
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        (stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        name=name,
+    )
 
 
 class _Downsample(nn.Module):
@@ -119,7 +138,9 @@ class _Stage(nn.Module):
             first = i == 0
             # The first block changes the channel count (and maybe the resolution): it needs a
             # projection shortcut, exactly where torchvision puts `downsample`.
-            needs_proj = first and (self.stride != 1 or x.shape[-1] != self.width * Bottleneck.expansion)
+            needs_proj = first and (
+                self.stride != 1 or x.shape[-1] != self.width * Bottleneck.expansion
+            )
             x = Bottleneck(self.width, self.stride if first else 1, needs_proj, name=str(i))(x)
         return x
 
@@ -137,7 +158,9 @@ class ResNet(nn.Module):
     def __call__(self, images: jax.Array, *, logits: bool = False) -> jax.Array:
         c = self.config
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be [batch, height, width, 3] (NHWC), got shape {images.shape}.")
+            raise ValueError(
+                f"images must be [batch, height, width, 3] (NHWC), got shape {images.shape}."
+            )
         x = nn.relu(_bn("bn1")(_conv(c.width, 7, 2, "conv1")(images.astype(jnp.float32))))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, blocks in enumerate(c.stage_sizes):
@@ -169,8 +192,9 @@ def convert_resnet(state_dict: sd.StateDict, config: ResNetConfig = RESNET50) ->
     )
 
 
-def load_resnet(checkpoint_path: str | os.PathLike[str], config: ResNetConfig = RESNET50
-                ) -> tuple[ResNet, dict[str, Any]]:
+def load_resnet(
+    checkpoint_path: str | os.PathLike[str], config: ResNetConfig = RESNET50
+) -> tuple[ResNet, dict[str, Any]]:
     """Reads a `.safetensors` / `.pt` torchvision ResNet state dict: `(module, variables)`."""
     return ResNet(config), convert_resnet(sd.load_state_dict(checkpoint_path), config)
 
@@ -206,7 +230,9 @@ def _depth_name(config: ResNetConfig) -> str:
     return f"-{3 * sum(config.stage_sizes) + 2}"
 
 
-def _registry_factory(path: str | os.PathLike[str] | None = None, *, config: ResNetConfig | None = None):
+def _registry_factory(
+    path: str | os.PathLike[str] | None = None, *, config: ResNetConfig | None = None
+):
     """`get_encoder('resnet50', path=...)`: the registry's `path=` convention."""
     if path is None:
         raise ValueError(

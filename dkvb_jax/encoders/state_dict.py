@@ -210,7 +210,8 @@ def _unwrap(obj: Any, path: pathlib.Path) -> StateDict:
     if not isinstance(obj, Mapping) or not _is_flat_arrays(obj):
         kinds = (
             sorted({type(v).__name__ for v in obj.values()})
-            if isinstance(obj, Mapping) else type(obj).__name__
+            if isinstance(obj, Mapping)
+            else type(obj).__name__
         )
         raise ValueError(
             f"checkpoint {str(path)!r} does not hold a state dict (a flat mapping from names to "
@@ -218,7 +219,7 @@ def _unwrap(obj: Any, path: pathlib.Path) -> StateDict:
         )
     out = {str(k): np.asarray(v) for k, v in obj.items()}
     if out and all(k.startswith("module.") for k in out):
-        out = {k[len("module."):]: v for k, v in out.items()}
+        out = {k[len("module.") :]: v for k, v in out.items()}
     return out
 
 
@@ -227,8 +228,15 @@ def _is_flat_arrays(obj: Mapping) -> bool:
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 
@@ -279,16 +287,34 @@ class _TorchType:
 
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_, "UntypedStorage": np.uint8,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
 }
 _TORCH_DTYPES = {
-    "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
-    "float16": np.float16, "half": np.float16, "bfloat16": ml_dtypes.bfloat16,
-    "int64": np.int64, "long": np.int64, "int32": np.int32, "int": np.int32, "int16": np.int16,
-    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+    "float64": np.float64,
+    "double": np.float64,
+    "float32": np.float32,
+    "float": np.float32,
+    "float16": np.float16,
+    "half": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "long": np.int64,
+    "int32": np.int32,
+    "int": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
 }
 
 
@@ -313,14 +339,16 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     return np.array(view)  # own the memory, drop the view of the whole storage
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     del requires_grad, backward_hooks, metadata
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, metadata=None):
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
     del requires_grad, backward_hooks, metadata
     if not isinstance(dtype, np.dtype):
         raise pickle.UnpicklingError(f"_rebuild_tensor_v3 got a non-dtype {dtype!r}")
@@ -381,8 +409,12 @@ class _WeightsOnlyUnpickler(pickle._Unpickler):  # the Python implementation: BU
             ) from None
 
     def persistent_load(self, pid: Any) -> np.ndarray:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+        ):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, _location, numel = pid
         if key not in self._storages:
@@ -468,7 +500,9 @@ def write_torch_zip_raw(
     out += b"u."  # SETITEMS STOP
     stem = pathlib.Path(path).stem or "archive"
     records = [(f"{stem}/data.pkl", bytes(out)), (f"{stem}/byteorder", b"little")]
-    records += [(f"{stem}/data/{k}", np.asarray(v, order="C").tobytes()) for k, v in storages.items()]
+    records += [
+        (f"{stem}/data/{k}", np.asarray(v, order="C").tobytes()) for k, v in storages.items()
+    ]
     records += [(f"{stem}/version", b"3\n")]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in records:
@@ -532,8 +566,10 @@ def flax_leaf_to_torch_key(
     if leaf == "kernel":
         key = ".".join([*modules, "weight"])
         # torch conv OIHW -> flax HWIO; torch linear [out, in] -> flax [in, out].
-        return key, _to_flax_kernel, lambda s: (
-            (s[3], s[2], s[0], s[1]) if len(s) == 4 else tuple(s)[::-1]
+        return (
+            key,
+            _to_flax_kernel,
+            lambda s: (s[3], s[2], s[0], s[1]) if len(s) == 4 else tuple(s)[::-1],
         )
     if leaf == "scale":
         return ".".join([*modules, "weight"]), *identity
@@ -596,10 +632,15 @@ def torch_to_flax(
             f"{architecture}: the state dict does not match the architecture "
             f"({len(flat)} expected tensors, {len(state_dict)} in the file)."
         ]
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("wrong shape or dtype", misshaped)):
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape or dtype", misshaped),
+        ):
             if items:
-                shown = "; ".join(items[:8]) + (f"; ... and {len(items) - 8} more" if len(items) > 8 else "")
+                shown = "; ".join(items[:8]) + (
+                    f"; ... and {len(items) - 8} more" if len(items) > 8 else ""
+                )
                 parts.append(f"{title} ({len(items)}): {shown}")
         parts.append("Check that the checkpoint and the config describe the same architecture.")
         raise StateDictMismatchError("\n".join(parts))

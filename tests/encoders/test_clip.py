@@ -35,10 +35,22 @@ def openai_visual_state(config: clip.CLIPVisionConfig, seed: int = 0) -> dict[st
         b = f"transformer.resblocks.{i}."
         for ln in ("ln_1", "ln_2"):
             s[f"{b}{ln}.weight"], s[f"{b}{ln}.bias"] = 1 + normal(w, std=0.1), normal(w, std=0.1)
-        s[f"{b}attn.in_proj_weight"], s[f"{b}attn.in_proj_bias"] = normal(3 * w, w, std=w**-0.5), normal(3 * w)
-        s[f"{b}attn.out_proj.weight"], s[f"{b}attn.out_proj.bias"] = normal(w, w, std=w**-0.5), normal(w)
-        s[f"{b}mlp.c_fc.weight"], s[f"{b}mlp.c_fc.bias"] = normal(hidden, w, std=w**-0.5), normal(hidden)
-        s[f"{b}mlp.c_proj.weight"], s[f"{b}mlp.c_proj.bias"] = normal(w, hidden, std=hidden**-0.5), normal(w)
+        s[f"{b}attn.in_proj_weight"], s[f"{b}attn.in_proj_bias"] = (
+            normal(3 * w, w, std=w**-0.5),
+            normal(3 * w),
+        )
+        s[f"{b}attn.out_proj.weight"], s[f"{b}attn.out_proj.bias"] = (
+            normal(w, w, std=w**-0.5),
+            normal(w),
+        )
+        s[f"{b}mlp.c_fc.weight"], s[f"{b}mlp.c_fc.bias"] = (
+            normal(hidden, w, std=w**-0.5),
+            normal(hidden),
+        )
+        s[f"{b}mlp.c_proj.weight"], s[f"{b}mlp.c_proj.bias"] = (
+            normal(w, hidden, std=hidden**-0.5),
+            normal(w),
+        )
     return s
 
 
@@ -72,19 +84,32 @@ def np_clip_visual(state, images, config):
     b, p, w, heads = images.shape[0], config.patch_size, config.width, config.heads
     g = config.image_size // p
     # [b, gy, py, gx, px, c] -> [b, gy*gx, c*py*px]: the flattening order of an OIHW kernel.
-    patches = images.astype(np.float64).reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4).reshape(b, g * g, -1)
+    patches = (
+        images.astype(np.float64)
+        .reshape(b, g, p, g, p, 3)
+        .transpose(0, 1, 3, 5, 2, 4)
+        .reshape(b, g * g, -1)
+    )
     x = patches @ s["conv1.weight"].reshape(w, -1).T
-    x = np.concatenate([np.broadcast_to(s["class_embedding"], (b, 1, w)), x], 1) + s["positional_embedding"]
+    x = (
+        np.concatenate([np.broadcast_to(s["class_embedding"], (b, 1, w)), x], 1)
+        + s["positional_embedding"]
+    )
     x = np_layer_norm(x, s, "ln_pre")
     for i in range(config.layers):
         pre = f"transformer.resblocks.{i}."
         h = np_layer_norm(x, s, pre + "ln_1")
-        q, k, v = np.split(h @ s[pre + "attn.in_proj_weight"].T + s[pre + "attn.in_proj_bias"], 3, -1)
+        q, k, v = np.split(
+            h @ s[pre + "attn.in_proj_weight"].T + s[pre + "attn.in_proj_bias"], 3, -1
+        )
         split = lambda t: t.reshape(b, -1, heads, w // heads).transpose(0, 2, 1, 3)
         att = np_softmax(split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(w // heads))
         o = (att @ split(v)).transpose(0, 2, 1, 3).reshape(b, -1, w)
         x = x + o @ s[pre + "attn.out_proj.weight"].T + s[pre + "attn.out_proj.bias"]
-        h = np_layer_norm(x, s, pre + "ln_2") @ s[pre + "mlp.c_fc.weight"].T + s[pre + "mlp.c_fc.bias"]
+        h = (
+            np_layer_norm(x, s, pre + "ln_2") @ s[pre + "mlp.c_fc.weight"].T
+            + s[pre + "mlp.c_fc.bias"]
+        )
         h = h / (1 + np.exp(-1.702 * h))  # QuickGELU
         x = x + h @ s[pre + "mlp.c_proj.weight"].T + s[pre + "mlp.c_proj.bias"]
     return np_layer_norm(x[:, 0], s, "ln_post") @ s["proj"]
@@ -96,7 +121,9 @@ def torch_clip_visual(state, images, config):
 
     s = {k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()}
     w = config.width
-    x = F.conv2d(torch.from_numpy(images).permute(0, 3, 1, 2), s["conv1.weight"], stride=config.patch_size)
+    x = F.conv2d(
+        torch.from_numpy(images).permute(0, 3, 1, 2), s["conv1.weight"], stride=config.patch_size
+    )
     x = x.flatten(2).permute(0, 2, 1)
     x = torch.cat([s["class_embedding"].expand(x.shape[0], 1, w), x], 1) + s["positional_embedding"]
     ln = lambda t, n: F.layer_norm(t, (w,), s[f"{n}.weight"], s[f"{n}.bias"], 1e-5)
@@ -104,11 +131,15 @@ def torch_clip_visual(state, images, config):
     for i in range(config.layers):
         pre = f"transformer.resblocks.{i}."
         mha = torch.nn.MultiheadAttention(w, config.heads)
-        mha.load_state_dict({k[len(pre + "attn."):]: v for k, v in s.items() if k.startswith(pre + "attn.")})
+        mha.load_state_dict(
+            {k[len(pre + "attn.") :]: v for k, v in s.items() if k.startswith(pre + "attn.")}
+        )
         h = ln(x, pre + "ln_1")
         x = x + mha(h, h, h, need_weights=False)[0]
         h = F.linear(ln(x, pre + "ln_2"), s[pre + "mlp.c_fc.weight"], s[pre + "mlp.c_fc.bias"])
-        x = x + F.linear(h * torch.sigmoid(1.702 * h), s[pre + "mlp.c_proj.weight"], s[pre + "mlp.c_proj.bias"])
+        x = x + F.linear(
+            h * torch.sigmoid(1.702 * h), s[pre + "mlp.c_proj.weight"], s[pre + "mlp.c_proj.bias"]
+        )
     with torch.no_grad():
         return (ln(x[0], "ln_post") @ s["proj"]).detach().numpy()
 
@@ -149,7 +180,11 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images():
-    return np.random.default_rng(2).normal(size=(3, TINY.image_size, TINY.image_size, 3)).astype(np.float32)
+    return (
+        np.random.default_rng(2)
+        .normal(size=(3, TINY.image_size, TINY.image_size, 3))
+        .astype(np.float32)
+    )
 
 
 apply_tiny = jax.jit(clip.CLIPVisionTransformer(TINY).apply)
@@ -180,34 +215,57 @@ def test_names_map_one_to_one(checkpoints, variant):
     prefix = VARIANTS[variant]["prefix"]
     variables = clip.convert_clip_visual(state, TINY)
     leaves = jax.tree_util.tree_leaves_with_path(variables)
-    torch_keys = {prefix + sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0] for path, _ in leaves}
+    torch_keys = {
+        prefix + sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0] for path, _ in leaves
+    }
     visual_keys = {k for k in state if k.startswith(prefix)} if prefix else set(state)
     assert len(leaves) == len(visual_keys) and torch_keys == visual_keys
 
 
 def test_default_config_is_vit_b32():
-    shapes = sd.init_shapes(clip.CLIPVisionTransformer(clip.CLIP_VIT_B32), jnp.zeros((1, 224, 224, 3)))
+    shapes = sd.init_shapes(
+        clip.CLIPVisionTransformer(clip.CLIP_VIT_B32), jnp.zeros((1, 224, 224, 3))
+    )
     leaves = jax.tree_util.tree_leaves_with_path(shapes)
     assert sum(int(np.prod(x.shape)) for _, x in leaves) == 87_849_216  # OpenAI ViT-B/32 visual
     assert len(leaves) == 152  # visual.* keys of the OpenAI state dict
-    by_key = {sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0]:
-              sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[2](x.shape) for path, x in leaves}
+    by_key = {
+        sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0]: sd.flax_leaf_to_torch_key(
+            tuple(p.key for p in path)
+        )[2](x.shape)
+        for path, x in leaves
+    }
     assert by_key["conv1.weight"] == (768, 3, 32, 32)
     assert by_key["positional_embedding"] == (50, 768)
     assert by_key["transformer.resblocks.11.attn.in_proj_weight"] == (2304, 768)
     assert by_key["proj"] == (768, 512)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda s: s.pop("visual.transformer.resblocks.1.attn.in_proj_bias"),
-     r"missing \(1\): visual.transformer.resblocks.1.attn.in_proj_bias"),
-    (lambda s: s.update({"visual.transformer.resblocks.2.ln_1.weight": np.ones(8, np.float32)}),
-     r"unexpected \(1\): visual.transformer.resblocks.2.ln_1.weight"),
-    (lambda s: s.update({"visual.transformer.resblocks.0.ls_1.gamma": np.ones(8, np.float32)}),
-     r"unexpected \(1\): visual.transformer.resblocks.0.ls_1.gamma"),
-    (lambda s: s.update({"visual.proj": np.ones((8, 7), np.float32)}),
-     r"visual.proj: expected \(8, 6\), got \(8, 7\)"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda s: s.pop("visual.transformer.resblocks.1.attn.in_proj_bias"),
+            r"missing \(1\): visual.transformer.resblocks.1.attn.in_proj_bias",
+        ),
+        (
+            lambda s: s.update(
+                {"visual.transformer.resblocks.2.ln_1.weight": np.ones(8, np.float32)}
+            ),
+            r"unexpected \(1\): visual.transformer.resblocks.2.ln_1.weight",
+        ),
+        (
+            lambda s: s.update(
+                {"visual.transformer.resblocks.0.ls_1.gamma": np.ones(8, np.float32)}
+            ),
+            r"unexpected \(1\): visual.transformer.resblocks.0.ls_1.gamma",
+        ),
+        (
+            lambda s: s.update({"visual.proj": np.ones((8, 7), np.float32)}),
+            r"visual.proj: expected \(8, 6\), got \(8, 7\)",
+        ),
+    ],
+)
 def test_mismatched_state_dicts_name_the_keys(checkpoints, edit, match):
     state = dict(checkpoints["open_clip_safetensors"][2])
     edit(state)
@@ -236,7 +294,8 @@ def test_truncated_checkpoint_is_a_clear_error(checkpoints, tmp_path):
 
 def test_factory_returns_registry_tuple(checkpoints):
     module, variables, preprocess, embed_dim, input_size = clip.clip_vit_b32_encoder(
-        checkpoints["open_clip_safetensors"][0], config=TINY)
+        checkpoints["open_clip_safetensors"][0], config=TINY
+    )
     pixels = np.random.default_rng(3).integers(0, 256, (3, 20, 12, 3), dtype=np.uint8)
     x = preprocess(pixels)
     assert x.shape == (3, input_size, input_size, 3) and input_size == TINY.image_size
@@ -261,9 +320,14 @@ def test_unpreprocessed_images_are_rejected(checkpoints):
         module.apply(variables, jnp.zeros((1, 16, 16, 3)))
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(image_size=10), "image_size"), (dict(heads=3), "heads"), (dict(layers=0), "layers"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(image_size=10), "image_size"),
+        (dict(heads=3), "heads"),
+        (dict(layers=0), "layers"),
+    ],
+)
 def test_config_validation_names_the_field(changes, field):
     with pytest.raises(ValueError, match=f"CLIPVisionConfig.{field}"):
         dataclasses.replace(TINY, **changes)

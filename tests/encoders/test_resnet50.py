@@ -24,7 +24,9 @@ def torchvision_state_dict(config: rn.ResNetConfig, seed: int = 0) -> dict[str, 
     state = {}
 
     def conv(name, out_ch, in_ch, k):
-        state[f"{name}.weight"] = rng.normal(0, (2 / (in_ch * k * k)) ** 0.5, (out_ch, in_ch, k, k)).astype(np.float32)
+        state[f"{name}.weight"] = rng.normal(
+            0, (2 / (in_ch * k * k)) ** 0.5, (out_ch, in_ch, k, k)
+        ).astype(np.float32)
 
     def bn(name, ch):
         state[f"{name}.weight"] = rng.uniform(0.5, 1.5, ch).astype(np.float32)
@@ -44,10 +46,15 @@ def torchvision_state_dict(config: rn.ResNetConfig, seed: int = 0) -> dict[str, 
             conv(f"{p}.conv2", planes, planes, 3), bn(f"{p}.bn2", planes)
             conv(f"{p}.conv3", planes * 4, planes, 1), bn(f"{p}.bn3", planes * 4)
             if b == 0:  # stride 2 or a channel change: torchvision's `downsample`
-                conv(f"{p}.downsample.0", planes * 4, inplanes, 1), bn(f"{p}.downsample.1", planes * 4)
+                (
+                    conv(f"{p}.downsample.0", planes * 4, inplanes, 1),
+                    bn(f"{p}.downsample.1", planes * 4),
+                )
             inplanes = planes * 4
     if config.num_classes:
-        state["fc.weight"] = rng.normal(0, inplanes**-0.5, (config.num_classes, inplanes)).astype(np.float32)
+        state["fc.weight"] = rng.normal(0, inplanes**-0.5, (config.num_classes, inplanes)).astype(
+            np.float32
+        )
         state["fc.bias"] = rng.normal(0, 0.1, config.num_classes).astype(np.float32)
     return state
 
@@ -76,7 +83,9 @@ def np_bn(x, s, name):
 def np_maxpool(x):
     x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     h, w = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-    return np.max([x[:, i : i + 2 * h : 2, j : j + 2 * w : 2] for i in range(3) for j in range(3)], axis=0)
+    return np.max(
+        [x[:, i : i + 2 * h : 2, j : j + 2 * w : 2] for i in range(3) for j in range(3)], axis=0
+    )
 
 
 def np_resnet(state, x, config):
@@ -91,7 +100,9 @@ def np_resnet(state, x, config):
             y = relu(np_bn(np_conv(y, s[f"{p}.conv2.weight"], stride, 1), s, f"{p}.bn2"))
             y = np_bn(np_conv(y, s[f"{p}.conv3.weight"], 1, 0), s, f"{p}.bn3")
             if f"{p}.downsample.0.weight" in s:
-                x = np_bn(np_conv(x, s[f"{p}.downsample.0.weight"], stride, 0), s, f"{p}.downsample.1")
+                x = np_bn(
+                    np_conv(x, s[f"{p}.downsample.0.weight"], stride, 0), s, f"{p}.downsample.1"
+                )
             x = relu(y + x)
     emb = x.mean(axis=(1, 2))
     return emb, emb @ s["fc.weight"].T + s["fc.bias"]
@@ -102,19 +113,32 @@ def torch_resnet(state, x, config):
     import torch.nn.functional as F
 
     s = {k: torch.from_numpy(v) for k, v in state.items()}
-    bn = lambda v, n: F.batch_norm(v, s[f"{n}.running_mean"], s[f"{n}.running_var"], s[f"{n}.weight"],
-                                   s[f"{n}.bias"], training=False, eps=1e-5)
+    bn = lambda v, n: F.batch_norm(
+        v,
+        s[f"{n}.running_mean"],
+        s[f"{n}.running_var"],
+        s[f"{n}.weight"],
+        s[f"{n}.bias"],
+        training=False,
+        eps=1e-5,
+    )
     t = torch.from_numpy(np.asarray(x, np.float32)).permute(0, 3, 1, 2)
-    t = F.max_pool2d(F.relu(bn(F.conv2d(t, s["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    t = F.max_pool2d(
+        F.relu(bn(F.conv2d(t, s["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1
+    )
     for si, blocks in enumerate(config.stage_sizes):
         for b in range(blocks):
             p = f"layer{si + 1}.{b}"
             stride = 2 if si > 0 and b == 0 else 1
             y = F.relu(bn(F.conv2d(t, s[f"{p}.conv1.weight"]), f"{p}.bn1"))
-            y = F.relu(bn(F.conv2d(y, s[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn2"))
+            y = F.relu(
+                bn(F.conv2d(y, s[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn2")
+            )
             y = bn(F.conv2d(y, s[f"{p}.conv3.weight"]), f"{p}.bn3")
             if f"{p}.downsample.0.weight" in s:
-                t = bn(F.conv2d(t, s[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+                t = bn(
+                    F.conv2d(t, s[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1"
+                )
             t = F.relu(y + t)
     emb = t.mean(dim=(2, 3))
     return emb.numpy(), F.linear(emb, s["fc.weight"], s["fc.bias"]).numpy()
@@ -193,21 +217,32 @@ def test_default_config_is_torchvision_resnet50():
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
     assert n_params == 25_557_032  # torchvision.models.resnet50().parameters()
     assert rn.RESNET50.embed_dim == 2048
-    flat = {sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0]: sd.flax_leaf_to_torch_key(
-        tuple(p.key for p in path))[2](x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+    flat = {
+        sd.flax_leaf_to_torch_key(tuple(p.key for p in path))[0]: sd.flax_leaf_to_torch_key(
+            tuple(p.key for p in path)
+        )[2](x.shape)
+        for path, x in jax.tree_util.tree_leaves_with_path(shapes)
+    }
     assert len(flat) + 53 == 320  # torchvision's 320 keys include 53 num_batches_tracked
     assert flat["layer4.2.conv3.weight"] == (2048, 512, 1, 1)
     assert flat["layer3.0.downsample.0.weight"] == (1024, 512, 1, 1)
     assert flat["fc.weight"] == (1000, 2048)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda s: s.pop("layer1.1.bn2.running_var"), r"missing \(1\): layer1.1.bn2.running_var"),
-    (lambda s: s.update({"layer3.0.conv1.weight": np.zeros((4, 4, 1, 1), np.float32)}),
-     r"unexpected \(1\): layer3.0.conv1.weight"),
-    (lambda s: s.update({"layer2.0.conv2.weight": np.zeros((8, 8, 5, 5), np.float32)}),
-     r"layer2.0.conv2.weight: expected \(8, 8, 3, 3\), got \(8, 8, 5, 5\)"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda s: s.pop("layer1.1.bn2.running_var"), r"missing \(1\): layer1.1.bn2.running_var"),
+        (
+            lambda s: s.update({"layer3.0.conv1.weight": np.zeros((4, 4, 1, 1), np.float32)}),
+            r"unexpected \(1\): layer3.0.conv1.weight",
+        ),
+        (
+            lambda s: s.update({"layer2.0.conv2.weight": np.zeros((8, 8, 5, 5), np.float32)}),
+            r"layer2.0.conv2.weight: expected \(8, 8, 3, 3\), got \(8, 8, 5, 5\)",
+        ),
+    ],
+)
 def test_mismatched_state_dicts_name_the_keys(checkpoints, edit, match):
     state = dict(checkpoints[0])
     edit(state)
@@ -230,11 +265,14 @@ def test_truncated_checkpoint_is_a_clear_error(checkpoints, tmp_path):
 
 def test_factory_returns_registry_tuple(checkpoints):
     module, variables, preprocess, embed_dim, input_size = rn.resnet50_encoder(
-        checkpoints[1]["pt"], config=TINY)
+        checkpoints[1]["pt"], config=TINY
+    )
     pixels = np.random.default_rng(2).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
     x = preprocess(pixels)
     assert x.shape == (3, input_size, input_size, 3) and input_size == TINY.image_size
-    assert jax.jit(module.apply)(variables, x).shape == (3, embed_dim) and embed_dim == TINY.embed_dim
+    assert (
+        jax.jit(module.apply)(variables, x).shape == (3, embed_dim) and embed_dim == TINY.embed_dim
+    )
 
 
 def test_registered_in_get_encoder(checkpoints):

@@ -72,7 +72,8 @@ def test_bfloat16_in_both_formats(tmp_path):
     # The safetensors NumPy API cannot write bfloat16: write the (tiny) format by hand.
     header = b'{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]}}'
     (tmp_path / "a.safetensors").write_bytes(
-        len(header).to_bytes(8, "little") + header + x.tobytes())
+        len(header).to_bytes(8, "little") + header + x.tobytes()
+    )
     for name in ("a.pt", "a.safetensors"):
         got = sd.load_state_dict(tmp_path / name)["w"]
         assert got.dtype == ml_dtypes.bfloat16
@@ -92,9 +93,13 @@ def test_views_offsets_and_shared_storage(tmp_path):
     sd.write_torch_zip_raw(tensors, {"0": storage}, path)
     got = sd.load_state_dict(path)
     full = storage.reshape(3, 4)
-    expected = {"full": full, "transposed": full.T, "row1": full[1],
-                "every_other": np.array([[1, 3, 5], [7, 9, 11]], np.float32),
-                "scalar": np.float32(11)}
+    expected = {
+        "full": full,
+        "transposed": full.T,
+        "row1": full[1],
+        "every_other": np.array([[1, 3, 5], [7, 9, 11]], np.float32),
+        "scalar": np.float32(11),
+    }
     for k, v in expected.items():
         np.testing.assert_array_equal(got[k], v, err_msg=k)
         assert got[k].base is None, f"{k} should own its memory, not view the whole storage"
@@ -112,7 +117,9 @@ def test_records_are_64_byte_aligned_like_torch(tmp_path):
 
 def test_module_prefix_and_wrapper_dict_are_removed(tmp_path):
     path = tmp_path / "wrapped.pt"
-    sd.save_torch_zip({"module.a": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}, path)
+    sd.save_torch_zip(
+        {"module.a": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}, path
+    )
     assert sorted(sd.load_state_dict(path)) == ["a", "b"]
     with zipfile.ZipFile(path) as zf:
         inner = zf.read("wrapped/data.pkl")[2:-1]  # strip PROTO and STOP
@@ -159,10 +166,13 @@ def test_truncated_files_raise_value_error_naming_the_file(tmp_path, fmt, keep):
         sd.load_state_dict(path)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda n, d: d[:-4] if n.endswith("/data/0") else d, "bytes, expected"),
-    (lambda n, d: None if n.endswith("/data/0") else d, "missing"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda n, d: d[:-4] if n.endswith("/data/0") else d, "bytes, expected"),
+        (lambda n, d: None if n.endswith("/data/0") else d, "missing"),
+    ],
+)
 def test_damaged_storage_entries(tmp_path, edit, match):
     path = tmp_path / "a.pt"
     sd.save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
@@ -171,12 +181,19 @@ def test_damaged_storage_entries(tmp_path, edit, match):
         sd.load_state_dict(path)
 
 
-@pytest.mark.parametrize("content, error, match", [
-    (None, FileNotFoundError, "no file"),
-    (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", ValueError, "x.bin: the file ends early"),  # via torch_legacy
-    (b"hello, not weights", ValueError, "neither"),
-    (b"PK\x05\x06" + b"\0" * 18, ValueError, "not a torch.save archive"),
-])
+@pytest.mark.parametrize(
+    "content, error, match",
+    [
+        (None, FileNotFoundError, "no file"),
+        (
+            b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.",
+            ValueError,
+            "x.bin: the file ends early",
+        ),  # via torch_legacy
+        (b"hello, not weights", ValueError, "neither"),
+        (b"PK\x05\x06" + b"\0" * 18, ValueError, "not a torch.save archive"),
+    ],
+)
 def test_unreadable_inputs(tmp_path, content, error, match):
     path = tmp_path / "x.bin"
     if content is not None:
@@ -185,11 +202,16 @@ def test_unreadable_inputs(tmp_path, content, error, match):
         sd.load_state_dict(path)
 
 
-SHARED_RESNET20 = pathlib.Path(__file__).resolve().parents[2].parent / "shared/weights/cifar_resnet/resnet20-12fca82f.th"
+SHARED_RESNET20 = (
+    pathlib.Path(__file__).resolve().parents[2].parent
+    / "shared/weights/cifar_resnet/resnet20-12fca82f.th"
+)
 
 
-@pytest.mark.skipif(not SHARED_RESNET20.exists(),
-                    reason="needs ../shared/weights/cifar_resnet: not in a fresh clone")
+@pytest.mark.skipif(
+    not SHARED_RESNET20.exists(),
+    reason="needs ../shared/weights/cifar_resnet: not in a fresh clone",
+)
 def test_legacy_files_are_read_through_torch_legacy():
     state = sd.load_state_dict(SHARED_RESNET20)  # {'state_dict': {'module.conv1.weight': ...}, ...}
     assert state["conv1.weight"].shape == (16, 3, 3, 3)
@@ -241,20 +263,30 @@ def test_torch_to_flax_maps_every_key_with_the_right_layout():
     out = sd.torch_to_flax(src, _TARGET, ignore=lambda k: k.endswith("num_batches_tracked"))
     p, s = out["params"], out["batch_stats"]
     np.testing.assert_array_equal(p["conv"]["kernel"], src["conv.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(p["attn"]["in_proj"]["kernel"], src["attn.in_proj_weight"].T.astype(np.float32))
+    np.testing.assert_array_equal(
+        p["attn"]["in_proj"]["kernel"], src["attn.in_proj_weight"].T.astype(np.float32)
+    )
     np.testing.assert_array_equal(p["bn"]["scale"], src["bn.weight"])
     np.testing.assert_array_equal(s["bn"]["var"], src["bn.running_var"])
     np.testing.assert_array_equal(p["emb"], src["emb"])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(out))
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda d: d.pop("bn.running_var"), r"missing \(1\): bn.running_var \(4,\)"),
-    (lambda d: d.update(extra=np.zeros(1, np.float32)), r"unexpected \(2\): bn.num_batches_tracked; extra"),
-    (lambda d: d.update({"conv.weight": np.zeros((4, 2, 5, 5), np.float32)}),
-     r"conv.weight: expected \(4, 2, 3, 3\), got \(4, 2, 5, 5\)"),
-    (lambda d: d.update(emb=np.zeros((5, 4), np.int32)), "emb: expected floating point"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.pop("bn.running_var"), r"missing \(1\): bn.running_var \(4,\)"),
+        (
+            lambda d: d.update(extra=np.zeros(1, np.float32)),
+            r"unexpected \(2\): bn.num_batches_tracked; extra",
+        ),
+        (
+            lambda d: d.update({"conv.weight": np.zeros((4, 2, 5, 5), np.float32)}),
+            r"conv.weight: expected \(4, 2, 3, 3\), got \(4, 2, 5, 5\)",
+        ),
+        (lambda d: d.update(emb=np.zeros((5, 4), np.int32)), "emb: expected floating point"),
+    ],
+)
 def test_torch_to_flax_names_every_mismatch(edit, match):
     src = _torch_dict(np.random.default_rng(4))
     edit(src)
@@ -284,8 +316,13 @@ def test_we_load_files_written_by_torch(tmp_path):
 
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     state = {
-        "w": base, "wT": base.T, "row": base[2], "half": base.half(), "bf16": base.bfloat16(),
-        "n": torch.tensor(5), "p": torch.nn.Parameter(torch.ones(3)),
+        "w": base,
+        "wT": base.T,
+        "row": base[2],
+        "half": base.half(),
+        "bf16": base.bfloat16(),
+        "n": torch.tensor(5),
+        "p": torch.nn.Parameter(torch.ones(3)),
     }
     path = tmp_path / "theirs.pt"
     torch.save(state, path)
