@@ -120,7 +120,7 @@ def test_bad_labels(fitted, y, match):
 
 def brute_force_usage(idx, valid, labels, num_classes, num_keys):
     out = np.zeros((num_classes, idx.shape[1], num_keys), np.int64)
-    for n, c, k in zip(*np.nonzero(valid)):
+    for n, c, k in zip(*np.nonzero(valid), strict=True):
         out[labels[n], c, idx[n, c, k]] += 1
     return out
 
