@@ -6,7 +6,7 @@ unlearned class by class with UvA and UvE on a test subset: the table reports th
 (from a doubling grid) at which *every* class's forget accuracy reaches the target (0 by
 default), and the retain-accuracy change there (mean over classes and the worst class).
 
-    python experiments/model_quality.py --encoder cifar_resnet20 --out results/model_quality
+    python experiments/model_quality.py --encoder cifar_resnet20 --out experiments/results/model_quality/cifar_resnet20
     python experiments/model_quality.py --quick --out /tmp/mq          # subsets, a few minutes
     python experiments/model_quality.py --recipes experiments/configs/model_quality.json
 
