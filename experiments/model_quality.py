@@ -413,7 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default="../shared/data/cifar10")
     p.add_argument("--cache-dir", default="/work/cache", help="embedding cache (no encoding here)")
-    p.add_argument("--out", default="results/model_quality", help="output folder")
+    p.add_argument("--out", default="outputs/model_quality", help="output folder")
     p.add_argument("--recipes", default=str(DEFAULT_RECIPES), help="JSON list of recipes")
     p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
     p.add_argument("--quick", action="store_true", help="train/test subsets, <= 3 key epochs")
