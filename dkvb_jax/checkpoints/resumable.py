@@ -108,13 +108,7 @@ def fit_values(
         inputs = parallel.codes(model, variables, x, mesh) if use_codes else (jnp.asarray(x),)
     else:
         inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
-    eval_inputs = None
-    if eval_data is not None:
-        xe, ye = eval_data
-        _validation.check_embeddings(xe, cfg.embed_dim, name="eval embeddings", allow_tokens=False)
-        _validation.check_labels(ye, cfg.num_classes, n=xe.shape[0], name="eval labels")
-        eval_inputs = compute_codes(model, variables, xe) if use_codes else (jnp.asarray(xe),)
-        ye = jnp.asarray(ye)
+    evaluate = values_lib.eval_fn(model, variables, eval_data, use_codes)
     n = x.shape[0]
     batch_size = min(config.batch_size, n)
     tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
@@ -149,19 +143,8 @@ def fit_values(
                     model, use_codes, tx, batch_size, config.label_smoothing, mesh,
                     variables, opt_state, inputs, y, epoch_keys[epoch],
                 )  # fmt: skip
-            loss = float(loss)
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"value training diverged (loss {loss}) at epoch {epoch + 1}; lower "
-                    f"ValueTrainConfig.learning_rate (now {config.learning_rate})."
-                )
             variables = {**variables, "params": params}
-            history.loss.append(loss)
-            history.accuracy.append(float(acc))
-            if eval_inputs is not None:
-                history.eval_accuracy.append(
-                    float(values_lib._accuracy(model, use_codes, variables, eval_inputs, ye))
-                )
+            values_lib.record_epoch(history, loss, acc, variables, evaluate, config)
             meta = {
                 "format": FORMAT,
                 "epoch": epoch + 1,

@@ -139,6 +139,36 @@ def _accuracy(model, use_codes, variables, inputs, y, batch_size=1024):
     return jnp.mean(pred == y)
 
 
+def eval_fn(model: DKVB, variables: dict, eval_data, use_codes: bool):
+    """Validates `(x_eval, y_eval)` once and returns `variables -> accuracy` (None without data).
+
+    Codes of the evaluation inputs are computed once: keys and masks do not change in training.
+    """
+    if eval_data is None:
+        return None
+    cfg = model.config
+    xe, ye = eval_data
+    _validation.check_embeddings(xe, cfg.embed_dim, name="eval embeddings", allow_tokens=False)
+    _validation.check_labels(ye, cfg.num_classes, n=xe.shape[0], name="eval labels")
+    inputs = compute_codes(model, variables, xe) if use_codes else (jnp.asarray(xe),)
+    ye = jnp.asarray(ye)
+    return lambda v: float(_accuracy(model, use_codes, v, inputs, ye))
+
+
+def record_epoch(history: TrainHistory, loss, acc, variables, evaluate, config) -> None:
+    """Appends one epoch's metrics; stops with a clear error when the loss is not finite."""
+    loss = float(loss)
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"value training diverged (loss {loss}) at epoch {len(history.loss) + 1}; lower "
+            f"ValueTrainConfig.learning_rate (now {config.learning_rate}) or keep clipping on."
+        )
+    history.loss.append(loss)
+    history.accuracy.append(float(acc))
+    if evaluate is not None:
+        history.eval_accuracy.append(evaluate(variables))
+
+
 def train_values(
     model: DKVB,
     variables: dict,
@@ -170,13 +200,7 @@ def train_values(
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
     use_codes = cfg.splitter != "learned"
     inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
-    eval_inputs = None
-    if eval_data is not None:
-        xe, ye = eval_data
-        _validation.check_embeddings(xe, cfg.embed_dim, name="eval embeddings", allow_tokens=False)
-        _validation.check_labels(ye, cfg.num_classes, n=xe.shape[0], name="eval labels")
-        eval_inputs = compute_codes(model, variables, xe) if use_codes else (jnp.asarray(xe),)
-        ye = jnp.asarray(ye)
+    evaluate = eval_fn(model, variables, eval_data, use_codes)
 
     n = x.shape[0]
     batch_size = min(config.batch_size, n)
@@ -191,18 +215,7 @@ def train_values(
             model, use_codes, tx, batch_size, config.label_smoothing,
             variables, opt_state, inputs, y, epoch_key,
         )  # fmt: skip
-        loss = float(loss)
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"value training diverged (loss {loss}) at epoch {len(history.loss) + 1}; lower "
-                f"ValueTrainConfig.learning_rate (now {config.learning_rate}) or keep clipping on."
-            )
         variables = {**variables, "params": params}
-        history.loss.append(loss)
-        history.accuracy.append(float(acc))
-        if eval_inputs is not None:
-            history.eval_accuracy.append(
-                float(_accuracy(model, use_codes, variables, eval_inputs, ye))
-            )
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(acc):.3f}")
+        record_epoch(history, loss, acc, variables, evaluate, config)
+        bar.set_postfix(loss=f"{history.loss[-1]:.4f}", acc=f"{history.accuracy[-1]:.3f}")
     return variables, history
