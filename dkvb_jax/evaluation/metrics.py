@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dkvb_jax import _batching
 from dkvb_jax.evaluation.cost import compile_with_flops
 from dkvb_jax.evaluation.splits import ApplyFn, UnlearningData, validate_split
 
@@ -30,20 +31,10 @@ __all__ = [
 SPLITS = ("retain_train", "forget_train", "retain_test", "forget_test")
 
 
-def _batched(fn: Callable[[jax.Array], jax.Array], x: jax.Array, batch_size: int) -> jax.Array:
-    """Applies ``fn`` ([b, dim] -> [b, ...]) over ``x`` [n, dim] in padded batches of ``batch_size``."""
-    n = x.shape[0]
-    bs = min(batch_size, n)
-    nb = -(-n // bs)
-    xp = jnp.pad(x, ((0, nb * bs - n), (0, 0))).reshape(nb, bs, x.shape[1])
-    out = jax.lax.map(fn, xp)
-    return out.reshape((nb * bs,) + out.shape[2:])[:n]
-
-
 def _logits(
     apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, batch_size: int
 ) -> jax.Array:
-    return _batched(lambda b: apply_fn(variables, b), x, batch_size)
+    return _batching.batched_apply(lambda b: apply_fn(variables, b), x, batch_size)
 
 
 def _correct(apply_fn, variables, x, y, batch_size):

@@ -63,6 +63,18 @@ def _result(method, ns, fs, rs, base, target):
     )
 
 
+def _check_request(model, variables, classes, val_x, val_y, mode):
+    """Checks shared by both sweeps; returns the class ids and a bool `[classes]` forget mask."""
+    cfg = model.config
+    _checks.check_variables(cfg, variables)
+    masking.check_mode(mode)
+    classes = _checks.check_classes(classes, cfg.num_classes)
+    _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
+    _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
+    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
+    return classes, forget
+
+
 def sweep_uva(
     model: DKVB,
     variables: dict,
@@ -87,14 +99,9 @@ def sweep_uva(
       mode: mask mode.
     """
     cfg = model.config
-    _checks.check_variables(cfg, variables)
     _checks.check_histogram(usage, cfg)
-    masking.check_mode(mode)
-    classes = _checks.check_classes(classes, cfg.num_classes)
-    _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
-    _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
+    classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
     ns = _check_ns(list(ns), cfg.num_keys, "ns")
-    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
     ranked = fast_eval.ranked_codes(model, variables, val_x, max(ns) * len(classes) + cfg.top_k)
     y = jnp.asarray(val_y)
     usage = jnp.asarray(usage)
@@ -123,14 +130,9 @@ def sweep_uve(
       Others as in :func:`sweep_uva`.
     """
     cfg = model.config
-    _checks.check_variables(cfg, variables)
-    masking.check_mode(mode)
-    classes = _checks.check_classes(classes, cfg.num_classes)
+    classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
     _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
-    _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
-    _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
     ns = _check_ns(list(ns), forget_x.shape[0], "ns")
-    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
     codes = compute_codes(model, masking.clear_masks(variables, ("search",)), forget_x[: max(ns)])
     depth = max(ns) * cfg.top_k + cfg.top_k
     ranked = fast_eval.ranked_codes(model, variables, val_x, depth)
