@@ -177,9 +177,11 @@ def _epoch_batches(data: Batches, batch_size: int, rng: np.random.Generator) -> 
     if callable(data):
         yield from data()
     elif isinstance(data, np.ndarray | jax.Array):
+        # One host copy per epoch, not one per batch (a jax.Array would be copied every time).
+        data = np.asarray(data)
         order = rng.permutation(len(data))
         for start in range(0, len(data), batch_size):
-            yield np.asarray(data)[order[start : start + batch_size]]
+            yield data[order[start : start + batch_size]]
     else:
         yield from data
 
