@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from dkvb_jax.baselines.stopping import StoppingConfig
-from dkvb_jax.baselines.trainer import OptimizerConfig, Phase, ce_loss, train_loop
+from dkvb_jax.baselines.trainer import OptimizerConfig, ce_phase, train_loop
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
@@ -71,13 +71,7 @@ def finetune(
       ``(new variables, cost at the stopping epoch, trajectory)``.
     """
     data = validate_unlearning_data(apply_fn, variables, data)
-    phase = Phase(
-        "retain",
-        ce_loss(apply_fn),
-        data.retain_x,
-        data.retain_y,
-        min(config.batch_size, data.retain_x.shape[0]),
-    )
+    phase = ce_phase("retain", apply_fn, data.retain_x, data.retain_y, config.batch_size)
     new_vars, cost, traj, _ = train_loop(
         "finetune",
         apply_fn,

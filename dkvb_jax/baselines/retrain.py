@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from dkvb_jax.baselines.stopping import StoppingConfig
-from dkvb_jax.baselines.trainer import OptimizerConfig, Phase, ce_loss, merge_params, train_loop
+from dkvb_jax.baselines.trainer import OptimizerConfig, ce_phase, merge_params, train_loop
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
@@ -90,13 +90,7 @@ def retrain(
             "RetrainConfig.init_fn returned params with a different structure than variables['params']: "
             f"{jax.tree.structure(params)} vs {jax.tree.structure(variables['params'])}."
         )
-    phase = Phase(
-        "retain",
-        ce_loss(apply_fn),
-        data.retain_x,
-        data.retain_y,
-        min(config.batch_size, data.retain_x.shape[0]),
-    )
+    phase = ce_phase("retain", apply_fn, data.retain_x, data.retain_y, config.batch_size)
     new_vars, cost, traj, _ = train_loop(
         "retrain",
         apply_fn,

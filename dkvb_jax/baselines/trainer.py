@@ -402,6 +402,11 @@ def ce_loss(apply_fn: ApplyFn) -> LossFn:
     return loss_fn
 
 
+def ce_phase(name: str, apply_fn: ApplyFn, x, y, batch_size: int) -> Phase:
+    """A cross-entropy phase over ``(x [n, dim], y [n])`` in batches of at most ``batch_size``."""
+    return Phase(name, ce_loss(apply_fn), x, y, min(batch_size, x.shape[0]))
+
+
 def fit_classifier(
     apply_fn: ApplyFn,
     variables: Mapping[str, Any],
@@ -429,7 +434,7 @@ def fit_classifier(
     validate_split(x, y, "training set")
     x, y = jnp.asarray(x), jnp.asarray(y)
     check_label_space(apply_fn, variables, x, y)
-    phase = Phase("train", ce_loss(apply_fn), x, y, min(config.batch_size, x.shape[0]))
+    phase = ce_phase("train", apply_fn, x, y, config.batch_size)
     stopping = StoppingConfig(max_epochs=config.epochs, forget_target=None, patience=None)
     new_vars, cost, traj, _ = train_loop(
         method,
