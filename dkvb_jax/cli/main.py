@@ -640,7 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", default=None,
                    help="from retrain finetune neggrad+ scrub (default: all)")  # fmt: skip
     p.add_argument(
-        "--methods", nargs="*", default=None, help="DKVB methods: uva uve (default both)"
+        "--methods",
+        nargs="*",
+        default=None,
+        help="DKVB methods from uva uve exact (default: all three)",
     )
     p.add_argument("--head-epochs", type=int, default=None, help="linear head / retrain epochs")
     p.add_argument("--baseline-max-epochs", type=int, default=None, help="baseline epoch cap")

@@ -17,7 +17,16 @@ from dkvb_jax.evaluation.mia import MIAResult
 
 __all__ = ["ResultRow", "ResultsTable", "METHOD_ORDER"]
 
-METHOD_ORDER = ("original", "retrain", "finetune", "neggrad+", "scrub", "DKVB-UvA", "DKVB-UvE")
+METHOD_ORDER = (
+    "original",
+    "retrain",
+    "finetune",
+    "neggrad+",
+    "scrub",
+    "DKVB-UvA",
+    "DKVB-UvE",
+    "DKVB-exact",
+)
 """The paper's row order; other methods follow in insertion order."""
 
 _HEADERS = (

@@ -3,7 +3,7 @@
 One call fits (or reuses) a DKVB model, picks the forget class (by default the best-learned one,
 as the paper does), sweeps N_a / N_e for the smallest setting that drives forget accuracy to the
 target, unlearns with UvA (from the per-class histogram stored at training time: no data pass)
-and UvE, runs the optimisation baselines on a linear head trained on the same embeddings (and
+and UvE, forgets exactly with closed-form values from label counts (the same keys), runs the optimisation baselines on a linear head trained on the same embeddings (and
 fine-tuning on the DKVB values), and measures every row the same way: accuracy on the four
 splits, SCRUB's membership-inference attack, wall time and XLA-counted FLOPs.
 
@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dkvb_jax import baselines as bl
+from dkvb_jax import exact
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.evaluation import (
     CostRecord,
@@ -55,9 +56,14 @@ from dkvb_jax.unlearning import (
 )
 
 BASELINE_NAMES: tuple[str, ...] = ("retrain", "finetune", "neggrad+", "scrub")
-DKVB_METHODS: tuple[str, ...] = ("uva", "uve")
+DKVB_METHODS: tuple[str, ...] = ("uva", "uve", "exact")
 ORIGINAL_HEAD = "original (linear head)"
+ORIGINAL_EXACT = "original (DKVB closed form)"
 DKVB_FINETUNE = "DKVB-finetune"
+ROW_ORDER: tuple[str, ...] = (
+    "original", ORIGINAL_HEAD, *BASELINE_NAMES, DKVB_FINETUNE, "DKVB-UvA", "DKVB-UvE",
+    ORIGINAL_EXACT, "DKVB-exact",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,7 +88,10 @@ class ExperimentConfig:
         memory grows with rows x codebooks x N.
       target: forget accuracy the sweep must reach (paper: 0).
       mask_mode: ``search`` (masked keys leave the nearest-key search) or ``readout``.
-      methods: DKVB unlearning methods to run, from ``uva``, ``uve``.
+      methods: DKVB unlearning methods to run, from ``uva``, ``uve``, ``exact`` (closed-form
+        values from per-pair label counts on the same keys, forgotten by subtracting counts:
+        bit-identical to refitting without the class).
+      exact_alpha: additive smoothing of the closed-form log-probability values.
       baselines: optimisation baselines on the linear head, from ``retrain``, ``finetune``,
         ``neggrad+``, ``scrub``.
       dkvb_finetune: also fine-tune the DKVB values on retain data (a baseline on DKVB itself).
@@ -113,6 +122,7 @@ class ExperimentConfig:
     target: float = 0.0
     mask_mode: Literal["search", "readout"] = "search"
     methods: tuple[str, ...] = DKVB_METHODS
+    exact_alpha: float = 1.0
     baselines: tuple[str, ...] = BASELINE_NAMES
     dkvb_finetune: bool = True
     head_epochs: int = 30
@@ -159,6 +169,8 @@ class ExperimentConfig:
             object.__setattr__(self, name, values)
         if not 0.0 <= self.target <= 1.0:
             raise ValueError(f"ExperimentConfig.target must be in [0, 1], got {self.target!r}.")
+        if not self.exact_alpha > 0.0:
+            raise ValueError(f"ExperimentConfig.exact_alpha must be > 0, got {self.exact_alpha!r}.")
         if not 0.0 < self.value_learning_rate:
             raise ValueError(
                 f"ExperimentConfig.value_learning_rate must be > 0, got {self.value_learning_rate}."
@@ -221,7 +233,8 @@ class ClassUnlearningResult:
       forget_classes: the classes forgotten.
       n_a, n_e: the N chosen by the sweeps (None when that method did not run).
       fitted: the original DKVB model.
-      unlearned: ``{'uva': variables, 'uve': variables}`` of the unlearned DKVB models.
+      unlearned: ``{'uva': variables, 'uve': variables, 'exact': variables}`` of the unlearned
+        DKVB models (``'exact'`` forgets from the closed-form model, not from `fitted`).
       audits: their audit records.
       config: the experiment configuration.
     """
@@ -290,12 +303,18 @@ def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: boo
     return bl.SCRUBConfig(stopping=stopping, progress=progress)
 
 
+def key_data_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most `limit` random rows out of `n` (all rows for None)."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def subsample_key_data(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """At most `limit` random rows of the unlabelled key data (all of them for None)."""
     if limit is None or len(x) <= limit:
         return x
-    rows = np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
-    return np.asarray(x)[rows]
+    return np.asarray(x)[key_data_rows(len(x), limit, seed)]
 
 
 def _sweep_subset(x, y, forget, limit: int, seed: int):
@@ -320,6 +339,21 @@ def _uve_core(model, variables, forget_x, mode):
     }
     idx, valid = model.apply(cleared, forget_x, method=DKVB.codes)
     return apply_selection(variables, codes_selection(idx, valid, model.config.num_keys), mode)
+
+
+def _same_bits(a: dict, b: dict) -> bool:
+    """Whether two variable trees hold the same values bit for bit."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        x.shape == y.shape
+        and x.dtype == y.dtype
+        and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def _exact_core(stats, forget_rows, estimator):
+    return exact.values_without(stats, forget_rows, estimator)[0]
 
 
 def _run_id(config: ExperimentConfig, *arrays) -> str:
@@ -429,13 +463,18 @@ def run_class_unlearning(
     num_classes = int(max(y_tr.max(), y_te.max())) + 1 if num_classes is None else num_classes
     key = jax.random.key(config.seed)
     k_fit, k_head, k_base, k_perm = jax.random.split(key, 4)
-    steps = tqdm(total=6, desc="class unlearning", disable=not progress)
+    steps = tqdm(total=7, desc="class unlearning", disable=not progress)
 
     steps.set_postfix_str("fit DKVB")
+    # Which labelled training rows the keys saw decides whether exact forgetting is certified.
+    key_init_ids = None  # unknown for a model fitted elsewhere
     if fitted is None:
-        key_data = subsample_key_data(
-            x_tr if key_data is None else key_data, config.key_max_examples, config.seed
-        )
+        if key_data is None:
+            key_rows = key_data_rows(len(x_tr), config.key_max_examples, config.seed)
+            key_data, key_init_ids = x_tr[key_rows], key_rows.astype(np.int32)
+        else:
+            key_data = subsample_key_data(key_data, config.key_max_examples, config.seed)
+            key_init_ids = np.zeros((0,), np.int32)
         fitted = fit_dkvb(
             config.dkvb_config(x_tr.shape[1], num_classes), x_tr, y_tr, key=k_fit,
             key_data=key_data, key_config=config.key_config(),
@@ -479,6 +518,31 @@ def run_class_unlearning(
         ),  # fmt: skip
     )
     reference = rows["original"].extra["accuracies"]
+    unlearned: dict[str, dict] = {}
+    audits: dict[str, AuditRecord] = {}
+
+    def dkvb_row(method, name, unlearn, core, core_args, *, reference, cost_extra=None,
+                 checks=None, **extra):  # fmt: skip
+        """Unlearns through the library call (timed), costs its pure core, measures the row."""
+        with Timer() as t:
+            v, rec = unlearn()
+        _, cost = forward_cost(name, core, *core_args)
+        cost = cost.with_extra(library_call_wall_s=t.seconds, **(cost_extra or {}))
+        unlearned[method], audits[method] = v, rec
+        extra.update(checks(v) if checks else {})
+        rows[name] = cached_row(
+            name,
+            lambda: measure(
+                name,
+                apply_dkvb,
+                v,
+                cost=cost,
+                reference=reference,
+                model="dkvb",
+                audit=json.loads(rec.to_json()),
+                **extra,
+            ),  # fmt: skip
+        )
 
     # --- sweeps: the smallest N reaching the target, then unlearning with it
     steps.set_postfix_str("sweeps")
@@ -490,71 +554,82 @@ def run_class_unlearning(
     forget_x = np.asarray(data.forget_x)[perm]
     sweeps: dict[str, SweepResult] = {}
     n_a = n_e = None
-    unlearned: dict[str, dict] = {}
-    audits: dict[str, AuditRecord] = {}
-    forget_mask = jnp.zeros((num_classes,), bool).at[jnp.asarray(forget)].set(True)
+    mode = config.mask_mode
     if "uva" in config.methods:
         grid = [n for n in config.n_a_grid if n <= model.config.num_keys] or [model.config.num_keys]
         sweeps["uva"] = sweep_uva(
             model, variables, usage, forget, sweep_x, sweep_y, grid, target=config.target,
-            mode=config.mask_mode,
+            mode=mode,
         )  # fmt: skip
         n_a = sweeps["uva"].smallest_n or max(grid)
-        with Timer() as t:
-            v_uva, rec = unlearn_via_activations(
-                model, variables, n_a, usage=usage, classes=forget, mode=config.mask_mode
-            )
-        _, cost = forward_cost(
-            "DKVB-UvA", functools.partial(_uva_core, n=n_a, mode=config.mask_mode),
-            variables, usage, forget_mask,
+        forget_mask = jnp.zeros((num_classes,), bool).at[jnp.asarray(forget)].set(True)
+        dkvb_row(
+            "uva", "DKVB-UvA",
+            lambda: unlearn_via_activations(
+                model, variables, n_a, usage=usage, classes=forget, mode=mode
+            ),
+            functools.partial(_uva_core, n=n_a, mode=mode), (variables, usage, forget_mask),
+            reference=reference, cost_extra={"source": "usage histogram"}, n_a=n_a,
+            reached_target=sweeps["uva"].smallest_n is not None,
         )  # fmt: skip
-        cost = cost.with_extra(library_call_wall_s=t.seconds, source="usage histogram")
-        unlearned["uva"], audits["uva"] = v_uva, rec
-        rows["DKVB-UvA"] = cached_row(
-            "DKVB-UvA",
-            lambda: measure(
-                "DKVB-UvA",
-                apply_dkvb,
-                v_uva,
-                cost=cost,
-                reference=reference,
-                model="dkvb",
-                n_a=n_a,
-                reached_target=sweeps["uva"].smallest_n is not None,
-                audit=json.loads(rec.to_json()),
-            ),  # fmt: skip
-        )
     if "uve" in config.methods:
         grid = [n for n in config.n_e_grid if n <= forget_x.shape[0]] or [forget_x.shape[0]]
         sweeps["uve"] = sweep_uve(
             model, variables, forget_x, forget, sweep_x, sweep_y, grid, target=config.target,
-            mode=config.mask_mode,
+            mode=mode,
         )  # fmt: skip
         n_e = sweeps["uve"].smallest_n or max(grid)
-        with Timer() as t:
-            v_uve, rec = unlearn_via_examples(
-                model, variables, forget_x[:n_e], classes=forget, mode=config.mask_mode
-            )
-        _, cost = forward_cost(
-            "DKVB-UvE", functools.partial(_uve_core, model, mode=config.mask_mode),
-            variables, jnp.asarray(forget_x[:n_e]),
+        dkvb_row(
+            "uve", "DKVB-UvE",
+            lambda: unlearn_via_examples(
+                model, variables, forget_x[:n_e], classes=forget, mode=mode
+            ),
+            functools.partial(_uve_core, model, mode=mode), (variables, jnp.asarray(forget_x[:n_e])),
+            reference=reference, n_e=n_e, reached_target=sweeps["uve"].smallest_n is not None,
         )  # fmt: skip
-        cost = cost.with_extra(library_call_wall_s=t.seconds)
-        unlearned["uve"], audits["uve"] = v_uve, rec
-        rows["DKVB-UvE"] = cached_row(
-            "DKVB-UvE",
+    steps.update()
+
+    # --- exact: closed-form values on the same keys, forgotten by subtracting label counts
+    steps.set_postfix_str("exact")
+    if "exact" in config.methods:
+        estimator = exact.EstimatorConfig(alpha=config.exact_alpha)
+        with Timer() as t:
+            v_cf, stats = exact.fit_exact(
+                model, variables, x_tr, y_tr, key_init_ids=key_init_ids, estimator=estimator
+            )
+            jax.block_until_ready(v_cf)
+        rows[ORIGINAL_EXACT] = cached_row(
+            ORIGINAL_EXACT,
             lambda: measure(
-                "DKVB-UvE",
+                ORIGINAL_EXACT,
                 apply_dkvb,
-                v_uve,
-                cost=cost,
-                reference=reference,
-                model="dkvb",
-                n_e=n_e,
-                reached_target=sweeps["uve"].smallest_n is not None,
-                audit=json.loads(rec.to_json()),
+                v_cf,
+                cost=None,
+                reference=None,
+                model="dkvb closed form",
+                fit_seconds=t.seconds,
+                estimator=dataclasses.asdict(estimator),
             ),  # fmt: skip
         )
+        # The oracle: closed-form values refitted on the retained rows' stored codes.
+        keep = ~np.isin(y_tr, forget)
+        v_refit, _ = exact.fit_exact(
+            model, variables, np.asarray(stats.codes)[keep], y_tr[keep],
+            np.flatnonzero(keep), estimator=estimator,
+        )  # fmt: skip
+        forget_rows = jnp.asarray(np.isin(np.asarray(stats.labels), forget))
+        dkvb_row(
+            "exact", "DKVB-exact",
+            lambda: exact.forget_classes(v_cf, stats, forget, estimator=estimator)[::2],
+            functools.partial(_exact_core, estimator=estimator), (stats, forget_rows),
+            reference=rows[ORIGINAL_EXACT].extra["accuracies"],
+            cost_extra={"source": "label counts"},
+            checks=lambda v: {
+                "bit_identical_to_refit": _same_bits(v_refit, v),
+                "certified_exact": bool(audits["exact"].params["exact"]),
+                "exact_reason": audits["exact"].params["exact_reason"],
+            },
+        )  # fmt: skip
     steps.update()
 
     # --- fine-tuning the DKVB values themselves
@@ -633,8 +708,7 @@ def run_class_unlearning(
         "test_examples": int(x_te.shape[0]),
         **dict(meta or {}),
     }
-    order = ["original", ORIGINAL_HEAD, *BASELINE_NAMES, DKVB_FINETUNE, "DKVB-UvA", "DKVB-UvE"]
-    ordered = [rows[name] for name in order if name in rows]
+    ordered = [rows[name] for name in ROW_ORDER if name in rows]
     table = ResultsTable.from_rows(ordered, meta=table_meta, sort=False)
     return ClassUnlearningResult(
         table, sweeps, tuple(forget), n_a, n_e, fitted, unlearned, audits, config

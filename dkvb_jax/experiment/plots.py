@@ -130,7 +130,7 @@ def save_plots(
     paths["accuracy_vs_cost"] = plot_accuracy_vs_cost(
         result.table, directory / "accuracy_vs_cost.png"
     )
-    wanted = ("original", "DKVB-UvA", "DKVB-UvE", "finetune", "DKVB-finetune")
+    wanted = ("original", "DKVB-UvA", "DKVB-UvE", "DKVB-exact", "finetune", "DKVB-finetune")
     per_class = {
         row.method: row.extra["per_class_test_acc"]
         for row in result.table.rows

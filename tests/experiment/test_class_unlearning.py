@@ -44,7 +44,10 @@ def result(tmp_path_factory):
 def test_rows_and_forgetting(result):
     res, _ = result
     methods = res.table.methods
-    assert methods == ["original", "original (linear head)", "finetune", "DKVB-UvA", "DKVB-UvE"]
+    assert methods == [
+        "original", "original (linear head)", "finetune", "DKVB-UvA", "DKVB-UvE",
+        "original (DKVB closed form)", "DKVB-exact",
+    ]  # fmt: skip
     row = {r.method: r for r in res.table.rows}
     # Each class owns its own clusters: UvA with the swept N forgets it and keeps the others.
     assert row["DKVB-UvA"].forget_test_acc == 0.0
@@ -57,6 +60,30 @@ def test_rows_and_forgetting(result):
     assert all(0 <= r.mia <= 1 for r in res.table.rows)
     assert set(row["DKVB-UvA"].extra["per_class_test_acc"]) == {"0", "1", "2", "3"}
     assert res.audits["uva"].forgotten_classes == list(res.forget_classes)
+
+
+def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
+    res, _ = result
+    row = {r.method: r for r in res.table.rows}["DKVB-exact"]
+    assert row.forget_test_acc == 0.0
+    assert row.extra["bit_identical_to_refit"] is True
+    assert row.extra["cost"]["backward_flops"] == 0
+    # The keys were fitted on the (unlabelled) training rows, forget class included.
+    assert row.extra["certified_exact"] is False
+    assert "used to fit the keys" in row.extra["exact_reason"]
+    assert res.audits["exact"].forgotten_classes == list(res.forget_classes)
+
+
+def test_exact_row_is_certified_with_keys_from_other_data():
+    train, test = _data()
+    other, _ = clustered_embeddings(2, 300, num_classes=4, dim=16)
+    res = run_class_unlearning(
+        train, test, TINY.replace(methods=("exact",), baselines=(), mia=False),
+        key_data=other, progress=False,
+    )  # fmt: skip
+    row = {r.method: r for r in res.table.rows}["DKVB-exact"]
+    assert row.extra["certified_exact"] is True
+    assert row.extra["bit_identical_to_refit"] is True
 
 
 def test_saved_files_and_plots(result, tmp_path):
