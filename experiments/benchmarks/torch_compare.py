@@ -2,20 +2,35 @@
 
 Runs the PyTorch package's ``DiscreteKeyValueBottleneck`` (frozen keys, CPU, eval mode) and this
 library's DKVB at the same setting (embed 512, 256 codebooks x 4096 keys, key dim 14, value dim
-10, top-1) on the same random embeddings, and reports embeddings per second of both and the ratio.
+10, top-1) on random embeddings, and reports embeddings per second and peak process memory of
+both and their ratios. Each implementation and batch size runs in its own fresh subprocess of this
+one invocation, so that each peak memory (VmHWM) is its own.
 
 Needs ``torch`` and ``discrete-key-value-bottleneck-pytorch`` (which pulls
-``vector-quantize-pytorch`` and ``einops``). Install torch's CPU build, e.g.
-``pip install torch --index-url https://download.pytorch.org/whl/cpu`` then
-``pip install discrete-key-value-bottleneck-pytorch==0.1.1``. Without them the script prints why
-and exits 0, so it can sit in a benchmark sweep.
+``vector-quantize-pytorch`` and ``einops``). Install torch's CPU build first, so that the package
+does not pull PyPI's multi-GB CUDA build:
 
-    python experiments/benchmarks/torch_compare.py --batch 256
+    pip install torch --index-url https://download.pytorch.org/whl/cpu
+    pip install discrete-key-value-bottleneck-pytorch==0.1.1
+
+Without them the script prints why and exits 0, so it can sit in a benchmark sweep.
+
+The package's ``dim`` is the key dim of one codebook, but it hands ``dim * codebooks`` to
+``VectorQuantize`` without ``codebook_dim``, which then gives every codebook 3584-dim keys behind
+a 3584 -> 917504 projection (over 50 GB of weights at the paper setting). The script passes
+``codebook_dim=14`` so that the PyTorch model is the paper's: 256 codebooks of 14-dim keys.
+
+``results/torch_compare.json`` was made in a separate Python 3.11.7 venv (torch 2.13.0+cpu from a
+local wheel, discrete-key-value-bottleneck-pytorch 0.1.1, vector-quantize-pytorch 1.32.0,
+jax/jaxlib 0.10.2, this library installed with ``pip install --ignore-requires-python -e .``):
+
+    python experiments/benchmarks/torch_compare.py --batch 256 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +50,7 @@ def _torch_rate(args) -> float:
         num_memory_codebooks=args.codebooks,
         dim_memory=10,
         decay=0.9,
+        codebook_dim=14,  # else each codebook gets dim * codebooks-dim keys (see docstring)
     ).eval()
     model.vq.eval()
     x = torch.randn(args.batch, 1, args.embed)
@@ -69,9 +85,17 @@ def _jax_rate(args) -> float:
     return args.batch / t.best_wall_s
 
 
+def worker(args) -> None:
+    """One implementation at one batch size, in its own process: prints one JSON line."""
+    from _common import peak_rss_mib
+
+    rate = (_torch_rate if args.worker == "torch" else _jax_rate)(args)
+    print(json.dumps({"emb_per_s": rate, "peak_mib": peak_rss_mib()}))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--embed", type=int, default=512)
     parser.add_argument("--codebooks", type=int, default=256)
     parser.add_argument("--keys", type=int, default=4096)
@@ -80,7 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", default=None, help="JSON path (default results/torch_compare.json)"
     )
+    parser.add_argument("--worker", choices=["torch", "jax"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        args.batch = args.batch[0]
+        worker(args)
+        return 0
     try:
         import discrete_key_value_bottleneck_pytorch  # noqa: F401
         import torch  # noqa: F401
@@ -91,17 +120,42 @@ def main(argv=None) -> int:
         )
         return 0
 
-    from _common import print_table, write_json
+    from _common import print_table, run_isolated, write_json
 
-    torch_rate = _torch_rate(args)
-    jax_rate = _jax_rate(args)
-    rows = [
-        {"implementation": "discrete-key-value-bottleneck-pytorch", "emb/s": torch_rate},
-        {"implementation": "dkvb_jax", "emb/s": jax_rate},
-        {"implementation": "ratio (dkvb_jax / pytorch)", "emb/s": jax_rate / torch_rate},
-    ]
-    print_table(rows, f"inference at batch {args.batch}")
-    path = write_json("torch_compare", {"args": vars(args), "rows": rows}, args.out)
+    common = ["--embed", str(args.embed), "--codebooks", str(args.codebooks), "--keys",
+              str(args.keys), "--threads", str(args.threads), "--repeats", str(args.repeats)]  # fmt: skip
+    rows = []
+    for batch in args.batch:
+        m = {
+            side: run_isolated(Path(__file__), ["--worker", side, "--batch", str(batch), *common])
+            for side in ("torch", "jax")
+        }
+        rows.append({
+            "batch": batch,
+            "pytorch emb/s": m["torch"]["emb_per_s"],
+            "dkvb_jax emb/s": m["jax"]["emb_per_s"],
+            "speed ratio": m["jax"]["emb_per_s"] / m["torch"]["emb_per_s"],
+            "pytorch peak MiB": m["torch"]["peak_mib"],
+            "dkvb_jax peak MiB": m["jax"]["peak_mib"],
+            "memory ratio": m["torch"]["peak_mib"] / m["jax"]["peak_mib"],
+        })  # fmt: skip
+        print(f"batch {batch}: {json.dumps(rows[-1])}", flush=True)
+    print_table(rows, "inference: discrete-key-value-bottleneck-pytorch vs dkvb_jax")
+    from importlib.metadata import version
+
+    versions = {
+        name: version(name)
+        for name in (
+            "torch",
+            "discrete-key-value-bottleneck-pytorch",
+            "vector-quantize-pytorch",
+            "jaxlib",
+            "flax",
+        )
+    }
+    path = write_json(
+        "torch_compare", {"args": vars(args), "versions": versions, "rows": rows}, args.out
+    )
     print(f"wrote {path}")
     return 0
 
