@@ -190,10 +190,14 @@ def unlearn_via_activations(
         _checks.check_histogram(usage, cfg)
         classes = _checks.check_classes(classes, cfg.num_classes)
         usage = jnp.asarray(usage)
-        forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
-        selection = sel_lib.mask_top_n_per_class(usage, forget, n_a)
-        forget_counts = jnp.sum(jnp.where(forget[:, None, None], usage, 0), axis=0)
-        retain_counts = jnp.sum(jnp.where(forget[:, None, None], 0, usage), axis=0)
+        # The classes are known here, so only their rows are ranked (mask_top_n_per_class ranks
+        # every class, as it must when the forget set is traced).
+        forget_rows = usage[jnp.asarray(classes)]
+        selection = sel_lib.mask_top_n(forget_rows, n_a).any(axis=0)
+        forget_counts = jnp.sum(forget_rows, axis=0)
+        retain_counts = None
+        if retain_aware is not None:
+            retain_counts = jnp.sum(usage, axis=0) - forget_counts
         source = "usage histogram"
     else:
         if classes is not None:
