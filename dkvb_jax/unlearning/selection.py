@@ -7,6 +7,8 @@ so a sweep can `vmap` over it.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -52,6 +54,7 @@ def mask_top_n(counts: jax.Array, n: int | jax.Array) -> jax.Array:
     return (key_ranks(counts) < n) & (counts > 0)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # compiled once per shape, also when called eagerly
 def _top_k_indices(counts: jax.Array, k: int) -> jax.Array:
     """`lax.top_k` indices; integer counts go through float32 whenever that is exact.
 
