@@ -135,15 +135,58 @@ def uve_metrics(
     return _split_accuracy(_predict(model, v, ranked, ranked_valid, mode), labels, forget)
 
 
+# Bytes per evaluation row, class and ranked key of the vmapped evaluation (ranked index, its
+# validity, the stable sort of the masked flags and its order), for sizing row batches.
+_ROW_BYTES_PER_RANK = 16
+
+
+@functools.partial(jax.jit, static_argnames=("model", "n", "mode", "batch_size"))
+def _every_class_predictions(model, variables, usage, n, x, mode, batch_size):
+    """`[m, classes]` predictions, column `c` by the model that forgot class `c` alone."""
+    cfg = model.config
+    eye = jnp.eye(cfg.num_classes, dtype=bool)
+    selections = jax.vmap(lambda f: sel_lib.mask_top_n_per_class(usage, f, n))(eye)
+    depth = min(n + cfg.top_k, cfg.num_keys)
+
+    def rows(xb):
+        q = model.apply(variables, xb, method=DKVB.queries)
+        res = nearest_keys(
+            q, variables["frozen"]["keys"], variables["mask"]["search"], top_k=depth,
+            chunk=cfg.lookup_chunk, memory_mb=cfg.lookup_memory_mb,
+        )  # fmt: skip
+
+        def predict(selection):
+            v = masking.apply_selection(variables, selection, mode)
+            return _predict(model, v, res.indices, res.valid, mode)
+
+        return jax.vmap(predict, out_axes=1)(selections)
+
+    return _batching.batched_apply(rows, x, batch_size)
+
+
 def every_class_metrics(
-    model: DKVB, variables: dict, usage, n: int, x, labels, *, mode: str = "search"
+    model: DKVB,
+    variables: dict,
+    usage,
+    n: int,
+    x,
+    labels,
+    *,
+    mode: str = "search",
+    memory_mb: float = 512.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forgets each class on its own (UvA, `n` keys) and evaluates all of them in one `vmap`.
+
+    The `vmap` over classes runs inside one jitted map over row batches, so memory is bounded
+    by `memory_mb` whatever the number of evaluation rows (the paper's 256 x 4096 model ranks
+    `n + top_k` keys per row and codebook for each class).
 
     Args:
       usage: per-class histogram `[classes, codebooks, keys]`.
       n: keys per codebook.
       x: evaluation embeddings `[m, embed_dim]`; labels: int `[m]`.
+      mode: mask mode.
+      memory_mb: budget for one row batch's intermediates.
 
     Returns:
       forget accuracy `[classes]` (on that class's rows) and retain accuracy `[classes]` (on the
@@ -154,13 +197,22 @@ def every_class_metrics(
     _checks.check_histogram(usage, cfg)
     n = _checks.check_n(n, cfg.num_keys, "n")
     masking.check_mode(mode)
+    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
     _validation.check_labels(labels, cfg.num_classes, n=x.shape[0])
-    ranked = ranked_codes(model, variables, x, n + cfg.top_k)
-    eye = jnp.eye(cfg.num_classes, dtype=bool)
-    f, r = jax.vmap(
-        lambda forget: uva_metrics(model, variables, usage, forget, n, *ranked, labels, mode)
-    )(eye)
-    return np.asarray(f), np.asarray(r)
+    depth = min(n + cfg.top_k, cfg.num_keys)
+    per_row = cfg.num_classes * cfg.num_codebooks * depth * _ROW_BYTES_PER_RANK
+    batch_size = max(1, int(memory_mb * 2**20) // per_row)
+    pred = np.asarray(
+        _every_class_predictions(
+            model, variables, jnp.asarray(usage), n, jnp.asarray(x), mode, batch_size
+        )
+    )
+    labels = np.asarray(labels)
+    correct = pred == labels[:, None]  # [m, classes]
+    own = labels[:, None] == np.arange(cfg.num_classes)[None]
+    f = (correct & own).sum(0) / np.maximum(own.sum(0), 1)
+    r = (correct & ~own).sum(0) / np.maximum((~own).sum(0), 1)
+    return f.astype(np.float32), r.astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))

@@ -111,10 +111,11 @@ def test_several_classes_at_once(trained):
     assert rec.forgotten_classes == [1, 3]
 
 
-def test_vmap_over_classes_equals_python_loop(trained):
+@pytest.mark.parametrize("memory_mb", [512.0, 1e-6])  # one batch, or one row per batch
+def test_vmap_over_classes_equals_python_loop(trained, memory_mb):
     t = trained
     stacked = unlearn_every_class(t.v, t.usage, 8)
-    f, r = every_class_metrics(t.model, t.v, t.usage, 8, t.xt, t.yt)
+    f, r = every_class_metrics(t.model, t.v, t.usage, 8, t.xt, t.yt, memory_mb=memory_mb)
     for c in range(t.model.config.num_classes):
         one, _ = forget_classes(t.model, t.v, c, 8, usage=t.usage)
         assert variables_hash(jax.tree.map(lambda a, c=c: a[c], stacked)) == variables_hash(one)
