@@ -13,6 +13,7 @@ from dkvb_jax.unlearning.fast_eval import (
     unlearn_every_class,
     uva_metrics,
     uve_metrics,
+    variant_predictions,
 )
 from dkvb_jax.unlearning.masking import apply_selection, clear_masks, hard_delete, masked_pairs
 from dkvb_jax.unlearning.methods import (
@@ -61,4 +62,5 @@ __all__ = [
     "uva_metrics",
     "uve_metrics",
     "variables_hash",
+    "variant_predictions",
 ]

@@ -135,20 +135,22 @@ def uve_metrics(
     return _split_accuracy(_predict(model, v, ranked, ranked_valid, mode), labels, forget)
 
 
-# Bytes per evaluation row, class and ranked key of the vmapped evaluation (ranked index, its
+# Bytes per evaluation row, variant and ranked key of a vmapped evaluation (ranked index, its
 # validity, the stable sort of the masked flags and its order), for sizing row batches.
 _ROW_BYTES_PER_RANK = 16
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "mode", "batch_size"))
-def _every_class_predictions(model, variables, usage, n, x, mode, batch_size):
-    """`[m, classes]` predictions, column `c` by the model that forgot class `c` alone."""
-    cfg = model.config
-    eye = jnp.eye(cfg.num_classes, dtype=bool)
-    selections = jax.vmap(lambda f: sel_lib.mask_top_n_per_class(usage, f, n))(eye)
-    depth = min(n + cfg.top_k, cfg.num_keys)
+# Deeper rankings cost more than searching each variant's masked model directly: a top-`depth`
+# search over every key, against one blocked top-1 search per variant (measured on the paper's
+# 256 x 4096: depth 257 for 10 variants is ~9x slower ranked than direct).
+_RANKED_MAX_DEPTH = 32
 
-    def rows(xb):
+
+@functools.partial(jax.jit, static_argnames=("model", "depth", "mode", "batch_size"))
+def _variant_predictions(model, variables, selections, x, depth, mode, batch_size):
+    cfg = model.config
+
+    def ranked_rows(xb):
         q = model.apply(variables, xb, method=DKVB.queries)
         res = nearest_keys(
             q, variables["frozen"]["keys"], variables["mask"]["search"], top_k=depth,
@@ -161,7 +163,70 @@ def _every_class_predictions(model, variables, usage, n, x, mode, batch_size):
 
         return jax.vmap(predict, out_axes=1)(selections)
 
+    def direct_rows(xb):
+        def predict(selection):
+            v = masking.apply_selection(variables, selection, mode)
+            return model.apply(v, xb).argmax(-1)
+
+        return jax.vmap(predict, out_axes=1)(selections)
+
+    rows = ranked_rows if depth <= _RANKED_MAX_DEPTH else direct_rows
     return _batching.batched_apply(rows, x, batch_size)
+
+
+def variant_predictions(
+    model: DKVB,
+    variables: dict,
+    selections: jax.Array,
+    x,
+    depth: int,
+    *,
+    mode: str = "search",
+    memory_mb: float = 512.0,
+) -> np.ndarray:
+    """Predictions of many unlearned variants of one model, in one jitted, vmapped pass.
+
+    With a shallow ranking (`depth` <= 32) every row's `depth` nearest keys are ranked once and
+    each variant's prediction is a gather; deeper rankings cost more than a direct masked
+    search, so each variant is then searched directly. The `vmap` over variants runs inside
+    one jitted map over row batches sized from `memory_mb`, so memory is bounded whatever the
+    number of rows.
+
+    Args:
+      selections: bool `[variants, codebooks, keys]`, the pairs each variant masks.
+      x: evaluation embeddings `[m, embed_dim]`.
+      depth: keys each variant masks at most among a row's nearest, plus `top_k` (the ranking
+        is exact when no variant masks more than `depth - top_k` of them in a codebook).
+      mode: mask mode.
+      memory_mb: budget for one row batch's intermediates.
+
+    Returns:
+      int `[m, variants]` predicted classes.
+    """
+    cfg = model.config
+    depth = int(min(max(depth, cfg.top_k), cfg.num_keys))
+    width = depth if depth <= _RANKED_MAX_DEPTH else cfg.key_dim + 2 * cfg.top_k
+    per_row = selections.shape[0] * cfg.num_codebooks * width * _ROW_BYTES_PER_RANK
+    batch_size = max(1, int(memory_mb * 2**20) // per_row)
+    return np.asarray(
+        _variant_predictions(
+            model, variables, jnp.asarray(selections), jnp.asarray(x), depth, mode, batch_size
+        )
+    )
+
+
+def split_accuracies(pred: np.ndarray, labels, forget) -> tuple[np.ndarray, np.ndarray]:
+    """Forget / retain accuracy of each column of `pred` `[m, variants]`.
+
+    Args:
+      labels: int `[m]`.
+      forget: bool `[m, variants]` or `[m, 1]`, True for the rows of each variant's forget set.
+    """
+    correct = pred == np.asarray(labels)[:, None]
+    forget = np.broadcast_to(forget, correct.shape)
+    f = (correct & forget).sum(0) / np.maximum(forget.sum(0), 1)
+    r = (correct & ~forget).sum(0) / np.maximum((~forget).sum(0), 1)
+    return f.astype(np.float32), r.astype(np.float32)
 
 
 def every_class_metrics(
@@ -177,16 +242,12 @@ def every_class_metrics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forgets each class on its own (UvA, `n` keys) and evaluates all of them in one `vmap`.
 
-    The `vmap` over classes runs inside one jitted map over row batches, so memory is bounded
-    by `memory_mb` whatever the number of evaluation rows (the paper's 256 x 4096 model ranks
-    `n + top_k` keys per row and codebook for each class).
-
     Args:
       usage: per-class histogram `[classes, codebooks, keys]`.
       n: keys per codebook.
       x: evaluation embeddings `[m, embed_dim]`; labels: int `[m]`.
       mode: mask mode.
-      memory_mb: budget for one row batch's intermediates.
+      memory_mb: budget for one row batch (see :func:`variant_predictions`).
 
     Returns:
       forget accuracy `[classes]` (on that class's rows) and retain accuracy `[classes]` (on the
@@ -199,20 +260,14 @@ def every_class_metrics(
     masking.check_mode(mode)
     _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
     _validation.check_labels(labels, cfg.num_classes, n=x.shape[0])
-    depth = min(n + cfg.top_k, cfg.num_keys)
-    per_row = cfg.num_classes * cfg.num_codebooks * depth * _ROW_BYTES_PER_RANK
-    batch_size = max(1, int(memory_mb * 2**20) // per_row)
-    pred = np.asarray(
-        _every_class_predictions(
-            model, variables, jnp.asarray(usage), n, jnp.asarray(x), mode, batch_size
-        )
+    eye = jnp.eye(cfg.num_classes, dtype=bool)
+    usage = jnp.asarray(usage)
+    selections = jax.vmap(lambda f: sel_lib.mask_top_n_per_class(usage, f, n))(eye)
+    pred = variant_predictions(
+        model, variables, selections, x, n + cfg.top_k, mode=mode, memory_mb=memory_mb
     )
     labels = np.asarray(labels)
-    correct = pred == labels[:, None]  # [m, classes]
-    own = labels[:, None] == np.arange(cfg.num_classes)[None]
-    f = (correct & own).sum(0) / np.maximum(own.sum(0), 1)
-    r = (correct & ~own).sum(0) / np.maximum((~own).sum(0), 1)
-    return f.astype(np.float32), r.astype(np.float32)
+    return split_accuracies(pred, labels, labels[:, None] == np.arange(cfg.num_classes)[None])
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))

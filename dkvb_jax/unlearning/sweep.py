@@ -17,6 +17,7 @@ from dkvb_jax import _validation
 from dkvb_jax.model import DKVB
 from dkvb_jax.training import compute_codes
 from dkvb_jax.unlearning import _checks, fast_eval, masking
+from dkvb_jax.unlearning import selection as sel_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +56,15 @@ def _check_ns(ns, upper: int, name: str) -> list[int]:
     return ns
 
 
-def _result(method, ns, fs, rs, base, target):
-    fs, rs = np.asarray(fs).tolist(), np.asarray(rs).tolist()
-    hit = [n for n, f in zip(ns, fs, strict=True) if f <= target]
-    return SweepResult(
-        method, ns, fs, rs, (float(base[0]), float(base[1])), target, hit[0] if hit else None
-    )
+def _evaluate(method, model, variables, selections, val_x, val_y, classes, depth, ns, target,
+              mode) -> SweepResult:  # fmt: skip
+    """Accuracies of the variants `selections` `[1 + len(ns), ...]` (the first masks nothing)."""
+    pred = fast_eval.variant_predictions(model, variables, selections, val_x, depth, mode=mode)
+    forget = np.isin(np.asarray(val_y), classes)[:, None]
+    fs, rs = fast_eval.split_accuracies(pred, val_y, forget)
+    fs, rs = fs.tolist(), rs.tolist()
+    hit = [n for n, f in zip(ns, fs[1:], strict=True) if f <= target]
+    return SweepResult(method, ns, fs[1:], rs[1:], (fs[0], rs[0]), target, hit[0] if hit else None)
 
 
 def _check_request(model, variables, classes, val_x, val_y, mode):
@@ -102,12 +106,14 @@ def sweep_uva(
     _checks.check_histogram(usage, cfg)
     classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
     ns = _check_ns(list(ns), cfg.num_keys, "ns")
-    ranked = fast_eval.ranked_codes(model, variables, val_x, max(ns) * len(classes) + cfg.top_k)
-    y = jnp.asarray(val_y)
     usage = jnp.asarray(usage)
-    fn = lambda n: fast_eval.uva_metrics(model, variables, usage, forget, n, *ranked, y, mode)
-    fs, rs = jax.vmap(fn)(jnp.asarray(ns))
-    return _result("uva", ns, fs, rs, fn(0), target)
+    # N = 0 (nothing masked) gives the baseline in the same pass.
+    selections = jax.vmap(lambda n: sel_lib.mask_top_n_per_class(usage, forget, n))(
+        jnp.asarray([0, *ns])
+    )
+    depth = max(ns) * len(classes) + cfg.top_k
+    return _evaluate("uva", model, variables, selections, val_x, val_y, classes, depth, ns,
+                     target, mode)  # fmt: skip
 
 
 def sweep_uve(
@@ -134,9 +140,11 @@ def sweep_uve(
     _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
     ns = _check_ns(list(ns), forget_x.shape[0], "ns")
     codes = compute_codes(model, masking.clear_masks(variables, ("search",)), forget_x[: max(ns)])
+    idx, valid = codes
+    rows = jnp.arange(idx.shape[0])
+    selections = jax.vmap(
+        lambda n: sel_lib.codes_selection(idx, valid, cfg.num_keys, weights=rows < n)
+    )(jnp.asarray([0, *ns]))
     depth = max(ns) * cfg.top_k + cfg.top_k
-    ranked = fast_eval.ranked_codes(model, variables, val_x, depth)
-    y = jnp.asarray(val_y)
-    fn = lambda n: fast_eval.uve_metrics(model, variables, codes, forget, n, *ranked, y, mode)
-    fs, rs = jax.vmap(fn)(jnp.asarray(ns))
-    return _result("uve", ns, fs, rs, fn(0), target)
+    return _evaluate("uve", model, variables, selections, val_x, val_y, classes, depth, ns,
+                     target, mode)  # fmt: skip

@@ -111,13 +111,15 @@ def test_several_classes_at_once(trained):
     assert rec.forgotten_classes == [1, 3]
 
 
-@pytest.mark.parametrize("memory_mb", [512.0, 1e-6])  # one batch, or one row per batch
-def test_vmap_over_classes_equals_python_loop(trained, memory_mb):
+# n = 8 evaluates from one shallow ranking, n = 40 searches each variant directly; a tiny
+# budget evaluates one row per batch.
+@pytest.mark.parametrize(("n", "memory_mb"), [(8, 512.0), (8, 1e-6), (40, 512.0)])
+def test_vmap_over_classes_equals_python_loop(trained, n, memory_mb):
     t = trained
-    stacked = unlearn_every_class(t.v, t.usage, 8)
-    f, r = every_class_metrics(t.model, t.v, t.usage, 8, t.xt, t.yt, memory_mb=memory_mb)
+    stacked = unlearn_every_class(t.v, t.usage, n)
+    f, r = every_class_metrics(t.model, t.v, t.usage, n, t.xt, t.yt, memory_mb=memory_mb)
     for c in range(t.model.config.num_classes):
-        one, _ = forget_classes(t.model, t.v, c, 8, usage=t.usage)
+        one, _ = forget_classes(t.model, t.v, c, n, usage=t.usage)
         assert variables_hash(jax.tree.map(lambda a, c=c: a[c], stacked)) == variables_hash(one)
         # The gather-based metrics equal a fresh nearest-key search through the full model.
         assert f[c] == pytest.approx(accuracy(t.model, one, t.xt, t.yt, t.yt == c))
