@@ -35,6 +35,7 @@ from dkvb_jax.evaluation import (
     ResultsTable,
     Timer,
     deltas,
+    dense_lookup_model,
     evaluate_unlearning,
     forward_cost,
     membership_inference,
@@ -522,11 +523,11 @@ def run_class_unlearning(
     audits: dict[str, AuditRecord] = {}
 
     def dkvb_row(method, name, unlearn, core, core_args, *, reference, cost_extra=None,
-                 checks=None, **extra):  # fmt: skip
+                 checks=None, flops_core=None, **extra):  # fmt: skip
         """Unlearns through the library call (timed), costs its pure core, measures the row."""
         with Timer() as t:
             v, rec = unlearn()
-        _, cost = forward_cost(name, core, *core_args)
+        _, cost = forward_cost(name, core, *core_args, flops_fn=flops_core)
         cost = cost.with_extra(library_call_wall_s=t.seconds, **(cost_extra or {}))
         unlearned[method], audits[method] = v, rec
         extra.update(checks(v) if checks else {})
@@ -585,6 +586,7 @@ def run_class_unlearning(
                 model, variables, forget_x[:n_e], classes=forget, mode=mode
             ),
             functools.partial(_uve_core, model, mode=mode), (variables, jnp.asarray(forget_x[:n_e])),
+            flops_core=functools.partial(_uve_core, dense_lookup_model(model), mode=mode),
             reference=reference, n_e=n_e, reached_target=sweeps["uve"].smallest_n is not None,
         )  # fmt: skip
     steps.update()

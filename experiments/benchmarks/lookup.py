@@ -153,7 +153,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     axes[1].set(xlabel="value / paper value", ylabel="peak process memory (MiB)", title="memory")
     axes[1].axhline(1024, color="grey", ls="--", lw=0.8)
     for ax in axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # --quick has no sweep to label
+            ax.legend()
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -86,3 +86,30 @@ def test_forward_cost_has_no_backward():
     assert out.shape == (4, 2)
     assert rec.backward_flops == 0 and rec.num_backward_calls == 0
     assert rec.forward_flops == 3 * 2 * 4 * 8 * 2
+
+
+def test_loop_free_equivalent_counts_every_iteration():
+    # XLA counts a while-loop body once; flops_fn counts the same work without the loop.
+    w = jnp.ones((32, 32))
+    x = jnp.ones((50, 4, 32))
+    looped = lambda x: jax.lax.map(lambda r: r @ w, x)
+    _, cost = forward_cost("looped", looped, x, flops_fn=lambda x: x @ w)
+    assert cost.forward_flops == pytest.approx(2 * 50 * 4 * 32 * 32)
+    _, plain = forward_cost("looped", looped, x)
+    assert plain.forward_flops < cost.forward_flops / 10
+
+
+def test_dense_lookup_model_counts_the_whole_search():
+    from dkvb_jax.config import DKVBConfig
+    from dkvb_jax.evaluation import dense_lookup_model
+    from dkvb_jax.model import DKVB
+    from dkvb_jax.model.lookup import lookup_flops
+
+    cfg = DKVBConfig(embed_dim=16, num_classes=3, num_codebooks=16, num_keys=2048, key_dim=4)
+    model = DKVB(cfg)  # blocked search: loops over codebook groups and key steps
+    x = jnp.ones((64, 16))
+    v = model.init(jax.random.key(0), x[:2])
+    codes = lambda m: lambda v, x: m.apply(v, x, method=DKVB.codes)
+    blocked = compile_with_flops(codes(model), v, x)[1]
+    dense = compile_with_flops(codes(dense_lookup_model(model)), v, x)[1]
+    assert dense >= lookup_flops(64, 16, 2048, 4) > 4 * blocked
