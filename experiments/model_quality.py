@@ -187,6 +187,7 @@ def unlearning_scan(
     max_n_uva: int,
     max_n_uve: int,
     target: float = 0.0,
+    mode: str = "search",
 ) -> dict:
     """UvA and UvE on every class separately over a doubling grid of N, on a test subset.
 
@@ -225,7 +226,7 @@ def unlearning_scan(
         "uva",
         ns,
         lambda forget, n: fast_eval.uva_metrics(
-            model, variables, usage, forget, n, *ranked, labels
+            model, variables, usage, forget, n, *ranked, labels, mode
         ),
     )
 
@@ -247,7 +248,7 @@ def unlearning_scan(
     def uve(forget, n):
         c = jnp.argmax(forget)
         own = (codes[0][c], codes[1][c])
-        return fast_eval.uve_metrics(model, variables, own, forget, n, *ranked, labels)
+        return fast_eval.uve_metrics(model, variables, own, forget, n, *ranked, labels, mode)
 
     scan("uve", ns, uve)
     return out
@@ -339,8 +340,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             usage = key_usage(model, variables, data.x, data.y)
             row["unlearning"] = unlearning_scan(
                 model, variables, data, usage, eval_rows=args.unlearn_eval_rows,
-                max_n_uva=args.max_n_uva, max_n_uve=args.max_n_uve,
+                max_n_uva=args.max_n_uva, max_n_uve=args.max_n_uve, mode=args.mask_mode,
             )  # fmt: skip
+            row["unlearning"]["mask_mode"] = args.mask_mode
         rows.append(row)
         print(_markdown_row(row), flush=True)
     return dict(
@@ -423,6 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-n-uva", type=int, default=256, help="largest N_a tried (doubling grid)")
     p.add_argument("--max-n-uve", type=int, default=256, help="largest N_e tried (doubling grid)")
     p.add_argument("--no-unlearning", action="store_true")
+    p.add_argument("--mask-mode", choices=["search", "readout"], default="search",
+                   help="how UvA/UvE mask the selected pairs")  # fmt: skip
     p.add_argument("--synthetic", action="store_true", help="small synthetic data (smoke test)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
