@@ -18,8 +18,7 @@ CELLS = [
         "by the shipped CIFAR ResNet-20 and cached."
     ),
     new_code_cell(
-        "import jax\n"
-        "import numpy as np\n"
+        "import jax\n\n"
         "from dkvb_jax.embedding import embed_dataset\n\n"
         "train = embed_dataset('cifar_resnet20', 'cifar10_sample', 'train', progress=False)\n"
         "test = embed_dataset('cifar_resnet20', 'cifar10_sample', 'test', progress=False)\n"
@@ -76,8 +75,8 @@ CELLS = [
     ),
     new_markdown_cell("## 4. Plot\nForget / retain accuracy along the N_a sweep (paper, Fig. 2)."),
     new_code_cell(
-        "import tempfile, pathlib\n"
-        "from IPython.display import Image\n"
+        "import tempfile\n\n"
+        "from IPython.display import Image\n\n"
         "from dkvb_jax.experiment import save_plots\n\n"
         "plots = save_plots(result, tempfile.mkdtemp(), class_names=train.class_names)\n"
         "Image(filename=plots['sweep_uva'])"

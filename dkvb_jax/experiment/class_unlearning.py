@@ -329,8 +329,9 @@ def _sweep_subset(x, y, forget, limit: int, seed: int):
     return x[keep], y[keep]
 
 
-def _uva_core(variables, usage, forget, n, mode):
-    return apply_selection(variables, mask_top_n_per_class(usage, forget, n), mode)
+def _uva_core(variables, usage, forget, n, mode, loop_free=False):
+    selection = mask_top_n_per_class(usage, forget, n, loop_free=loop_free)
+    return apply_selection(variables, selection, mode)
 
 
 def _uve_core(model, variables, forget_x, mode):
@@ -570,6 +571,7 @@ def run_class_unlearning(
                 model, variables, n_a, usage=usage, classes=forget, mode=mode
             ),
             functools.partial(_uva_core, n=n_a, mode=mode), (variables, usage, forget_mask),
+            flops_core=functools.partial(_uva_core, n=n_a, mode=mode, loop_free=True),
             reference=reference, cost_extra={"source": "usage histogram"}, n_a=n_a,
             reached_target=sweeps["uva"].smallest_n is not None,
         )  # fmt: skip

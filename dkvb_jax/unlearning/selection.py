@@ -28,7 +28,7 @@ def key_ranks(counts: jax.Array) -> jax.Array:
     return jnp.argsort(order, axis=-1, stable=True).astype(jnp.int32)
 
 
-def mask_top_n(counts: jax.Array, n: int | jax.Array) -> jax.Array:
+def mask_top_n(counts: jax.Array, n: int | jax.Array, *, loop_free: bool = False) -> jax.Array:
     """UvA selection: the `n` most-retrieved keys of each codebook.
 
     Keys never retrieved (count 0) are never selected: masking them would remove nothing the
@@ -37,6 +37,8 @@ def mask_top_n(counts: jax.Array, n: int | jax.Array) -> jax.Array:
     Args:
       counts: `[..., codebooks, keys]` usage counts of the forget data.
       n: keys per codebook (static int or traced scalar).
+      loop_free: select through `lax.top_k` instead of bisection (the same keys; slower for
+        large `n`), for counting FLOPs: XLA counts a loop body once.
 
     Returns:
       bool `[..., codebooks, keys]`.
@@ -46,12 +48,12 @@ def mask_top_n(counts: jax.Array, n: int | jax.Array) -> jax.Array:
         k = max(0, min(n, counts.shape[-1]))
         if k == 0:
             return jnp.zeros(counts.shape, bool)
-        return _top_n_static(counts, k) & (counts > 0)
+        return _top_n_static(counts, k, loop_free) & (counts > 0)
     return (key_ranks(counts) < n) & (counts > 0)
 
 
-@functools.partial(jax.jit, static_argnums=1)  # compiled once per shape, also when called eagerly
-def _top_n_static(counts: jax.Array, n: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(1, 2))  # compiled once per shape, also when eager
+def _top_n_static(counts: jax.Array, n: int, loop_free: bool = False) -> jax.Array:
     """The `n` largest entries of each row (ties to the lower index), without a full sort.
 
     Integer counts: the `n`-th largest value of each row by bisection over the value range (each
@@ -60,7 +62,7 @@ def _top_n_static(counts: jax.Array, n: int) -> jax.Array:
     the paper's 256 x 4096 histogram even through float32; bisection does not depend on `n`.
     Other dtypes use `lax.top_k`.
     """
-    if not jnp.issubdtype(counts.dtype, jnp.integer):
+    if loop_free or not jnp.issubdtype(counts.dtype, jnp.integer):
         idx = jax.lax.top_k(counts, n)[1]
         return jnp.put_along_axis(jnp.zeros(counts.shape, bool), idx, True, axis=-1, inplace=False)
     wide = counts.astype(jnp.int64) if counts.dtype.itemsize > 4 else counts.astype(jnp.int32)
@@ -85,7 +87,9 @@ def _top_n_static(counts: jax.Array, n: int) -> jax.Array:
     return above | (tied & (jnp.cumsum(tied, axis=-1) <= room))
 
 
-def mask_top_n_per_class(usage: jax.Array, forget: jax.Array, n: int | jax.Array) -> jax.Array:
+def mask_top_n_per_class(
+    usage: jax.Array, forget: jax.Array, n: int | jax.Array, *, loop_free: bool = False
+) -> jax.Array:
     """Union over the forget classes of each class's own top-`n` keys.
 
     Taking each class's top `n` (rather than the top `n` of the summed counts) gives every
@@ -96,11 +100,12 @@ def mask_top_n_per_class(usage: jax.Array, forget: jax.Array, n: int | jax.Array
       usage: per-class histogram `[classes, codebooks, keys]`.
       forget: bool `[classes]`, True for the classes to forget.
       n: keys per codebook and class.
+      loop_free: as in :func:`mask_top_n`.
 
     Returns:
       bool `[codebooks, keys]`.
     """
-    per_class = mask_top_n(usage, n) & forget[:, None, None]
+    per_class = mask_top_n(usage, n, loop_free=loop_free) & forget[:, None, None]
     return per_class.any(axis=0)
 
 

@@ -22,6 +22,8 @@ COUNTS = hnp.arrays(
 @given(counts=COUNTS, n=st.integers(1, 9))
 def test_mask_top_n_matches_brute_force(counts, n):
     np.testing.assert_array_equal(selection.mask_top_n(counts, n), np_top_n(counts, n))
+    loop_free = selection.mask_top_n(counts, n, loop_free=True)
+    np.testing.assert_array_equal(loop_free, np_top_n(counts, n))
 
 
 class TestJitEqualsNoJit(chex.TestCase):
