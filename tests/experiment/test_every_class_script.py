@@ -1,19 +1,12 @@
 """experiments/class_unlearning.py: the mean / spread summary over classes x seeds."""
 
-import importlib.util
-import pathlib
-
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "class_unlearning.py"
+from script_testutil import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("every_class", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/class_unlearning.py", "every_class")
 
 
 def _run(orig_r, uva_r, uva_f, uva_flops):

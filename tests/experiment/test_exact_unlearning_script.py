@@ -1,15 +1,13 @@
 """Smoke test of experiments/exact_unlearning.py: exactness and the report on tiny synthetic data."""
 
 import copy
-import importlib.util
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
+from script_testutil import load_script
 
-SCRIPT = pathlib.Path(__file__).parents[2] / "experiments" / "exact_unlearning.py"
 TINY = ["--num-codebooks", "8", "--num-keys", "16", "--key-dim", "4", "--max-train", "1000"]
 ROWS = [
     "test accuracy, closed-form values (selected estimator)",
@@ -26,11 +24,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def ex():
-    spec = importlib.util.spec_from_file_location("exact_unlearning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/exact_unlearning.py", "exact_unlearning")
 
 
 @pytest.fixture(scope="module")

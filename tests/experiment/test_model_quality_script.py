@@ -1,22 +1,14 @@
 """Smoke test of experiments/model_quality.py: the machinery on tiny synthetic data, no tuned numbers."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
-
-SCRIPT = pathlib.Path(__file__).parents[2] / "experiments" / "model_quality.py"
+from script_testutil import load_script
 
 
 @pytest.fixture(scope="module")
 def mq():
-    spec = importlib.util.spec_from_file_location("model_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/model_quality.py", "model_quality")
 
 
 TINY = {"num_codebooks": 4, "num_keys": 8, "key_dim": 3}

@@ -1,23 +1,18 @@
 """notebooks/quickstart.ipynb is the generated one and runs top to bottom."""
 
-import importlib.util
 import os
 import pathlib
 
 import nbformat
 import pytest
+from script_testutil import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location(
-        "make_quickstart", NOTEBOOK.with_name("make_quickstart.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("notebooks/make_quickstart.py", "make_quickstart")
 
 
 def test_notebook_matches_its_builder():
