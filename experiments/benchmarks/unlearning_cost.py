@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     import numpy as np
     from _common import print_table, write_json
 
-    from dkvb_jax import baselines
+    from dkvb_jax import baselines, evaluation
     from dkvb_jax.baselines import class_unlearning_data
     from dkvb_jax.config import DKVBConfig
     from dkvb_jax.evaluation import cost as cost_lib
@@ -121,8 +121,7 @@ def main(argv=None) -> None:
     fit_s = time.perf_counter() - t0
     model, variables, usage = fitted.model, fitted.variables, fitted.usage
 
-    def accuracy(v, xs, ys):
-        return float(np.mean(np.asarray(model.apply(v, jnp.asarray(xs)).argmax(-1)) == ys))
+    accuracy = functools.partial(evaluation.accuracy, model.apply)
 
     # N_a: the smallest doubling-grid value that reaches the target on the forget-train rows.
     grid = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= args.keys]
@@ -170,11 +169,10 @@ def main(argv=None) -> None:
     )  # fmt: skip
 
     def head_acc(v, xs, ys):
-        logits = head.head.apply(v, jnp.asarray(head.inputs(xs)))
-        return float(np.mean(np.asarray(logits.argmax(-1)) == ys))
+        return evaluation.accuracy(head.head.apply, v, head.inputs(xs), ys)
 
     retain_te = y_te != c
-    dkvb_acc = functools.partial(accuracy, xs=x_te[retain_te], ys=y_te[retain_te])
+    dkvb_acc = functools.partial(accuracy, x=x_te[retain_te], y=y_te[retain_te])
     rows = [
         {"method": "dkvb-histogram (core)", "wall s": core_s, "FLOPs": core_flops,
          "forget-train acc": dkvb_forget, "retain-test acc": dkvb_acc(core_vars)},
