@@ -13,18 +13,30 @@ import numpy as np
 
 
 def variables_hash(variables: Any) -> str:
-    """sha256 of a pytree: every leaf's path, dtype, shape and bytes, in sorted path order.
+    """sha256 of a pytree: every leaf's path, dtype, shape and the sha256 of its bytes.
 
-    Sorting by path makes the hash independent of dict insertion order, so equal variables
-    always hash equal, whichever code built them.
+    Leaves are taken in sorted path order, so equal variables always hash equal, whichever code
+    built them (dict insertion order does not matter).
     """
-    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    return _tree_hash(variables, {})
+
+
+def _tree_hash(variables: Any, digests: dict[int, bytes]) -> str:
+    """`variables_hash`, reusing `digests` (leaf id -> sha256) for leaves already hashed.
+
+    An unlearning call returns its input's keys and values as the very same arrays, so its
+    record hashes them once for both fingerprints: they are 100 MB of the paper-size model.
+    """
     h = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
     for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
         arr = np.ascontiguousarray(np.asarray(leaf))
+        if id(leaf) not in digests:
+            # The bytes, without copying them.
+            digests[id(leaf)] = hashlib.sha256(arr.reshape(-1).view(np.uint8)).digest()
         h.update(jax.tree_util.keystr(path).encode())
         h.update(f"|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.reshape(-1).view(np.uint8))  # the bytes, without copying them
+        h.update(digests[id(leaf)])
     return h.hexdigest()
 
 
@@ -101,6 +113,7 @@ def make_record(
     effect: dict | None = None,
 ) -> AuditRecord:
     """Builds the record of a call that turned `before` into `after`."""
+    digests: dict[int, bytes] = {}  # both trees stay alive for the call, so ids stay unique
     mask_b = np.asarray(before["mask"]["search"]) | np.asarray(before["mask"]["readout"])
     mask_a = np.asarray(after["mask"]["search"]) | np.asarray(after["mask"]["readout"])
     return AuditRecord(
@@ -115,8 +128,8 @@ def make_record(
         pairs_masked=(mask_a & ~mask_b).sum(-1).tolist(),
         pairs_spared=None if spared is None else np.asarray(spared).tolist(),
         total_masked=mask_a.sum(-1).tolist(),
-        hash_before=variables_hash(before),
-        hash_after=variables_hash(after),
+        hash_before=_tree_hash(before, digests),
+        hash_after=_tree_hash(after, digests),
         timestamp=datetime.datetime.now(datetime.UTC).isoformat(),
         effect=None if effect is None else _jsonable(effect),
     )

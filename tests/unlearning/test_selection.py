@@ -26,6 +26,29 @@ def test_mask_top_n_matches_brute_force(counts, n):
     np.testing.assert_array_equal(loop_free, np_top_n(counts, n))
 
 
+# Rows longer than the tie-breaking block (64 keys), negative entries and values up to int32's
+# limit: the bisection's bounds and the blocked tie scan at their edges.
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=hnp.arrays(
+        np.int32,
+        st.tuples(st.integers(1, 3), st.integers(60, 200)),
+        elements=st.one_of(st.integers(-3, 3), st.integers(0, 2**31 - 1)),
+    ),
+    n=st.integers(1, 200),
+)
+def test_mask_top_n_long_rows_wide_values(counts, n):
+    np.testing.assert_array_equal(selection.mask_top_n(counts, n), np_top_n(counts, n))
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 128, 129, 199, 200])
+def test_mask_top_n_all_tied_splits_at_block_edges(n):
+    """Every entry tied: the first n keys, also where the n-th sits at a tie-block edge."""
+    counts = np.full((2, 200), 7, np.int32)
+    counts[1, ::3] = 9  # 67 above the tie, the rest tied
+    np.testing.assert_array_equal(selection.mask_top_n(counts, n), np_top_n(counts, n))
+
+
 class TestJitEqualsNoJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_mask_top_n_static_n(self):
