@@ -52,7 +52,8 @@ class Recipe:
     Attributes:
       name: row label.
       model: DKVBConfig fields besides embed_dim / num_classes.
-      preprocess: ``none``, ``standardize`` or ``pca_whiten`` (folded into the projection).
+      preprocess: ``none``, ``standardize``, ``pca_whiten`` (fitted on the key rows) or ``lda``
+        (on the labelled train rows), folded into the projection.
       key_init: KeyInitConfig fields.
       key_rows: unlabelled train rows the keys are fitted on (None: all).
       values: ``exact`` (closed form from label counts) or ``train`` (optax).
@@ -263,7 +264,9 @@ def fit_recipe(recipe: Recipe, data: Data, seed: int = 0) -> tuple[DKVB, dict, d
     variables = jax.tree.map(jnp.asarray, dict(variables))
     key_x = data.x if recipe.key_rows is None else subset(data, recipe.key_rows, 1, seed).x
     t0 = time.perf_counter()
-    if recipe.preprocess != "none":
+    if recipe.preprocess == "lda":  # supervised: the labelled rows the values are fitted on
+        variables = fold_affine(variables, fit_affine(data.x, "lda", labels=data.y))
+    elif recipe.preprocess != "none":
         variables = fold_affine(variables, fit_affine(key_x, recipe.preprocess))
     variables, report = fit_keys(
         model, variables, key_x, key=k_keys, config=KeyInitConfig(**recipe.key_init),
