@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                 emb.x_train if key_data is None else key_data, cfg.key_max_examples, seed
             ),
             key_config=cfg.key_config(),
-            value_config=cfg.value_config(), standardize=cfg.standardize,
+            value_config=cfg.value_config(), preprocess=cfg.preprocess,
             checkpoint_dir=out / f"seed{seed}" / "checkpoint", progress=not args.no_progress,
         )  # fmt: skip
         ns = [n for n in cfg.n_a_grid if n <= cfg.num_keys]

@@ -25,9 +25,11 @@ CELLS = [
         "train.embeddings.shape, test.embeddings.shape"
     ),
     new_markdown_cell(
-        "## 1. Fit\nKeys: EMA k-means on the embeddings without labels (then frozen). Values: "
-        "trained with labels; each input only touches the pairs it retrieves. A small model "
-        "(32 codebooks x 128 keys) is plenty for 2,000 images."
+        "## 1. Fit\nThe default recipe projects the embeddings onto their linear discriminants "
+        "(so each key's cell is nearly class-pure), fits the keys by EMA k-means (then frozen), "
+        "and trains the values with Adam; each input only touches the pairs it retrieves. A "
+        "small model (32 codebooks x 128 keys) is plenty for 2,000 images. "
+        "`ExperimentConfig.paper()` gives the paper's recipe instead."
     ),
     new_code_cell(
         "from dkvb_jax.evaluation import accuracy, per_class_accuracy\n"
@@ -37,7 +39,8 @@ CELLS = [
         "                       n_a_grid=(1, 2, 4, 8, 16, 32), n_e_grid=(1, 5, 20, 50, 100, 200))\n"
         "fitted = fit_dkvb(cfg.dkvb_config(64, 10), train.embeddings, train.labels,\n"
         "                  key=jax.random.key(0), key_config=cfg.key_config(),\n"
-        "                  value_config=cfg.value_config(), progress=False)\n"
+        "                  value_config=cfg.value_config(), preprocess=cfg.preprocess,\n"
+        "                  progress=False)\n"
         "model, variables = fitted.model, fitted.variables\n"
         "per_class = per_class_accuracy(model.apply, variables, test.embeddings, test.labels)\n"
         "print(f'test accuracy {accuracy(model.apply, variables, test.embeddings, test.labels):.1%}')"

@@ -201,6 +201,7 @@ def experiment_config(args) -> Any:
         "num_codebooks": args.codebooks, "num_keys": args.keys, "key_dim": args.key_dim,
         "top_k": args.top_k, "key_epochs": args.key_epochs, "value_epochs": args.value_epochs,
         "value_learning_rate": args.lr, "seed": args.seed,
+        "recipe": getattr(args, "recipe", None), "preprocess": getattr(args, "preprocess", None),
     }  # fmt: skip
     for name in ("forget_classes", "baselines", "methods", "head_epochs", "baseline_max_epochs"):
         if getattr(args, name, None) is not None:
@@ -275,7 +276,7 @@ def cmd_fit(args) -> int:
             emb.x_train if key_data is None else key_data, cfg.key_max_examples, cfg.seed
         ),
         key_config=cfg.key_config(),
-        value_config=cfg.value_config(), standardize=cfg.standardize,
+        value_config=cfg.value_config(), preprocess=cfg.preprocess,
         checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
         progress=not args.no_progress,
     )  # fmt: skip
@@ -578,10 +579,15 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebooks", type=int, default=None, help="codebooks C (default 128)")
     p.add_argument("--keys", type=int, default=None, help="keys per codebook K (default 512)")
     p.add_argument("--key-dim", type=int, default=None, help="key dimension (default 14)")
-    p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
+    p.add_argument("--recipe", choices=["default", "paper"], default=None,
+                   help="training recipe: default (LDA inputs, top-4, Adam; issue 10) or paper "
+                   "(standardised inputs, top-1, SGD); a --config file may name one")  # fmt: skip
+    p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
+                   default=None, help="input map folded into the projection (recipe's)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (4)")
     p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
-    p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (10)")
-    p.add_argument("--lr", type=float, default=None, help="value learning rate (0.3)")
+    p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (5)")
+    p.add_argument("--lr", type=float, default=None, help="value learning rate (0.5)")
     p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
     p.add_argument("--key-dataset", default=None,
                    help="fit keys on this dataset's train split, unlabelled (e.g. cifar100)")  # fmt: skip

@@ -183,8 +183,9 @@ def _exactness(stats: LabelStats, ids: np.ndarray, keys_independent: bool | None
     overlap = np.intersect1d(ids, np.asarray(stats.key_init_ids))
     if overlap.size:
         return False, (
-            f"{overlap.size} forgotten examples were used to fit the keys (ids {_first(overlap)}); "
-            "the values equal a refit on the same keys, but the keys still depend on them"
+            f"{overlap.size} forgotten examples were used to fit the keys or the input projection "
+            f"(ids {_first(overlap)}); the values equal a refit on the same frozen state, but "
+            "that state still depends on them"
         )
     return True, "the keys were fitted without any of these examples"
 
@@ -243,7 +244,8 @@ def fit_exact(
       ids: unique int example ids `[n]` (default ``0..n-1``), used to name examples to forget.
       estimator: How values are derived from counts.
       stats_config: How examples are counted (top-k rank weights).
-      key_init_ids: ids of these labelled examples the keys were fitted on; ``[]`` when the keys
+      key_init_ids: ids of these labelled examples the frozen state was fitted on (the keys,
+        and the projection with ``lda`` preprocessing: every labelled row); ``[]`` when it
         came from other data (then every removal is exact), ``None`` when unknown (no removal
         is certified exact).
       batch_size: rows per lookup when `data` are embeddings.

@@ -1,8 +1,10 @@
 """Fitting a DKVB model on cached embeddings: keys on unlabelled data, then values, resumably.
 
-The embeddings are standardised (per-dimension mean and std of the key data) before the keys are
-fitted, because a random projection of raw post-ReLU features puts most queries in a thin shell
-and wastes keys. The standardisation is then *folded into the frozen variables*: with
+The embeddings are preprocessed before the keys are fitted, because a random projection of raw
+post-ReLU features puts most queries in a thin shell and wastes keys: standardised with the key
+data's per-dimension mean and std (the paper's setting here), or projected onto the labelled
+data's linear discriminants (``preprocess="lda"``, the experiment default, issue 10). Either map
+is *folded into the frozen variables* (`dkvb_jax.model.preprocess`); for standardisation: with
 ``q = ((x - mu) / sd) @ P`` the model stores ``P' = P / sd`` and shifts every key by
 ``(mu / sd) @ P``, so the nearest key of ``x @ P'`` among the shifted keys is the nearest key of
 ``q`` among the original ones. The saved model therefore reads raw embeddings and needs no
@@ -23,6 +25,7 @@ import numpy as np
 from dkvb_jax import checkpoints
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.model import DKVB
+from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
 from dkvb_jax.training import (
     KeyInitConfig,
     KeyInitReport,
@@ -81,7 +84,7 @@ def fold_standardization(variables: dict, mu: np.ndarray, sd: np.ndarray) -> dic
     if "projection" not in frozen:
         raise ValueError(
             "fold_standardization needs the random_projection splitter (a 'projection' to fold "
-            "the standardisation into); use ExperimentConfig(standardize=False) with other "
+            "the standardisation into); use ExperimentConfig(preprocess='none') with other "
             "splitters."
         )
     proj = jnp.asarray(frozen["projection"])
@@ -110,7 +113,7 @@ def fit_dkvb(
     key_data: np.ndarray | None = None,
     key_config: KeyInitConfig = DEFAULT_KEY_CONFIG,
     value_config: ValueTrainConfig = DEFAULT_VALUE_CONFIG,
-    standardize: bool = True,
+    preprocess: Kind = "standardize",
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     checkpoint_dir: str | pathlib.Path | None = None,
     encoder: str | None = None,
@@ -125,7 +128,11 @@ def fit_dkvb(
       key: PRNG key (model init, key fitting, value training).
       key_data: unlabelled embeddings for the keys (the paper: another dataset); default `x`.
       key_config, value_config: the two training phases.
-      standardize: standardise with the key data's statistics, folded into the model.
+      preprocess: input map folded into the projection before the keys are fitted:
+        ``standardize`` (the key data's per-dimension statistics), ``lda`` (the discriminant
+        subspace of the labelled `(x, y)`: every codebook's cells become nearly class-pure,
+        which keeps UvA cheap on an accurate model; the frozen state then depends on every
+        labelled row), ``pca_whiten`` (key data) or ``none``.
       eval_data: optional `(x_test, y_test)` reported per value-training epoch.
       checkpoint_dir: if given, the fitted keys, every value-training epoch and the final model
         are saved there; a rerun with the same inputs resumes and skips finished phases.
@@ -144,6 +151,8 @@ def fit_dkvb(
             f"key_data must be [m, {config.embed_dim}] embeddings like x, got {key_data.shape}; "
             "keys must be fitted on embeddings of the same encoder."
         )
+    if preprocess not in KINDS:
+        raise ValueError(f"fit_dkvb: preprocess must be one of {KINDS}, got {preprocess!r}.")
     k_init, k_keys, k_values = jax.random.split(key, 3)
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     data_id = data_fingerprint(x, y, key_data)
@@ -158,7 +167,7 @@ def fit_dkvb(
     if keys_dir is not None and checkpoints.list_steps(keys_dir):
         variables = checkpoints.restore_model(keys_dir, config=config).variables
     else:
-        if standardize:
+        if preprocess == "standardize":
             mu, sd = standardizer(key_data)
             variables, report = fit_keys(
                 model, variables, (key_data - mu) / sd, key=k_keys, config=key_config,
@@ -166,6 +175,15 @@ def fit_dkvb(
             )  # fmt: skip
             variables = fold_standardization(variables, mu, sd)
         else:
+            if preprocess != "none":
+                # Folded first: the keys are then fitted on the model's own queries.
+                labelled = preprocess == "lda"
+                affine = fit_affine(
+                    x if labelled else key_data,
+                    preprocess,
+                    labels=np.asarray(y) if labelled else None,
+                )
+                variables = fold_affine(variables, affine)
             variables, report = fit_keys(
                 model, variables, key_data, key=k_keys, config=key_config, progress=progress
             )

@@ -74,15 +74,17 @@ def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
     assert res.audits["exact"].forgotten_classes == list(res.forget_classes)
 
 
-def test_exact_row_is_certified_with_keys_from_other_data():
+@pytest.mark.parametrize(
+    "preprocess, certified",
+    [("standardize", True), ("lda", False)],  # LDA is fitted on every labelled training row
+)
+def test_exact_row_certified_only_when_no_frozen_state_saw_the_training_rows(preprocess, certified):
     train, test = _data()
     other, _ = clustered_embeddings(2, 300, num_classes=4, dim=16)
-    res = run_class_unlearning(
-        train, test, TINY.replace(methods=("exact",), baselines=(), mia=False),
-        key_data=other, progress=False,
-    )  # fmt: skip
+    cfg = TINY.replace(methods=("exact",), baselines=(), mia=False, preprocess=preprocess)
+    res = run_class_unlearning(train, test, cfg, key_data=other, progress=False)
     row = {r.method: r for r in res.table.rows}["DKVB-exact"]
-    assert row.extra["certified_exact"] is True
+    assert row.extra["certified_exact"] is certified
     assert row.extra["bit_identical_to_refit"] is True
 
 
@@ -123,6 +125,28 @@ def test_fold_standardization_keeps_codes():
     assert (a == b).mean() > 0.99  # equal up to float rounding of near-ties
 
 
+@pytest.mark.parametrize("preprocess", ["none", "standardize", "pca_whiten", "lda"])
+def test_fit_dkvb_preprocessing_is_folded_and_checked(preprocess):
+    """Every kind gives a model that reads raw embeddings and learns the clustered classes."""
+    import jax
+
+    (x, y), (xt, yt) = _data()
+    fitted = fit_dkvb(
+        TINY.dkvb_config(16, 4), x, y, key=jax.random.key(0), key_config=TINY.key_config(),
+        value_config=TINY.value_config(), preprocess=preprocess, progress=False,
+    )  # fmt: skip
+    pred = np.asarray(fitted.model.apply(fitted.variables, xt)).argmax(-1)
+    assert np.mean(pred == yt) > 0.8
+
+
+def test_fit_dkvb_rejects_unknown_preprocessing():
+    import jax
+
+    (x, y), _ = _data()
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        fit_dkvb(TINY.dkvb_config(16, 4), x, y, key=jax.random.key(0), preprocess="zca")
+
+
 def test_checkpointed_fit_resumes(tmp_path):
     import jax
 
@@ -149,6 +173,9 @@ def test_checkpointed_fit_resumes(tmp_path):
         (dict(sweep_split="val"), "sweep_split"),
         (dict(n_a_grid=()), "n_a_grid"),
         (dict(forget_classes=(-1,)), "forget_classes"),
+        (dict(preprocess="zca"), "preprocess must be one of"),
+        (dict(value_optimizer="rmsprop"), "optimizer"),
+        (dict(value_label_smoothing=1.0), "label_smoothing"),
     ],
 )
 def test_config_rejects_bad_values(change, match):
@@ -161,3 +188,23 @@ def test_config_round_trip_and_best_class():
     with pytest.raises(ValueError, match="Unknown ExperimentConfig fields"):
         ExperimentConfig.from_dict({"codebooks": 3})
     assert best_learned_class({0: 0.5, 1: 0.9, 2: 0.9}) == 1
+
+
+def test_config_recipes():
+    """The default recipe is issue 10's; "recipe": "paper" (or .paper()) is the paper's, and a
+    config file's own fields still override either."""
+    default, paper = ExperimentConfig(), ExperimentConfig.paper(num_keys=64)
+    assert (default.preprocess, default.top_k, default.value_optimizer) == ("lda", 4, "adam")
+    vc = paper.value_config()
+    assert (paper.preprocess, paper.top_k, paper.num_keys) == ("standardize", 1, 64)
+    assert (vc.optimizer, vc.learning_rate, vc.label_smoothing, vc.clip_norm) == (
+        "sgd",
+        0.3,
+        0.1,
+        1.0,
+    )
+    assert ExperimentConfig.from_dict({"recipe": "paper", "num_keys": 64}) == paper
+    assert ExperimentConfig.from_dict({"recipe": "paper", "top_k": 2}).top_k == 2
+    assert ExperimentConfig.from_dict({"standardize": False}).preprocess == "none"  # legacy files
+    with pytest.raises(ValueError, match="recipe must be"):
+        ExperimentConfig.from_dict({"recipe": "fast"})
