@@ -11,7 +11,12 @@ default), and the retain-accuracy change there (mean over classes and the worst 
     python experiments/model_quality.py --recipes experiments/configs/model_quality.json
 
 Writes ``model_quality.md`` (the table) and ``model_quality.json`` (every number, the recipes
-and the command) into ``--out``. ``--synthetic`` swaps the embeddings for a small clustered
+and the command) into ``--out``. ``--suite FILE`` runs every run a suite file lists (each into
+``--out/<name>``, reusing a saved run whose arguments match unless ``--force``) and writes one
+table of all of them, ``--out/results.md``: the table behind the README's choice of defaults.
+
+    python experiments/model_quality.py --suite experiments/configs/model_quality_suite.json \
+        --cache-dir $DKVB_CACHE_DIR --out experiments/results/model_quality ``--synthetic`` swaps the embeddings for a small clustered
 problem (used by the smoke test; the numbers mean nothing).
 """
 
@@ -21,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -412,6 +418,65 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Arguments that say where things are, not what is measured: a saved run is reused across them.
+_LOCATION_ARGS = ("out", "cache_dir", "data_dir", "suite", "force")
+
+
+def _measured_args(argv: list[str]) -> dict:
+    return {k: v for k, v in vars(parse_args(argv)).items() if k not in _LOCATION_ARGS}
+
+
+def run_suite(args: argparse.Namespace, argv: list[str]) -> list[tuple[str, dict]]:
+    """Runs (or reuses) every run of the suite file; returns `(name, result)` pairs in order."""
+    path = pathlib.Path(args.suite)
+    if not path.exists():
+        raise FileNotFoundError(f"suite file {path} not found; pass --suite with a JSON list.")
+    entries = json.loads(path.read_text())
+    names = [e.get("name") for e in entries]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"suite {path}: every run needs a unique non-empty 'name', got {names}.")
+    results = []
+    for entry in entries:
+        out = pathlib.Path(args.out) / entry["name"]
+        run_argv = [*entry.get("args", []), "--cache-dir", args.cache_dir,
+                    "--data-dir", args.data_dir, "--out", str(out)]  # fmt: skip
+        saved = out / "model_quality.json"
+        if saved.exists() and not args.force:
+            result = json.loads(saved.read_text())
+            before = shlex.split(result["command"])[2:]  # after "python experiments/..."
+            if _measured_args(before) == _measured_args(run_argv):
+                print(f"{entry['name']}: reusing {saved}", flush=True)
+                results.append((entry["name"], result))
+                continue
+        print(f"{entry['name']}: running {' '.join(entry.get('args', []))}", flush=True)
+        results.append((entry["name"], main(run_argv)))
+    return results
+
+
+def suite_markdown(results: list[tuple[str, dict]], command: str) -> str:
+    """One table of every run: each row names its run (the run's source, probe and mask mode)."""
+    header = "| run | " + HEADER[2:].replace("| probe acc |", "| probe acc | mask |")
+    lines = [
+        "# Model quality: every run of the suite",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Each run's own table and command are in its folder. UvA/UvE: every class forgotten on its "
+        "own; N = first doubling-grid value at which all classes reach 0% forget accuracy on the "
+        "test subset; retain Δ in points vs the original model (mean over classes / worst class).",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for name, result in results:
+        for row in result["rows"]:
+            mode = row.get("unlearning", {}).get("mask_mode", "-")
+            cells = _markdown_row(row).split(" | ")
+            cells.insert(4, mode)  # after probe acc
+            lines.append(f"| {name} ({result['source']}) | " + " | ".join(cells)[2:])
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--encoder", default="cifar_resnet20", help="cached encoder name")
@@ -432,12 +497,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how UvA/UvE mask the selected pairs")  # fmt: skip
     p.add_argument("--synthetic", action="store_true", help="small synthetic data (smoke test)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default=None,
+                   help="JSON list of runs ({name, args}); one combined table in --out")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="with --suite: rerun saved runs too")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.suite:
+        results = run_suite(args, argv)
+        text = suite_markdown(results, " ".join(["python", "experiments/model_quality.py", *argv]))
+        path = pathlib.Path(args.out) / "results.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(text + f"\nwrote {path}")
+        return {name: result for name, result in results}
     result = run(args, argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,38 @@ def test_help_runs(mq, capsys):
         mq.parse_args(["--help"])
     assert e.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_suite_runs_each_once_and_writes_one_table(mq, tmp_path, monkeypatch):
+    small = ["--synthetic", "--recipes", str(_recipes(tmp_path)), "--unlearn-eval-rows", "50"]
+    suite = tmp_path / "suite.json"
+    entries = [
+        {"name": "a", "args": [*small, "--max-n-uva", "2", "--max-n-uve", "2"]},
+        {"name": "b", "args": [*small, "--no-unlearning"]},
+    ]
+    suite.write_text(json.dumps(entries))
+    out = tmp_path / "suite_out"
+    argv = ["--suite", str(suite), "--out", str(out)]
+    mq.main(argv)
+    table = (out / "results.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| run |"))
+    rows = [line for line in table if line.startswith(("| a (", "| b ("))]
+    assert len(rows) == 2 and all(r.count("|") == header.count("|") for r in rows)
+    assert "| search |" in rows[0] and "| - |" in rows[1]  # mask mode; b did no unlearning
+
+    calls = []
+    real_run = mq.run
+    monkeypatch.setattr(mq, "run", lambda *a: calls.append(a) or real_run(*a))
+    mq.main(argv)  # both saved with the same arguments: reused
+    assert calls == []
+    entries[1]["args"] = [*small, "--no-unlearning", "--seed", "1"]
+    suite.write_text(json.dumps(entries))
+    mq.main(argv)  # b's arguments changed: only b reruns
+    assert len(calls) == 1 and calls[0][0].seed == 1
+
+
+def test_suite_names_must_be_unique(mq, tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps([{"name": "a", "args": []}, {"name": "a", "args": []}]))
+    with pytest.raises(ValueError, match="unique"):
+        mq.main(["--suite", str(suite), "--out", str(tmp_path / "o")])
