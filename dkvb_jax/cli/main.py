@@ -580,11 +580,11 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", type=int, default=None, help="keys per codebook K (default 512)")
     p.add_argument("--key-dim", type=int, default=None, help="key dimension (default 14)")
     p.add_argument("--recipe", choices=["default", "paper"], default=None,
-                   help="training recipe: default (LDA inputs, top-4, Adam; issue 10) or paper "
-                   "(standardised inputs, top-1, SGD); a --config file may name one")  # fmt: skip
+                   help="training recipe: default (LDA inputs, Adam; issue 10) or paper "
+                   "(standardised inputs, SGD); a --config file may name one")  # fmt: skip
     p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
                    default=None, help="input map folded into the projection (recipe's)")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (4)")
+    p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
     p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
     p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (5)")
     p.add_argument("--lr", type=float, default=None, help="value learning rate (0.5)")

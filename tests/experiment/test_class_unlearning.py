@@ -194,7 +194,7 @@ def test_config_recipes():
     """The default recipe is issue 10's; "recipe": "paper" (or .paper()) is the paper's, and a
     config file's own fields still override either."""
     default, paper = ExperimentConfig(), ExperimentConfig.paper(num_keys=64)
-    assert (default.preprocess, default.top_k, default.value_optimizer) == ("lda", 4, "adam")
+    assert (default.preprocess, default.top_k, default.value_optimizer) == ("lda", 1, "adam")
     vc = paper.value_config()
     assert (paper.preprocess, paper.top_k, paper.num_keys) == ("standardize", 1, 64)
     assert (vc.optimizer, vc.learning_rate, vc.label_smoothing, vc.clip_norm) == (
