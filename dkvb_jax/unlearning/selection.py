@@ -67,19 +67,20 @@ def _top_n_positive(counts: jax.Array, n: int, loop_free: bool = False) -> jax.A
     one compare-and-count pass, about 5 steps for the paper's N = 256 of 5,000 retrievals; then
     every entry above `v` and the first tied ones. XLA:CPU's top-k sorts integers in full and
     takes 10 ms for the top 256 of the paper's 256 x 4096 histogram even through float32.
-    Other dtypes use `lax.top_k`.
+    Floats, uint32 and 64-bit counts use `lax.top_k`.
     """
-    if loop_free or not jnp.issubdtype(counts.dtype, jnp.integer):
+    bisect = jnp.issubdtype(counts.dtype, jnp.signedinteger) or counts.dtype.itemsize < 4
+    if loop_free or not jnp.issubdtype(counts.dtype, jnp.integer) or counts.dtype.itemsize > 4:
+        bisect = False
+    if not bisect:  # floats, and the rare uint32 / 64-bit counts
         idx = jax.lax.top_k(counts, n)[1]
         return jnp.put_along_axis(jnp.zeros(counts.shape, bool), idx, True, axis=-1, inplace=False)
-    pos = jnp.maximum(counts, 0)
-    if pos.dtype.itemsize < 4:
-        pos = pos.astype(jnp.int32)
+    # Unsigned, so `hi` can sit one above int32's largest value (2**31) without overflowing.
+    pos = jnp.maximum(counts, 0).astype(jnp.uint32)
     # Summed in float32 so no row overflows; the 0.1% margin covers its rounding error, so `hi`
     # stays above the n-th largest value (the invariant below).
     total = jnp.sum(pos, axis=-1, dtype=jnp.float32)
-    limit = float(jnp.iinfo(pos.dtype).max)
-    hi = jnp.minimum(total / n * 1.001 + 1.0, limit).astype(pos.dtype)
+    hi = jnp.minimum(total / n * 1.001 + 1.0, 2.0**31).astype(jnp.uint32)
     lo = jnp.zeros_like(hi)
 
     # Invariant: at least n entries >= lo, fewer than n entries >= hi; lo is v once hi = lo + 1.

@@ -49,6 +49,17 @@ def test_mask_top_n_all_tied_splits_at_block_edges(n):
     np.testing.assert_array_equal(selection.mask_top_n(counts, n), np_top_n(counts, n))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.uint8, np.uint32, np.float32])
+@pytest.mark.parametrize("n", [1, 64, 70])
+def test_mask_top_n_at_the_dtype_limit(dtype, n):
+    """Counts at their dtype's largest value: the bisection's upper bound must stay above them."""
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 3e38
+    counts = np.full((2, 70), top, dtype)
+    counts[1, ::4] = 0
+    expected = np_top_n(counts.astype(np.float64), n)  # the reference negates: no wrap-around
+    np.testing.assert_array_equal(selection.mask_top_n(counts, n), expected)
+
+
 class TestJitEqualsNoJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_mask_top_n_static_n(self):
