@@ -76,9 +76,9 @@ class ExperimentConfig:
     """Settings of one class-unlearning run (defaults: a modest model for CIFAR-10 on a CPU).
 
     The default recipe is issue 10's: discriminant (LDA) preprocessing and values trained by
-    Adam with cosine decay, which brings the model within a point of a linear
-    probe while UvA still forgets a class without costing retain accuracy (README, "Model
-    quality"). :meth:`paper` gives the paper's recipe (standardised inputs, SGD).
+    Adam with cosine decay, which brings the model within 2 points of a linear probe while UvA
+    and UvE still forget a class without costing retain accuracy (README, "Model quality").
+    :meth:`paper` gives the paper's recipe (standardised inputs, SGD).
 
     Attributes:
       num_codebooks, num_keys, key_dim, top_k: the DKVB model (paper: 256 x 4096 x 14, top-1).
