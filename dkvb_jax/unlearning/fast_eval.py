@@ -259,9 +259,7 @@ def every_class_metrics(
     masking.check_mode(mode)
     _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
     _validation.check_labels(labels, cfg.num_classes, n=x.shape[0])
-    eye = jnp.eye(cfg.num_classes, dtype=bool)
-    usage = jnp.asarray(usage)
-    selections = jax.vmap(lambda f: sel_lib.mask_top_n_per_class(usage, f, n))(eye)
+    selections = sel_lib.mask_top_n(jnp.asarray(usage), n)  # class c's variant masks its own top n
     pred = variant_predictions(
         model, variables, selections, x, n + cfg.top_k, mode=mode, memory_mb=memory_mb
     )
@@ -275,10 +273,5 @@ def unlearn_every_class(variables: dict, usage: jax.Array, n: int, mode: str = "
 
     Entry `c` equals forgetting class `c` alone with the same `n` and `mode`.
     """
-    num_classes = usage.shape[0]
-    eye = jnp.eye(num_classes, dtype=bool)
-    return jax.vmap(
-        lambda forget: masking.apply_selection(
-            variables, sel_lib.mask_top_n_per_class(usage, forget, n), mode
-        )
-    )(eye)
+    selections = sel_lib.mask_top_n(jnp.asarray(usage), n)  # [classes, codebooks, keys]
+    return jax.vmap(lambda s: masking.apply_selection(variables, s, mode))(selections)

@@ -69,10 +69,9 @@ def _top_n_positive(counts: jax.Array, n: int, loop_free: bool = False) -> jax.A
     takes 10 ms for the top 256 of the paper's 256 x 4096 histogram even through float32.
     Floats, uint32 and 64-bit counts use `lax.top_k`.
     """
-    bisect = jnp.issubdtype(counts.dtype, jnp.signedinteger) or counts.dtype.itemsize < 4
-    if loop_free or not jnp.issubdtype(counts.dtype, jnp.integer) or counts.dtype.itemsize > 4:
-        bisect = False
-    if not bisect:  # floats, and the rare uint32 / 64-bit counts
+    dtype = counts.dtype
+    bisect = jnp.issubdtype(dtype, jnp.integer) and dtype.itemsize <= 4 and dtype != jnp.uint32
+    if loop_free or not bisect:  # floats, and the rare uint32 / 64-bit counts
         idx = jax.lax.top_k(counts, n)[1]
         return jnp.put_along_axis(jnp.zeros(counts.shape, bool), idx, True, axis=-1, inplace=False)
     # Unsigned, so `hi` can sit one above int32's largest value (2**31) without overflowing.
