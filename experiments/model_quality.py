@@ -16,8 +16,10 @@ and the command) into ``--out``. ``--suite FILE`` runs every run a suite file li
 table of all of them, ``--out/results.md``: the table behind the README's choice of defaults.
 
     python experiments/model_quality.py --suite experiments/configs/model_quality_suite.json \
-        --cache-dir $DKVB_CACHE_DIR --out experiments/results/model_quality ``--synthetic`` swaps the embeddings for a small clustered
-problem (used by the smoke test; the numbers mean nothing).
+        --cache-dir $DKVB_CACHE_DIR --out experiments/results/model_quality
+
+``--synthetic`` swaps the embeddings for a small clustered problem (used by the smoke test; the
+numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         rows.append(row)
         print(_markdown_row(row), flush=True)
     return dict(
-        command=" ".join(["python", "experiments/model_quality.py", *argv]),
+        command=_command(argv),
         source=source,
         quick=args.quick,
         n_train=int(len(data.y)),
@@ -418,6 +420,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command(argv: list[str]) -> str:
+    """The command line a result records (and a suite parses back to compare runs)."""
+    return shlex.join(["python", "experiments/model_quality.py", *argv])
+
+
 # Arguments that say where things are, not what is measured: a saved run is reused across them.
 _LOCATION_ARGS = ("out", "cache_dir", "data_dir", "suite", "force")
 
@@ -426,7 +433,7 @@ def _measured_args(argv: list[str]) -> dict:
     return {k: v for k, v in vars(parse_args(argv)).items() if k not in _LOCATION_ARGS}
 
 
-def run_suite(args: argparse.Namespace, argv: list[str]) -> list[tuple[str, dict]]:
+def run_suite(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Runs (or reuses) every run of the suite file; returns `(name, result)` pairs in order."""
     path = pathlib.Path(args.suite)
     if not path.exists():
@@ -443,7 +450,7 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> list[tuple[str, dict
         saved = out / "model_quality.json"
         if saved.exists() and not args.force:
             result = json.loads(saved.read_text())
-            before = shlex.split(result["command"])[2:]  # after "python experiments/..."
+            before = shlex.split(result["command"])[2:]  # after `_command`'s two words
             if _measured_args(before) == _measured_args(run_argv):
                 print(f"{entry['name']}: reusing {saved}", flush=True)
                 results.append((entry["name"], result))
@@ -507,8 +514,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.suite:
-        results = run_suite(args, argv)
-        text = suite_markdown(results, " ".join(["python", "experiments/model_quality.py", *argv]))
+        results = run_suite(args)
+        text = suite_markdown(results, _command(argv))
         path = pathlib.Path(args.out) / "results.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
