@@ -257,8 +257,10 @@ def _accuracies(fitted, emb: Embeddings) -> dict:
 def cmd_fit(args) -> int:
     import jax
 
+    from dkvb_jax.data.registry import row_namespace
     from dkvb_jax.experiment import fit_dkvb
-    from dkvb_jax.experiment.class_unlearning import subsample_key_data
+    from dkvb_jax.experiment.class_unlearning import key_data_rows
+    from dkvb_jax.provenance import Rows
 
     apply_config_defaults(args)
     cfg = experiment_config(args)
@@ -269,12 +271,17 @@ def cmd_fit(args) -> int:
     if args.key_dataset:
         info["key_dataset"] = args.key_dataset
     key_data = _key_data(args, emb)
+    # Provenance: which rows each part is fitted on, recorded with the checkpoint.
+    dataset = emb.source.get("dataset")
+    data_ns = None if dataset is None else row_namespace(dataset, "train")
+    key_source = emb.x_train if key_data is None else key_data
+    picked = key_data_rows(len(key_source), cfg.key_max_examples, cfg.seed)
+    key_ns = data_ns if key_data is None else row_namespace(args.key_dataset, "train")
     start = time.perf_counter()
     fitted = fit_dkvb(
         model_cfg, emb.x_train, emb.y_train, key=jax.random.key(cfg.seed),
-        key_data=subsample_key_data(
-            emb.x_train if key_data is None else key_data, cfg.key_max_examples, cfg.seed
-        ),
+        key_data=key_source[picked],
+        key_rows=None if key_ns is None else Rows(key_ns, picked), dataset=data_ns,
         key_config=cfg.key_config(),
         value_config=cfg.value_config(), preprocess=cfg.preprocess,
         checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
@@ -409,9 +416,17 @@ def cmd_unlearn(args) -> int:
          ["after", _pct(after.get("forget_accuracy")), _pct(after.get("retain_accuracy"))]],
         ["model", "forget-test acc (%)", "retain-test acc (%)"],
     ) + (f"\n{args.method} (N={n}) in {secs:.2f} s; saved step {step} of {out} with its audit "
-         f"record")  # fmt: skip
+         f"record") + f"\n{_certificate_line(record)}"  # fmt: skip
     _emit(args, payload, text)
     return 0
+
+
+def _certificate_line(record) -> str:
+    """One line saying whether the request is certified exact, and why (or why not)."""
+    cert = record.certificate or {}
+    if cert.get("certified"):
+        return f"certified exact: {cert['reason'].removeprefix('certified exact: ')}"
+    return f"NOT certified: {cert.get('reason', 'no certificate was recorded')}"
 
 
 def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
@@ -419,16 +434,17 @@ def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
     import numpy as np
 
     from dkvb_jax import exact
+    from dkvb_jax.provenance import Certificate
     from dkvb_jax.unlearning.audit import make_record
 
     model, variables = fitted.model, fitted.variables
     if fitted.config.decoder != "vote":
         raise CLIError("--method exact needs a model with the vote decoder.")
     ids = np.arange(emb.x_train.shape[0], dtype=np.int32)
+    # The certificate comes from what the checkpoint recorded at fit time, never from a flag.
     fitted_vars, stats = exact.fit_exact(
-        model, variables, emb.x_train, emb.y_train, ids,
-        key_init_ids=[] if args.keys_independent else None,
-    )  # fmt: skip
+        model, variables, emb.x_train, emb.y_train, ids, provenance=fitted.provenance
+    )
     if classes is not None:
         new_vars, _, rec = exact.forget_classes(fitted_vars, stats, classes)
     else:
@@ -436,6 +452,7 @@ def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
     # The checkpoint's audit trail holds AuditRecords; the exact record rides in its params.
     record = make_record(
         method="exact", params=json.loads(rec.to_json()), before=variables, after=new_vars,
+        certificate=Certificate.from_dict(rec.certificate),
         forgotten_classes=classes,
         forgotten_examples=None if rows_forget is None else rows_forget.tolist(),
         effect={"before": effect(variables), "after": effect(new_vars)},
@@ -623,8 +640,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uva (class: mask top-N keys), uve (mask keys of N examples), exact")  # fmt: skip
     p.add_argument("--n", type=int, default=None,
                    help="N_a or N_e; default: the smallest N giving forget train accuracy 0")  # fmt: skip
-    p.add_argument("--keys-independent", action="store_true",
-                   help="exact: the keys were fitted on other data (certifies exactness)")  # fmt: skip
     p.add_argument("--out", default=None,
                    help="new checkpoint folder (default: a new step of --checkpoint)")  # fmt: skip
     _common(p)

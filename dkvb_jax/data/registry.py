@@ -12,6 +12,21 @@ from dkvb_jax.data.tfds_source import TfdsSource
 
 DATASETS: tuple[str, ...] = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
 _CIFAR10_ZIP = "cifar10-jpeg.zip"
+# Datasets whose rows are drawn from another's (row ids do not map): provenance treats a part
+# fitted on the larger set as having seen every row of the sample.
+_DRAWN_FROM = {"cifar10_sample": "cifar10"}
+
+
+def row_namespace(name: str, split: str) -> str:
+    """The provenance namespace of a dataset split, ``"<dataset>/<split>"``."""
+    return f"{name}/{split}"
+
+
+def drawn_from(namespace: str) -> str | None:
+    """The namespace a sample's rows are drawn from (``cifar10_sample/train`` -> ``cifar10/train``)."""
+    name, _, split = namespace.partition("/")
+    parent = _DRAWN_FROM.get(name)
+    return None if parent is None else row_namespace(parent, split)
 
 
 def get_source(

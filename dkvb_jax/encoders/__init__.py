@@ -14,6 +14,7 @@ from dkvb_jax.encoders.registry import (
     encoder_from_module,
     get_encoder,
     list_encoders,
+    encoder_provenance,
     register_encoder,
 )
 from dkvb_jax.encoders.torch_legacy import load_legacy as load_torch_legacy
@@ -30,5 +31,6 @@ __all__ = [
     "load_cifar_resnet",
     "load_mobilenet_v1",
     "load_torch_legacy",
+    "encoder_provenance",
     "register_encoder",
 ]

@@ -276,7 +276,7 @@ def _register() -> None:
     # code it names.
     from dkvb_jax.encoders.registry import register_encoder
 
-    register_encoder("clip_vit_b32", _registry_factory)
+    register_encoder("clip_vit_b32", _registry_factory, trained_on=("openai_clip/webimagetext",))
 
 
 _register()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax.encoders import _images
+from dkvb_jax.provenance import Part, Rows
 
 DEFAULT_ENCODER = "mobilenet_v1"
 
@@ -31,6 +32,8 @@ _PLUGIN_MODULES = ("dkvb_jax.encoders.resnet50", "dkvb_jax.encoders.clip")
 
 Factory = Callable[..., Any]
 _FACTORIES: dict[str, Factory] = {}
+# What each encoder's weights were trained on, as row namespaces (see dkvb_jax.provenance).
+_TRAINED_ON: dict[str, tuple[str, ...]] = {}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -199,11 +202,26 @@ def encoder_from_function(
     return Encoder(name, input_size, embed_dim, preprocess, apply_fn, None, description)
 
 
-def register_encoder(name: str, factory: Factory, *, overwrite: bool = False) -> None:
+def register_encoder(
+    name: str,
+    factory: Factory,
+    *,
+    overwrite: bool = False,
+    trained_on: Sequence[str] | None = None,
+) -> None:
     """Registers `factory(**kwargs)` under `name`.
 
     The factory returns an `Encoder`, or a tuple `(module, variables, preprocess, embed_dim,
     input_size)` that is wrapped with `encoder_from_module`.
+
+    Args:
+      name: the registry name.
+      factory: builds the encoder.
+      overwrite: replace an existing registration.
+      trained_on: the datasets its weights were trained on, as ``"<dataset>/<split>"`` row
+        namespaces (e.g. ``("imagenet2012/train",)``); ``()`` for an encoder trained on no data.
+        Unlearning certificates need it: a removal from a dataset the encoder was trained on is
+        never certified, and an encoder registered without it certifies nothing.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected a non-empty string, got {name!r}.")
@@ -211,7 +229,28 @@ def register_encoder(name: str, factory: Factory, *, overwrite: bool = False) ->
         raise TypeError(f"factory: expected a callable, got {type(factory).__name__}.")
     if name in _FACTORIES and not overwrite and _FACTORIES[name] is not factory:
         raise ValueError(f"name: encoder {name!r} is already registered; pass overwrite=True.")
+    if trained_on is not None:
+        if isinstance(trained_on, str) or not all(isinstance(t, str) and t for t in trained_on):
+            raise TypeError(
+                f"trained_on: expected a sequence of dataset names, got {trained_on!r}."
+            )
+        _TRAINED_ON[name] = tuple(trained_on)
+    else:
+        _TRAINED_ON.pop(name, None)
     _FACTORIES[name] = factory
+
+
+def encoder_provenance(name: str | None) -> Part:
+    """The provenance :class:`~dkvb_jax.provenance.Part` of a registered encoder's weights.
+
+    Unregistered names, and encoders registered without ``trained_on``, give a part whose data
+    is not recorded (no removal is then certified).
+    """
+    _load_plugins()
+    trained_on = _TRAINED_ON.get(name) if name is not None else None
+    if trained_on is None:
+        return Part("encoder", f"pretrained {name or 'unknown encoder'}", None)
+    return Part("encoder", f"pretrained {name}", tuple(Rows(t, labels=True) for t in trained_on))
 
 
 def _load_plugins() -> None:
@@ -312,6 +351,8 @@ def _cifar_resnet(depth: int) -> Factory:
     return factory
 
 
-register_encoder("mobilenet_v1", _mobilenet_v1)
-register_encoder("cifar_resnet20", _cifar_resnet(20))
-register_encoder("cifar_resnet56", _cifar_resnet(56))
+register_encoder("mobilenet_v1", _mobilenet_v1, trained_on=("imagenet2012/train",))
+# The shipped CIFAR ResNets were trained on CIFAR-10's training labels: removing CIFAR-10
+# training rows from a model on their embeddings can never be certified.
+register_encoder("cifar_resnet20", _cifar_resnet(20), trained_on=("cifar10/train",))
+register_encoder("cifar_resnet56", _cifar_resnet(56), trained_on=("cifar10/train",))

@@ -247,7 +247,7 @@ def _register() -> None:
     # code it names.
     from dkvb_jax.encoders.registry import register_encoder
 
-    register_encoder("resnet50", _registry_factory)
+    register_encoder("resnet50", _registry_factory, trained_on=("imagenet2012/train",))
 
 
 _register()

@@ -32,6 +32,7 @@ from dkvb_jax.exact.statistics import (
     subtract_rows,
 )
 from dkvb_jax.model import DKVB
+from dkvb_jax.provenance import Certificate, Part, Provenance, Rows, certify
 from dkvb_jax.training.codes import compute_codes
 from dkvb_jax.unlearning.audit import AuditRecord, make_record
 
@@ -168,39 +169,15 @@ def _with_values(variables: dict, values: jax.Array) -> dict:
     return {**variables, "params": {**variables["params"], "values": values}}
 
 
-def _exactness(stats: LabelStats, ids: np.ndarray, keys_independent: bool | None):
-    if keys_independent is not None:
-        why = "the caller " + ("vouched that" if keys_independent else "said") + " the keys "
-        return bool(keys_independent), why + (
-            "do not depend on these examples" if keys_independent else "depend on them"
-        )
-    if stats.key_init_ids is None:
-        return False, (
-            "unknown whether the keys were fitted on these examples (fit_exact got "
-            "key_init_ids=None); the values equal a refit on the same keys, but the keys may "
-            "still carry information about the forgotten data"
-        )
-    overlap = np.intersect1d(ids, np.asarray(stats.key_init_ids))
-    if overlap.size:
-        return False, (
-            f"{overlap.size} forgotten examples were used to fit the keys or the input projection "
-            f"(ids {_first(overlap)}); the values equal a refit on the same frozen state, but "
-            "that state still depends on them"
-        )
-    return True, "the keys were fitted without any of these examples"
-
-
 def _counts_hash(counts: jax.Array) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(counts)).tobytes()).hexdigest()[:16]
 
 
-def _record(method, exact, reason, ids, classes, estimator, before, after, c0, c1, t0):
-    """The shared :class:`AuditRecord`; exactness and cost go in its ``params``."""
+def _record(method, cert, ids, classes, estimator, before, after, c0, c1, t0):
+    """The shared :class:`AuditRecord`, with the certificate; cost goes in its ``params``."""
     jax.block_until_ready(after["params"]["values"])
     seconds = time.perf_counter() - t0
     params = {
-        "exact": exact,
-        "exact_reason": reason,
         "estimator": dataclasses.asdict(estimator),
         "num_examples": int(ids.size),
         "update_seconds": seconds,
@@ -212,6 +189,7 @@ def _record(method, exact, reason, ids, classes, estimator, before, after, c0, c
         params=params,
         before=before,
         after=after,
+        certificate=cert,
         forgotten_classes=classes,
         forgotten_examples=None if method == "exact_add" else np.sort(ids),
         effect={"added_examples": np.sort(ids).tolist()} if method == "exact_add" else None,
@@ -230,7 +208,7 @@ def fit_exact(
     *,
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     stats_config: StatsConfig = DEFAULT_STATS,
-    key_init_ids: np.ndarray | Sequence[int] | None = None,
+    provenance: Provenance | None = None,
     batch_size: int = 1024,
 ) -> tuple[dict, LabelStats]:
     """Fits the values in closed form from label counts; keys must already be fitted (frozen).
@@ -244,10 +222,9 @@ def fit_exact(
       ids: unique int example ids `[n]` (default ``0..n-1``), used to name examples to forget.
       estimator: How values are derived from counts.
       stats_config: How examples are counted (top-k rank weights).
-      key_init_ids: ids of these labelled examples the frozen state was fitted on (the keys,
-        and the projection with ``lda`` preprocessing: every labelled row); ``[]`` when it
-        came from other data (then every removal is exact), ``None`` when unknown (no removal
-        is certified exact).
+      provenance: what the model's frozen parts were fitted on, as recorded when they were
+        fitted (``FittedDKVB.provenance``); `ids` name rows of ``provenance.data``. Removals are
+        certified from it (:func:`dkvb_jax.provenance.certify`); None: no removal is certified.
       batch_size: rows per lookup when `data` are embeddings.
 
     Returns:
@@ -262,8 +239,15 @@ def fit_exact(
     uniq, cnt = np.unique(ids, return_counts=True)
     if (cnt > 1).any():
         raise ValueError(f"ids must be unique; repeated: {_first(uniq[cnt > 1])}.")
-    if key_init_ids is not None:
-        key_init_ids = jnp.asarray(np.unique(_as_ids(key_init_ids, None, "key_init_ids")))
+    if provenance is not None:
+        if not isinstance(provenance, Provenance):
+            raise TypeError(
+                f"provenance must be a dkvb_jax.provenance.Provenance or None, got "
+                f"{type(provenance).__name__}."
+            )
+        provenance = provenance.with_part(
+            Part("values", "label_counts", (Rows(provenance.data, ids, labels=True),), True)
+        )
     rank_weights = stats_config.weights_for(cfg.top_k)
     labels = np.asarray(labels, np.int32)
     counts = _count_rows(codes, labels, rank_weights, cfg.num_keys, cfg.num_classes)
@@ -273,7 +257,7 @@ def fit_exact(
         labels=jnp.asarray(labels),
         ids=jnp.asarray(ids),
         rank_weights=rank_weights,
-        key_init_ids=key_init_ids,
+        provenance=provenance,
         fingerprint=fingerprint(variables),
     )
     return _with_values(variables, _derive(counts, estimator)), stats
@@ -316,6 +300,14 @@ def add_examples(
             "new ids."
         )
     labels = np.asarray(labels, np.int32)
+    prov = stats.provenance
+    if prov is not None:
+        # The new rows are counted into the values, so the values' record grows by them.
+        (values_rows,) = prov.part("values").rows
+        grown = np.concatenate([values_rows.ids, ids])
+        prov = prov.with_part(
+            Part("values", "label_counts", (Rows(prov.data, grown, labels=True),), True)
+        )
     counts = stats.counts + _count_rows(codes, labels, stats.rank_weights, cfg.num_keys,
                                         cfg.num_classes)  # fmt: skip
     new = stats.replace(
@@ -323,11 +315,16 @@ def add_examples(
         codes=jnp.asarray(np.concatenate([np.asarray(stats.codes), codes])),
         labels=jnp.asarray(np.concatenate([np.asarray(stats.labels), labels])),
         ids=jnp.asarray(np.concatenate([np.asarray(stats.ids), ids])),
+        provenance=prov,
     )
     values = _derive(counts, estimator)
-    exact, reason = _exactness(stats, ids, None)
     out = _with_values(variables, values)
-    rec = _record("exact_add", exact, reason, ids, None, estimator, variables, out,
+    cert = Certificate(
+        certified=False,
+        values_exact=True,
+        reason="rows added, nothing forgotten: the values equal a closed-form fit on the union",
+    )
+    rec = _record("exact_add", cert, ids, None, estimator, variables, out,
                   stats.counts, counts, t0)  # fmt: skip
     return out, new, rec
 
@@ -338,7 +335,6 @@ def remove_examples(
     ids: np.ndarray | Sequence[int],
     *,
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
-    keys_independent: bool | None = None,
     verify_keys: bool = True,
     _method: str = "exact_remove",
     _classes: tuple[int, ...] | None = None,
@@ -354,12 +350,11 @@ def remove_examples(
       stats: Its label statistics.
       ids: ids of the examples to forget.
       estimator: The estimator (use the one the model was fitted with).
-      keys_independent: Overrides the record's exactness verdict when the caller knows whether
-        the keys depend on these examples; ``None`` decides from ``stats.key_init_ids``.
       verify_keys: Check that keys/projection/search mask are those the codes were computed under.
 
     Returns:
-      New variables, new statistics and an :class:`AuditRecord`.
+      New variables, new statistics and an :class:`AuditRecord` whose ``certificate`` is
+      derived from ``stats.provenance`` (:func:`dkvb_jax.provenance.certify`).
 
     Raises:
       ValueError: empty request, or ids that are not counted (never added or already removed);
@@ -395,6 +390,11 @@ def remove_examples(
         )
     keep = np.ones(store.size, bool)
     keep[rows] = False
+    prov = stats.provenance
+    if prov is not None:
+        prov = prov.with_part(
+            Part("values", "label_counts", (Rows(prov.data, store[keep], labels=True),), True)
+        )
     # Store edits run on the host: shapes change with every request, and eager device ops would
     # compile once per new shape.
     new = stats.replace(
@@ -402,11 +402,11 @@ def remove_examples(
         codes=jnp.asarray(stored_codes[keep]),
         labels=jnp.asarray(stored_labels[keep]),
         ids=jnp.asarray(store[keep]),
+        provenance=prov,
     )
     values = _derive(counts, estimator)
-    exact, reason = _exactness(stats, ids, keys_independent)
     out = _with_values(variables, values)
-    rec = _record(_method, exact, reason, ids, _classes, estimator, variables, out,
+    rec = _record(_method, certify(stats.provenance, ids), ids, _classes, estimator, variables, out,
                   stats.counts, counts, t0)  # fmt: skip
     return out, new, rec
 
@@ -417,7 +417,6 @@ def forget_classes(
     classes: int | Sequence[int],
     *,
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
-    keys_independent: bool | None = None,
     verify_keys: bool = True,
 ) -> tuple[dict, LabelStats, AuditRecord]:
     """Forgets every counted example of the given classes (exact class unlearning).
@@ -447,7 +446,7 @@ def forget_classes(
         )
     ids = np.asarray(stats.ids)[np.isin(labels, cls)]
     return remove_examples(
-        variables, stats, ids, estimator=estimator, keys_independent=keys_independent,
+        variables, stats, ids, estimator=estimator,
         verify_keys=verify_keys, _method="exact_forget_classes",
         _classes=tuple(int(c) for c in cls),
     )  # fmt: skip

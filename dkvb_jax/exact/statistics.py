@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dkvb_jax.provenance import Provenance
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StatsConfig:
@@ -71,9 +73,8 @@ class LabelStats:
       labels: int32 `[examples]`.
       ids: int32 `[examples]`, unique example ids (rows in the order examples were added).
       rank_weights: int32 `[top_k]`, the weights the counts were accumulated with.
-      key_init_ids: int32 `[m]` ids of labelled examples the keys were fitted on (empty when keys
-        were fitted on other, unlabelled data), or ``None`` when unknown. Forgetting is exact
-        only for examples not listed here, and never when this is ``None``.
+      provenance: what the model's parts were fitted on (static), with the values recorded as
+        derived from these counts; None when unknown, and then no removal is certified.
       fingerprint: hash of the keys, projection and search mask the codes were computed under
         (static); codes are stale if they change.
     """
@@ -83,7 +84,7 @@ class LabelStats:
     labels: jax.Array
     ids: jax.Array
     rank_weights: jax.Array
-    key_init_ids: jax.Array | None
+    provenance: Provenance | None = flax.struct.field(pytree_node=False, default=None)
     fingerprint: str = flax.struct.field(pytree_node=False, default="")
 
     @property

@@ -44,6 +44,7 @@ from dkvb_jax.evaluation import (
 )
 from dkvb_jax.experiment.fitting import FittedDKVB, data_fingerprint, fit_dkvb, standardizer
 from dkvb_jax.model import DKVB
+from dkvb_jax.provenance import Rows
 from dkvb_jax.model.preprocess import KINDS as PREPROCESS_KINDS
 from dkvb_jax.model.preprocess import Kind
 from dkvb_jax.training import KeyInitConfig, ValueTrainConfig
@@ -470,6 +471,8 @@ def run_class_unlearning(
     encoder: str | None = None,
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,
+    dataset: str | None = None,
+    key_rows: Rows | None = None,
 ) -> ClassUnlearningResult:
     """Runs the class-unlearning comparison and returns its results table.
 
@@ -486,6 +489,10 @@ def run_class_unlearning(
       encoder: encoder name recorded in the checkpoint and table.
       meta: extra description stored in the table's JSON.
       progress: progress bars.
+      dataset: row namespace of the training split (e.g. ``"cifar10/train"``), recorded in the
+        model's provenance; certificates of exact removal need it.
+      key_rows: the rows `key_data` are (e.g. ``Rows("cifar100/train", ids)``); without them
+        a model fitted on `key_data` certifies nothing.
     """
     x_tr, y_tr = np.asarray(train[0], np.float32), np.asarray(train[1]).astype(np.int32)
     x_te, y_te = np.asarray(test[0], np.float32), np.asarray(test[1]).astype(np.int32)
@@ -502,22 +509,23 @@ def run_class_unlearning(
     steps = tqdm(total=7, desc="class unlearning", disable=not progress)
 
     steps.set_postfix_str("fit DKVB")
-    # Which labelled training rows the keys saw decides whether exact forgetting is certified.
-    key_init_ids = None  # unknown for a model fitted elsewhere
     if fitted is None:
+        # The provenance fit_dkvb records decides whether exact forgetting is certified.
         if key_data is None:
-            key_rows = key_data_rows(len(x_tr), config.key_max_examples, config.seed)
-            key_data, key_init_ids = x_tr[key_rows], key_rows.astype(np.int32)
+            rows = key_data_rows(len(x_tr), config.key_max_examples, config.seed)
+            key_data = x_tr[rows]
+            key_rows = Rows(dataset or "unnamed labelled data", rows)
         else:
-            key_data = subsample_key_data(key_data, config.key_max_examples, config.seed)
-            key_init_ids = np.zeros((0,), np.int32)
-        if config.preprocess == "lda":  # the projection is fitted on every labelled row
-            key_init_ids = np.arange(len(x_tr), dtype=np.int32)
+            picked = key_data_rows(len(key_data), config.key_max_examples, config.seed)
+            key_data = np.asarray(key_data)[picked]
+            if key_rows is not None and key_rows.ids is not None:
+                key_rows = dataclasses.replace(key_rows, ids=key_rows.ids[picked])
         fitted = fit_dkvb(
             config.dkvb_config(x_tr.shape[1], num_classes), x_tr, y_tr, key=k_fit,
             key_data=key_data, key_config=config.key_config(),
             value_config=config.value_config(), preprocess=config.preprocess,
             checkpoint_dir=checkpoint_dir, encoder=encoder, progress=progress,
+            dataset=dataset, key_rows=key_rows,
         )  # fmt: skip
     model, variables, usage = fitted.model, fitted.variables, fitted.usage
     steps.update()
@@ -635,7 +643,7 @@ def run_class_unlearning(
         estimator = exact.EstimatorConfig(alpha=config.exact_alpha)
         with Timer() as t:
             v_cf, stats = exact.fit_exact(
-                model, variables, x_tr, y_tr, key_init_ids=key_init_ids, estimator=estimator
+                model, variables, x_tr, y_tr, provenance=fitted.provenance, estimator=estimator
             )
             jax.block_until_ready(v_cf)
         rows[ORIGINAL_EXACT] = cached_row(
@@ -667,8 +675,8 @@ def run_class_unlearning(
             checks=lambda rec: {
                 # The audit record already fingerprints the unlearned variables.
                 "bit_identical_to_refit": variables_hash(v_refit) == rec.hash_after,
-                "certified_exact": bool(rec.params["exact"]),
-                "exact_reason": rec.params["exact_reason"],
+                "certified_exact": rec.certified,
+                "exact_reason": rec.certificate["reason"],
             },
         )  # fmt: skip
     steps.update()

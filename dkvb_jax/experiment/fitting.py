@@ -25,7 +25,10 @@ import numpy as np
 from dkvb_jax import checkpoints
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.model import DKVB
+from dkvb_jax.data.registry import drawn_from
+from dkvb_jax.encoders.registry import encoder_provenance
 from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
+from dkvb_jax.provenance import Part, Provenance, Rows
 from dkvb_jax.training import (
     KeyInitConfig,
     KeyInitReport,
@@ -54,6 +57,8 @@ class FittedDKVB:
       key_report: per-epoch key quality (None when restored from a checkpoint).
       history: value-training history (None when restored from a checkpoint).
       audit: unlearning records applied so far (empty for a freshly fitted model).
+      provenance: what each data-dependent part was fitted on, recorded by :func:`fit_dkvb`
+        (None when unknown, e.g. a checkpoint written before provenance was recorded).
     """
 
     model: DKVB
@@ -62,6 +67,7 @@ class FittedDKVB:
     key_report: KeyInitReport | None = None
     history: TrainHistory | None = None
     audit: tuple = ()
+    provenance: Provenance | None = None
 
     @property
     def config(self) -> DKVBConfig:
@@ -119,6 +125,11 @@ def fit_dkvb(
     encoder: str | None = None,
     run_info: dict | None = None,
     progress: bool = True,
+    dataset: str | None = None,
+    ids: np.ndarray | None = None,
+    key_rows: Rows | None = None,
+    preprocess_data: tuple[np.ndarray, np.ndarray] | None = None,
+    preprocess_rows: Rows | None = None,
 ) -> FittedDKVB:
     """Fits keys on unlabelled data, trains values on `(x, y)`, stores the usage histogram.
 
@@ -139,13 +150,25 @@ def fit_dkvb(
       encoder: encoder name recorded in the checkpoint.
       run_info: JSON-serialisable description stored beside the checkpoint (``run.json``).
       progress: progress bars.
+      dataset: row namespace of `(x, y)`, e.g. ``"cifar10/train"``; recorded in the provenance.
+        Without it no removal is certified: the encoder's training data cannot be compared.
+      ids: row ids of `x` in `dataset` `[n]` (default ``0..n-1``).
+      key_rows: the rows `key_data` are (default: `(x, y)`'s rows when `key_data` is None;
+        unrecorded, so nothing is certified, when `key_data` is given without them).
+      preprocess_data: labelled `(x, y)` to fit ``lda`` on instead of the training data, e.g.
+        a held-out split, so that the projection never sees the rows that may be forgotten.
+      preprocess_rows: the rows of `preprocess_data` (required with it).
+
+    Returns:
+      The fitted model, with its :class:`~dkvb_jax.provenance.Provenance`.
     """
     x = np.asarray(x, np.float32)
     if x.ndim != 2 or x.shape[1] != config.embed_dim:
         raise ValueError(
             f"x must be [n, {config.embed_dim}] embeddings for this config, got {x.shape}."
         )
-    key_data = x if key_data is None else np.asarray(key_data, np.float32)
+    keys_on_x = key_data is None
+    key_data = x if keys_on_x else np.asarray(key_data, np.float32)
     if key_data.ndim != 2 or key_data.shape[1] != config.embed_dim:
         raise ValueError(
             f"key_data must be [m, {config.embed_dim}] embeddings like x, got {key_data.shape}; "
@@ -153,6 +176,10 @@ def fit_dkvb(
         )
     if preprocess not in KINDS:
         raise ValueError(f"fit_dkvb: preprocess must be one of {KINDS}, got {preprocess!r}.")
+    provenance = _provenance(
+        x, dataset, ids, encoder, None if keys_on_x else key_rows, keys_on_x, preprocess,
+        preprocess_data, preprocess_rows, value_config,
+    )
     k_init, k_keys, k_values = jax.random.split(key, 3)
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     data_id = data_fingerprint(x, y, key_data)
@@ -178,10 +205,11 @@ def fit_dkvb(
             if preprocess != "none":
                 # Folded first: the keys are then fitted on the model's own queries.
                 labelled = preprocess == "lda"
+                lda_x, lda_y = (x, y) if preprocess_data is None else preprocess_data
                 affine = fit_affine(
-                    x if labelled else key_data,
+                    np.asarray(lda_x, np.float32) if labelled else key_data,
                     preprocess,
-                    labels=np.asarray(y) if labelled else None,
+                    labels=np.asarray(lda_y) if labelled else None,
                 )
                 variables = fold_affine(variables, affine)
             variables, report = fit_keys(
@@ -200,7 +228,7 @@ def fit_dkvb(
             config=value_config, eval_data=eval_data, progress=progress,
         )  # fmt: skip
     usage = key_usage(model, variables, x, y)
-    fitted = FittedDKVB(model, variables, usage, report, history)
+    fitted = FittedDKVB(model, variables, usage, report, history, provenance=provenance)
     if ckpt is not None:
         save_fitted(ckpt, fitted, encoder=encoder, run_info=run_info)
     return fitted
@@ -282,3 +310,51 @@ def _restore_final(directory: pathlib.Path, config: DKVBConfig, data_id: str) ->
             "checkpoint folder, or the same embeddings as before."
         )
     return fitted
+
+
+def _provenance(
+    x, dataset, ids, encoder, key_rows, keys_on_x, preprocess, preprocess_data,
+    preprocess_rows, value_config,
+) -> Provenance:
+    """What :func:`fit_dkvb` fits each part on, recorded before it fits them."""
+    n = len(x)
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must give one row id per row of x ({n}), got shape {ids.shape}.")
+    if preprocess_data is not None:
+        if preprocess != "lda":
+            raise ValueError(
+                f"preprocess_data is fitted by 'lda' only; preprocess={preprocess!r} fits on the "
+                "key data."
+            )
+        if not isinstance(preprocess_rows, Rows):
+            raise ValueError(
+                "preprocess_data needs preprocess_rows (a dkvb_jax.provenance.Rows naming its "
+                "rows), so that certificates can tell whether it holds forgotten rows."
+            )
+    data = dataset or "unnamed labelled data"
+    labelled = Rows(data, ids, labels=True)
+    if dataset is None:
+        # The encoder's training data cannot be compared with rows that have no name.
+        enc = Part("encoder", encoder_provenance(encoder).method, None)
+    else:
+        enc = encoder_provenance(encoder)
+    keys = (Rows(data, ids),) if keys_on_x else (None if key_rows is None else (key_rows,))
+    if preprocess == "lda":
+        pre = (labelled,) if preprocess_data is None else (preprocess_rows,)
+    elif preprocess == "none":
+        pre = ()
+    else:  # statistics of the key data
+        pre = keys
+    optimizer = getattr(value_config, "optimizer", "sgd")
+    within = drawn_from(data)
+    return Provenance(
+        data,
+        (
+            enc,
+            Part("preprocess", preprocess, pre),
+            Part("keys", "ema_kmeans", keys),
+            Part("values", optimizer, (labelled,)),
+        ),
+        data_within=within,
+    )

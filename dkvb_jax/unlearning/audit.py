@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from dkvb_jax.provenance import Certificate, approximate
+
 
 def variables_hash(variables: Any) -> str:
     """sha256 of a pytree: every leaf's path, dtype, shape and the sha256 of its bytes.
@@ -67,6 +69,9 @@ class AuditRecord:
       hash_after: :func:`variables_hash` of the output variables.
       timestamp: UTC time of the call, ISO 8601.
       effect: measured metrics, e.g. ``{"before": {...}, "after": {...}}``, when given.
+      certificate: whether the call is certified exact and why
+        (:class:`dkvb_jax.provenance.Certificate` as a dict); masking calls are never exact.
+        None only in records written before certificates existed.
     """
 
     method: str
@@ -80,6 +85,12 @@ class AuditRecord:
     hash_after: str
     timestamp: str
     effect: dict | None = None
+    certificate: dict | None = None
+
+    @property
+    def certified(self) -> bool:
+        """Whether the call is certified exact (False for records without a certificate)."""
+        return bool(self.certificate and self.certificate.get("certified"))
 
     @property
     def changed(self) -> bool:
@@ -111,8 +122,15 @@ def make_record(
     forgotten_examples=None,
     spared=None,
     effect: dict | None = None,
+    certificate: Certificate | None = None,
 ) -> AuditRecord:
-    """Builds the record of a call that turned `before` into `after`."""
+    """Builds the record of a call that turned `before` into `after`.
+
+    `certificate` defaults to the verdict of a masking method (never exact); exact removals
+    pass the one :func:`dkvb_jax.provenance.certify` derived.
+    """
+    if certificate is None:
+        certificate = approximate(method)
     digests: dict[int, bytes] = {}  # both trees stay alive for the call, so ids stay unique
     mask_b = np.asarray(before["mask"]["search"]) | np.asarray(before["mask"]["readout"])
     mask_a = np.asarray(after["mask"]["search"]) | np.asarray(after["mask"]["readout"])
@@ -132,4 +150,5 @@ def make_record(
         hash_after=_tree_hash(after, digests),
         timestamp=datetime.datetime.now(datetime.UTC).isoformat(),
         effect=None if effect is None else _jsonable(effect),
+        certificate=certificate.to_dict(),
     )

@@ -21,10 +21,17 @@ from dkvb_jax.exact import (
     values_without,
 )
 from dkvb_jax.model import DKVB
+from dkvb_jax.provenance import Part, Provenance, Rows
 from dkvb_jax.training import compute_codes
 from dkvb_jax.unlearning.audit import AuditRecord
 
 C, K, Y, TOPK, D = 4, 8, 3, 2, 16
+# Every frozen part fitted on no data of "toy/train": every removal is certified.
+CLEAN = Provenance("toy/train", (
+    Part("encoder", "identity", ()), Part("preprocess", "none", ()),
+    Part("keys", "ema_kmeans", (Rows("other/train"),)),
+    Part("values", "adam", (Rows("toy/train", labels=True),)),
+))  # fmt: skip
 ESTIMATORS = [
     EstimatorConfig(),
     EstimatorConfig(kind="centered_log_prob", alpha=0.5),
@@ -133,23 +140,23 @@ def test_remove_examples_equals_refit(model_and_vars, cfg, seed, rank_weights):
     forget = rng.random(ids.size) < rng.uniform(0.05, 0.6)
     forget[0] = True
     v_all, s_all = fit_exact(model, v, codes, labels, ids, estimator=cfg, stats_config=sc,
-                             key_init_ids=[])  # fmt: skip
+                             provenance=CLEAN)  # fmt: skip
     v_un, s_un, rec = remove_examples(v_all, s_all, rng.permutation(ids[forget]), estimator=cfg)
     v_ref, s_ref = fit_exact(model, v, codes[~forget], labels[~forget], ids[~forget],
-                             estimator=cfg, stats_config=sc, key_init_ids=[])  # fmt: skip
+                             estimator=cfg, stats_config=sc, provenance=CLEAN)  # fmt: skip
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
-    assert rec.params["exact"] and rec.params["num_examples"] == forget.sum()
+    assert rec.certified and rec.params["num_examples"] == forget.sum()
 
 
 @pytest.mark.parametrize("classes", [0, [2], [0, 1]])
 def test_forget_classes_equals_refit_and_never_predicts_them(model_and_vars, classes):
     model, v = model_and_vars
     codes, labels, ids = random_data(5, n=120)
-    v_all, s_all = fit_exact(model, v, codes, labels, ids, key_init_ids=[])
+    v_all, s_all = fit_exact(model, v, codes, labels, ids, provenance=CLEAN)
     v_un, s_un, rec = forget_classes(v_all, s_all, classes)
     keep = ~np.isin(labels, classes)
-    v_ref, s_ref = fit_exact(model, v, codes[keep], labels[keep], ids[keep], key_init_ids=[])
+    v_ref, s_ref = fit_exact(model, v, codes[keep], labels[keep], ids[keep], provenance=CLEAN)
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
     assert rec.forgotten_classes == np.atleast_1d(classes).tolist()
@@ -282,20 +289,50 @@ def test_duplicate_ids_and_non_vote_decoder_rejected(model_and_vars):
 # ------------------------------------------------------------------ audit
 
 
+def _provenance(keys: Rows | None) -> Provenance:
+    return Provenance("toy/train", (
+        Part("encoder", "identity", ()), Part("preprocess", "none", ()),
+        Part("keys", "ema_kmeans", None if keys is None else (keys,)),
+        Part("values", "adam", (Rows("toy/train", labels=True),)),
+    ))  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "key_init_ids, keys_independent, exact",
-    [([], None, True), (None, None, False), ([0, 1, 2, 3], None, False), (None, True, True)],
+    "provenance, certified, blames",
+    [
+        (CLEAN, True, ()),
+        (None, False, ("encoder", "preprocess", "keys")),
+        (_provenance(Rows("toy/train", [0, 1, 2, 3])), True, ()),  # disjoint from [5, 9]
+        (_provenance(Rows("toy/train", [0, 9])), False, ("keys",)),
+        (_provenance(None), False, ("keys",)),
+        (_provenance(Rows("toy/train")), False, ("keys",)),  # every row
+    ],
+    ids=["clean", "no-provenance", "keys-disjoint", "keys-saw-9", "keys-unrecorded", "keys-all"],
 )
-def test_audit_exactness_and_json_roundtrip(model_and_vars, key_init_ids, keys_independent, exact):
+def test_certificate_from_provenance_and_json_roundtrip(model_and_vars, provenance, certified,
+                                                        blames):  # fmt: skip
     model, v = model_and_vars
     codes, labels, _ = random_data(13)
     ids = np.arange(codes.shape[0])
-    v0, s0 = fit_exact(model, v, codes, labels, ids, key_init_ids=key_init_ids)
-    _, _, rec = remove_examples(v0, s0, [2, 9], keys_independent=keys_independent)
-    assert rec.params["exact"] is exact and rec.params["exact_reason"]
-    assert rec.forgotten_examples == [2, 9] and rec.changed
+    v0, s0 = fit_exact(model, v, codes, labels, ids, provenance=provenance)
+    _, _, rec = remove_examples(v0, s0, [5, 9])
+    assert rec.certified is certified
+    assert rec.certificate["values_exact"] is True
+    assert tuple(rec.certificate["parts_that_saw"]) == blames
+    for part in blames:
+        assert part in rec.certificate["reason"]
+    assert rec.forgotten_examples == [5, 9] and rec.changed
     assert AuditRecord.from_json(rec.to_json()) == rec
-    assert json.loads(rec.to_json())["params"]["exact"] is exact
+    assert json.loads(rec.to_json())["certificate"]["certified"] is certified
+
+
+def test_removal_records_the_remaining_rows_in_the_provenance(model_and_vars):
+    model, v = model_and_vars
+    codes, labels, ids = random_data(15)
+    _, s0 = fit_exact(model, v, codes, labels, ids, provenance=CLEAN)
+    _, s1, _ = remove_examples(*fit_exact(model, v, codes, labels, ids, provenance=CLEAN), ids[:2])
+    assert set(s0.provenance.part("values").rows[0].ids.tolist()) == set(ids.tolist())
+    assert set(s1.provenance.part("values").rows[0].ids.tolist()) == set(ids[2:].tolist())
 
 
 # ------------------------------------------------------------------ jit / vmap

@@ -18,7 +18,9 @@ from dkvb_jax.experiment import (
     standardizer,
 )
 from dkvb_jax.experiment.fitting import build_model
+from dkvb_jax.encoders import register_encoder
 from dkvb_jax.model import DKVB
+from dkvb_jax.provenance import Rows
 from dkvb_jax.testing import clustered_embeddings
 
 TINY = ExperimentConfig(
@@ -70,22 +72,38 @@ def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
     assert row.extra["cost"]["backward_flops"] == 0
     # The keys were fitted on the (unlabelled) training rows, forget class included.
     assert row.extra["certified_exact"] is False
-    assert "used to fit the keys" in row.extra["exact_reason"]
+    assert "the keys (ema_kmeans on " in row.extra["exact_reason"]
     assert res.audits["exact"].forgotten_classes == list(res.forget_classes)
 
 
+@pytest.fixture(scope="module")
+def features_encoder():
+    """Embeddings that are the features themselves: an encoder trained on no data."""
+    register_encoder("test_identity", lambda: None, trained_on=(), overwrite=True)
+    return "test_identity"
+
+
 @pytest.mark.parametrize(
-    "preprocess, certified",
-    [("standardize", True), ("lda", False)],  # LDA is fitted on every labelled training row
+    "preprocess, key_rows, certified, blames",
+    [
+        ("standardize", Rows("toy_other/train"), True, ()),
+        ("lda", Rows("toy_other/train"), False, ("preprocess",)),  # LDA on every labelled row
+        ("standardize", None, False, ("preprocess", "keys")),  # key data not named
+    ],
 )
-def test_exact_row_certified_only_when_no_frozen_state_saw_the_training_rows(preprocess, certified):
+def test_exact_row_certified_only_when_no_frozen_state_saw_the_training_rows(
+    features_encoder, preprocess, key_rows, certified, blames
+):
     train, test = _data()
     other, _ = clustered_embeddings(2, 300, num_classes=4, dim=16)
     cfg = TINY.replace(methods=("exact",), baselines=(), mia=False, preprocess=preprocess)
-    res = run_class_unlearning(train, test, cfg, key_data=other, progress=False)
+    res = run_class_unlearning(train, test, cfg, key_data=other, progress=False,
+                               dataset="toy/train", key_rows=key_rows, encoder=features_encoder)  # fmt: skip
     row = {r.method: r for r in res.table.rows}["DKVB-exact"]
     assert row.extra["certified_exact"] is certified
     assert row.extra["bit_identical_to_refit"] is True
+    for part in blames:
+        assert f"the {part} (" in row.extra["exact_reason"]
 
 
 def test_saved_files_and_plots(result, tmp_path):
