@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 PARTS: tuple[str, ...] = ("encoder", "preprocess", "keys", "values")
+# Namespace of labelled rows the caller did not name: comparable with nothing else.
+UNNAMED = "unnamed labelled data"
 _SHOWN_IDS = 10
 
 

@@ -34,13 +34,12 @@ from tqdm.auto import tqdm
 from dkvb_jax.cli import main as cli
 from dkvb_jax.evaluation import ResultRow, ResultsTable
 from dkvb_jax.experiment import (
-    fit_dkvb,
     fit_head,
     plot_accuracy_vs_cost,
     plot_mean_sweep,
     run_class_unlearning,
 )
-from dkvb_jax.experiment.class_unlearning import subsample_key_data
+from dkvb_jax.experiment.recipe import fit_from_config
 from dkvb_jax.unlearning import every_class_metrics
 
 METRICS = ("retain_test_acc", "forget_test_acc", "mia", "wall_s", "gflops", "cost_vs_dkvb")
@@ -128,24 +127,22 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         cfg = base_cfg.replace(seed=seed)
         k_fit, k_head, *_ = jax.random.split(jax.random.key(seed), 4)
-        fitted = fit_dkvb(
-            cfg.dkvb_config(emb.x_train.shape[1], num_classes), emb.x_train, emb.y_train,
-            key=k_fit,
-            key_data=subsample_key_data(
-                emb.x_train if key_data is None else key_data, cfg.key_max_examples, seed
-            ),
-            key_config=cfg.key_config(),
-            value_config=cfg.value_config(), preprocess=cfg.preprocess,
-            checkpoint_dir=out / f"seed{seed}" / "checkpoint", progress=not args.no_progress,
+        fit = fit_from_config(
+            cfg, emb.x_train, emb.y_train, num_classes=num_classes, key=k_fit,
+            key_data=key_data, checkpoint_dir=out / f"seed{seed}" / "checkpoint",
+            progress=not args.no_progress,
         )  # fmt: skip
+        fitted = fit.fitted
+        # The values' training rows: without a held-out split, every training row.
+        x_tr, y_tr = emb.x_train[fit.rows], emb.y_train[fit.rows]
         ns = [n for n in cfg.n_a_grid if n <= cfg.num_keys]
         f, r = every_class_sweep(fitted, jnp.asarray(emb.x_test), jnp.asarray(emb.y_test), ns)
         sweeps_f.append(f[classes])
         sweeps_r.append(r[classes])
-        head = fit_head(emb.x_train, emb.y_train, num_classes, epochs=cfg.head_epochs, key=k_head)
+        head = fit_head(x_tr, y_tr, num_classes, epochs=cfg.head_epochs, key=k_head)
         for c in tqdm(classes, desc=f"seed {seed}: classes", disable=args.no_progress):
             res = run_class_unlearning(
-                (emb.x_train, emb.y_train), (emb.x_test, emb.y_test),
+                (x_tr, y_tr), (emb.x_test, emb.y_test),
                 cfg.replace(forget_classes=(c,)), fitted=fitted, head=head,
                 cache_dir=out / f"seed{seed}" / f"class{c}", progress=False,
             )  # fmt: skip

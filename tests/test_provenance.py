@@ -7,9 +7,10 @@ from dkvb_jax.encoders import encoder_provenance
 from dkvb_jax.provenance import Certificate, Part, Provenance, Rows, approximate, certify
 
 D = "toy/train"
+OTHER = (Rows("other/train"),)
 
 
-def prov(encoder=(), preprocess=(), keys=(Rows("other/train"),), within=None) -> Provenance:
+def prov(encoder=(), preprocess=(), keys=OTHER, within=None) -> Provenance:
     return Provenance(D, (
         Part("encoder", "pretrained", encoder), Part("preprocess", "lda", preprocess),
         Part("keys", "ema_kmeans", keys), Part("values", "label_counts", (Rows(D),), True),

@@ -255,11 +255,8 @@ def _accuracies(fitted, emb: Embeddings) -> dict:
 
 
 def cmd_fit(args) -> int:
-    import jax
-
     from dkvb_jax.data.registry import row_namespace
-    from dkvb_jax.experiment import fit_dkvb
-    from dkvb_jax.experiment.class_unlearning import key_data_rows
+    from dkvb_jax.experiment.recipe import fit_from_config
     from dkvb_jax.provenance import Rows
 
     apply_config_defaults(args)
@@ -271,22 +268,16 @@ def cmd_fit(args) -> int:
     if args.key_dataset:
         info["key_dataset"] = args.key_dataset
     key_data = _key_data(args, emb)
-    # Provenance: which rows each part is fitted on, recorded with the checkpoint.
     dataset = emb.source.get("dataset")
-    data_ns = None if dataset is None else row_namespace(dataset, "train")
-    key_source = emb.x_train if key_data is None else key_data
-    picked = key_data_rows(len(key_source), cfg.key_max_examples, cfg.seed)
-    key_ns = data_ns if key_data is None else row_namespace(args.key_dataset, "train")
     start = time.perf_counter()
-    fitted = fit_dkvb(
-        model_cfg, emb.x_train, emb.y_train, key=jax.random.key(cfg.seed),
-        key_data=key_source[picked],
-        key_rows=None if key_ns is None else Rows(key_ns, picked), dataset=data_ns,
-        key_config=cfg.key_config(),
-        value_config=cfg.value_config(), preprocess=cfg.preprocess,
+    fitted = fit_from_config(
+        cfg, emb.x_train, emb.y_train, num_classes=num_classes,
+        dataset=None if dataset is None else row_namespace(dataset, "train"),
+        key_data=key_data,
+        key_rows=None if key_data is None else Rows(row_namespace(args.key_dataset, "train")),
         checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
         progress=not args.no_progress,
-    )  # fmt: skip
+    ).fitted  # fmt: skip
     secs = time.perf_counter() - start
     acc = _accuracies(fitted, emb)
     payload = {"checkpoint": str(args.checkpoint), "config": model_cfg.to_dict(), "seconds": secs,

@@ -12,9 +12,9 @@ from dkvb_jax.encoders.registry import (
     Encoder,
     encoder_from_function,
     encoder_from_module,
+    encoder_provenance,
     get_encoder,
     list_encoders,
-    encoder_provenance,
     register_encoder,
 )
 from dkvb_jax.encoders.torch_legacy import load_legacy as load_torch_legacy

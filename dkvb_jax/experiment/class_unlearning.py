@@ -42,11 +42,12 @@ from dkvb_jax.evaluation import (
     membership_inference,
     per_class_accuracy,
 )
-from dkvb_jax.experiment.fitting import FittedDKVB, data_fingerprint, fit_dkvb, standardizer
+from dkvb_jax.experiment.fitting import FittedDKVB, data_fingerprint, standardizer
+from dkvb_jax.experiment.recipe import fit_from_config
 from dkvb_jax.model import DKVB
-from dkvb_jax.provenance import Rows
 from dkvb_jax.model.preprocess import KINDS as PREPROCESS_KINDS
 from dkvb_jax.model.preprocess import Kind
+from dkvb_jax.provenance import Rows
 from dkvb_jax.training import KeyInitConfig, ValueTrainConfig
 from dkvb_jax.unlearning import (
     AuditRecord,
@@ -106,6 +107,15 @@ class ExperimentConfig:
         values from per-pair label counts on the same keys, forgotten by subtracting counts:
         bit-identical to refitting without the class).
       exact_alpha: additive smoothing of the closed-form log-probability values.
+      values: ``trained`` (values trained by the value optimiser) or ``counts`` (closed form
+        from per-pair label counts: every removal of a training row is exact by subtraction).
+      count_estimator: how closed-form values are derived from counts (``log_prob``,
+        ``centered_log_prob``, ``prob``; see :class:`dkvb_jax.exact.EstimatorConfig`).
+      rank_weights: integer count weight of each of the `top_k` retrieved keys (None: 1 each).
+      holdout_examples: rows of the training split held out (stratified, random with `seed`)
+        to fit the preprocessing (with their labels) and the keys (without); the values never
+        see them. With ``values="counts"`` no frozen part then sees the remaining rows, so
+        removing any of them is certified exact. 0: every part is fitted on the training rows.
       baselines: optimisation baselines on the linear head, from ``retrain``, ``finetune``,
         ``neggrad+``, ``scrub``.
       dkvb_finetune: also fine-tune the DKVB values on retain data (a baseline on DKVB itself).
@@ -141,6 +151,10 @@ class ExperimentConfig:
     mask_mode: Literal["search", "readout"] = "search"
     methods: tuple[str, ...] = DKVB_METHODS
     exact_alpha: float = 1.0
+    values: Literal["trained", "counts"] = "trained"
+    count_estimator: Literal["log_prob", "centered_log_prob", "prob"] = "log_prob"
+    rank_weights: tuple[int, ...] | None = None
+    holdout_examples: int = 0
     baselines: tuple[str, ...] = BASELINE_NAMES
     dkvb_finetune: bool = True
     head_epochs: int = 30
@@ -194,7 +208,19 @@ class ExperimentConfig:
                 f"ExperimentConfig.preprocess must be one of {PREPROCESS_KINDS}, got "
                 f"{self.preprocess!r}."
             )
-        self.value_config()  # ValueTrainConfig checks the value-training fields
+        if self.values not in ("trained", "counts"):
+            raise ValueError(
+                f"ExperimentConfig.values must be 'trained' or 'counts', got {self.values!r}."
+            )
+        if isinstance(self.holdout_examples, bool) or not isinstance(self.holdout_examples, int) \
+                or self.holdout_examples < 0:  # fmt: skip
+            raise ValueError(
+                "ExperimentConfig.holdout_examples must be a non-negative int, got "
+                f"{self.holdout_examples!r}."
+            )
+        if self.rank_weights is not None:
+            object.__setattr__(self, "rank_weights", tuple(self.rank_weights))
+        self.value_config()  # ValueTrainConfig / EstimatorConfig check the value fields
 
     @classmethod
     def paper(cls, **changes: Any) -> ExperimentConfig:
@@ -235,10 +261,16 @@ class ExperimentConfig:
             num_keys=self.num_keys, key_dim=self.key_dim, top_k=self.top_k,
         )  # fmt: skip
 
+    def stats_config(self) -> exact.StatsConfig:
+        return exact.StatsConfig(rank_weights=self.rank_weights)
+
     def key_config(self) -> KeyInitConfig:
         return KeyInitConfig(epochs=self.key_epochs, batch_size=self.key_batch_size)
 
-    def value_config(self) -> ValueTrainConfig:
+    def value_config(self) -> ValueTrainConfig | exact.EstimatorConfig:
+        """How values are fitted: the optimiser's settings, or the closed-form estimator."""
+        if self.values == "counts":
+            return exact.EstimatorConfig(kind=self.count_estimator, alpha=self.exact_alpha)
         return ValueTrainConfig(
             epochs=self.value_epochs, learning_rate=self.value_learning_rate,
             batch_size=self.value_batch_size, optimizer=self.value_optimizer,
@@ -348,20 +380,6 @@ def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: boo
     if name == "neggrad+":
         return bl.NegGradConfig(alpha=config.neggrad_alpha, stopping=stopping, progress=progress)
     return bl.SCRUBConfig(stopping=stopping, progress=progress)
-
-
-def key_data_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of at most `limit` random rows out of `n` (all rows for None)."""
-    if limit is None or n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
-def subsample_key_data(x: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """At most `limit` random rows of the unlabelled key data (all of them for None)."""
-    if limit is None or len(x) <= limit:
-        return x
-    return np.asarray(x)[key_data_rows(len(x), limit, seed)]
 
 
 def _sweep_subset(x, y, forget, limit: int, seed: int):
@@ -510,23 +528,16 @@ def run_class_unlearning(
 
     steps.set_postfix_str("fit DKVB")
     if fitted is None:
-        # The provenance fit_dkvb records decides whether exact forgetting is certified.
-        if key_data is None:
-            rows = key_data_rows(len(x_tr), config.key_max_examples, config.seed)
-            key_data = x_tr[rows]
-            key_rows = Rows(dataset or "unnamed labelled data", rows)
-        else:
-            picked = key_data_rows(len(key_data), config.key_max_examples, config.seed)
-            key_data = np.asarray(key_data)[picked]
-            if key_rows is not None and key_rows.ids is not None:
-                key_rows = dataclasses.replace(key_rows, ids=key_rows.ids[picked])
-        fitted = fit_dkvb(
-            config.dkvb_config(x_tr.shape[1], num_classes), x_tr, y_tr, key=k_fit,
-            key_data=key_data, key_config=config.key_config(),
-            value_config=config.value_config(), preprocess=config.preprocess,
-            checkpoint_dir=checkpoint_dir, encoder=encoder, progress=progress,
-            dataset=dataset, key_rows=key_rows,
+        fit = fit_from_config(
+            config, x_tr, y_tr, num_classes=num_classes, key=k_fit, dataset=dataset,
+            key_data=key_data, key_rows=key_rows, encoder=encoder,
+            checkpoint_dir=checkpoint_dir, progress=progress,
         )  # fmt: skip
+        fitted = fit.fitted
+        # Held-out rows fitted the frozen parts only: the values' training data is the rest.
+        x_tr, y_tr, train_ids = x_tr[fit.rows], y_tr[fit.rows], fit.rows
+    else:
+        train_ids = np.arange(len(x_tr))
     model, variables, usage = fitted.model, fitted.variables, fitted.usage
     steps.update()
 
@@ -643,7 +654,8 @@ def run_class_unlearning(
         estimator = exact.EstimatorConfig(alpha=config.exact_alpha)
         with Timer() as t:
             v_cf, stats = exact.fit_exact(
-                model, variables, x_tr, y_tr, provenance=fitted.provenance, estimator=estimator
+                model, variables, x_tr, y_tr, train_ids, provenance=fitted.provenance,
+                estimator=estimator,
             )
             jax.block_until_ready(v_cf)
         rows[ORIGINAL_EXACT] = cached_row(
@@ -663,7 +675,7 @@ def run_class_unlearning(
         keep = ~np.isin(y_tr, forget)
         v_refit, _ = exact.fit_exact(
             model, variables, np.asarray(stats.codes)[keep], y_tr[keep],
-            np.flatnonzero(keep), estimator=estimator,
+            train_ids[keep], estimator=estimator,
         )  # fmt: skip
         forget_rows = jnp.asarray(np.isin(np.asarray(stats.labels), forget))
         dkvb_row(

@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dkvb_jax import checkpoints
+from dkvb_jax import checkpoints, exact
 from dkvb_jax.config import DKVBConfig
-from dkvb_jax.model import DKVB
 from dkvb_jax.data.registry import drawn_from
 from dkvb_jax.encoders.registry import encoder_provenance
+from dkvb_jax.exact import EstimatorConfig, LabelStats, StatsConfig
+from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
-from dkvb_jax.provenance import Part, Provenance, Rows
+from dkvb_jax.provenance import UNNAMED, Part, Provenance, Rows
 from dkvb_jax.training import (
     KeyInitConfig,
     KeyInitReport,
@@ -59,6 +60,8 @@ class FittedDKVB:
       audit: unlearning records applied so far (empty for a freshly fitted model).
       provenance: what each data-dependent part was fitted on, recorded by :func:`fit_dkvb`
         (None when unknown, e.g. a checkpoint written before provenance was recorded).
+      stats: the label statistics of closed-form values (None for trained values): exact
+        removal subtracts from them, with no data pass.
     """
 
     model: DKVB
@@ -68,6 +71,7 @@ class FittedDKVB:
     history: TrainHistory | None = None
     audit: tuple = ()
     provenance: Provenance | None = None
+    stats: LabelStats | None = None
 
     @property
     def config(self) -> DKVBConfig:
@@ -118,7 +122,8 @@ def fit_dkvb(
     key: jax.Array,
     key_data: np.ndarray | None = None,
     key_config: KeyInitConfig = DEFAULT_KEY_CONFIG,
-    value_config: ValueTrainConfig = DEFAULT_VALUE_CONFIG,
+    value_config: ValueTrainConfig | EstimatorConfig = DEFAULT_VALUE_CONFIG,
+    stats_config: StatsConfig | None = None,
     preprocess: Kind = "standardize",
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     checkpoint_dir: str | pathlib.Path | None = None,
@@ -138,7 +143,11 @@ def fit_dkvb(
       x, y: labelled training embeddings `[n, embed_dim]` and int labels `[n]`.
       key: PRNG key (model init, key fitting, value training).
       key_data: unlabelled embeddings for the keys (the paper: another dataset); default `x`.
-      key_config, value_config: the two training phases.
+      key_config, value_config: the two training phases; an
+        :class:`~dkvb_jax.exact.EstimatorConfig` as `value_config` derives the values in closed
+        form from per-pair label counts (``fitted.stats``), so that removing any row of
+        `(x, y)` is exact by construction.
+      stats_config: how closed-form values count examples (top-k rank weights).
       preprocess: input map folded into the projection before the keys are fitted:
         ``standardize`` (the key data's per-dimension statistics), ``lda`` (the discriminant
         subspace of the labelled `(x, y)`: every codebook's cells become nearly class-pure,
@@ -217,7 +226,16 @@ def fit_dkvb(
             )
         if keys_dir is not None:
             checkpoints.save_model(keys_dir, config, variables, encoder=encoder)
-    if ckpt is None:
+    stats = None
+    if isinstance(value_config, EstimatorConfig):
+        # Closed form from per-pair label counts: every removal is a subtraction.
+        variables, stats = exact.fit_exact(
+            model, variables, x, y, ids, estimator=value_config,
+            stats_config=stats_config or exact.StatsConfig(), provenance=provenance,
+        )  # fmt: skip
+        history = None
+        provenance = stats.provenance
+    elif ckpt is None:
         variables, history = train_values(
             model, variables, x, y, key=k_values, config=value_config, eval_data=eval_data,
             progress=progress,
@@ -228,7 +246,9 @@ def fit_dkvb(
             config=value_config, eval_data=eval_data, progress=progress,
         )  # fmt: skip
     usage = key_usage(model, variables, x, y)
-    fitted = FittedDKVB(model, variables, usage, report, history, provenance=provenance)
+    fitted = FittedDKVB(
+        model, variables, usage, report, history, provenance=provenance, stats=stats
+    )
     if ckpt is not None:
         save_fitted(ckpt, fitted, encoder=encoder, run_info=run_info)
     return fitted
@@ -332,7 +352,7 @@ def _provenance(
                 "preprocess_data needs preprocess_rows (a dkvb_jax.provenance.Rows naming its "
                 "rows), so that certificates can tell whether it holds forgotten rows."
             )
-    data = dataset or "unnamed labelled data"
+    data = dataset or UNNAMED
     labelled = Rows(data, ids, labels=True)
     if dataset is None:
         # The encoder's training data cannot be compared with rows that have no name.
@@ -346,7 +366,7 @@ def _provenance(
         pre = ()
     else:  # statistics of the key data
         pre = keys
-    optimizer = getattr(value_config, "optimizer", "sgd")
+    optimizer = getattr(value_config, "optimizer", "label_counts")
     within = drawn_from(data)
     return Provenance(
         data,

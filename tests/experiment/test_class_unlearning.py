@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
 from dkvb_jax.experiment import (
     ExperimentConfig,
@@ -18,7 +19,6 @@ from dkvb_jax.experiment import (
     standardizer,
 )
 from dkvb_jax.experiment.fitting import build_model
-from dkvb_jax.encoders import register_encoder
 from dkvb_jax.model import DKVB
 from dkvb_jax.provenance import Rows
 from dkvb_jax.testing import clustered_embeddings
