@@ -37,7 +37,8 @@ def holdout_rows(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarr
     y = np.asarray(y)
     if not 0 < n < y.size:
         raise ValueError(
-            f"holdout_examples must lie in (0, {y.size}) for {y.size} training rows, got {n}."
+            f"the held-out split must hold between 1 and {y.size - 1} of the {y.size} training "
+            f"rows, got {n}; change holdout_fraction."
         )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(y, return_counts=True)
@@ -102,8 +103,8 @@ def fit_from_config(
     x, y = np.asarray(x, np.float32), np.asarray(y)
     ids = np.arange(len(x)) if ids is None else np.asarray(ids)
     namespace = dataset or UNNAMED
-    if config.holdout_examples:
-        held, rows = holdout_rows(y, config.holdout_examples, config.seed)
+    if config.holdout_fraction:
+        held, rows = holdout_rows(y, round(config.holdout_fraction * len(y)), config.seed)
     else:
         held, rows = np.zeros((0,), np.int64), np.arange(len(x))
     if key_data is None:

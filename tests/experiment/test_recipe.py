@@ -11,7 +11,7 @@ from dkvb_jax.testing import clustered_embeddings
 
 TINY = ExperimentConfig(num_codebooks=4, num_keys=16, key_dim=4, key_epochs=2, value_epochs=2,
                         baselines=(), mia=False)  # fmt: skip
-CERTIFIED = TINY.replace(values="counts", holdout_examples=60, exact_alpha=0.1)
+CERTIFIED = TINY.replace(values="counts", holdout_fraction=0.2, exact_alpha=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_holdout_rows_is_a_stratified_partition(n):
 
 @pytest.mark.parametrize("n", [0, 300, -1])
 def test_holdout_rows_refuses_impossible_sizes(n):
-    with pytest.raises(ValueError, match="holdout_examples"):
+    with pytest.raises(ValueError, match="holdout_fraction"):
         holdout_rows(np.zeros(300), n, seed=0)
 
 
