@@ -19,7 +19,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -415,8 +414,7 @@ def train_epoch(
         loss, grads, correct = _global_mean_grads(
             model, use_codes, smoothing, mesh, frozen_vars, params, tuple(xb), yb, wb
         )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = values_lib.optimizer_step(tx, grads, opt_state, params, frozen_vars)
         return (params, opt_state), (loss * wb.sum(), correct)
 
     (params, opt_state), (losses, correct) = jax.lax.scan(
