@@ -44,6 +44,50 @@ def _check_embeddings(x, embed_dim: int) -> None:
     _validation.check_embeddings(x, embed_dim, allow_tokens=False)
 
 
+def _real_rows(valid, mesh: Mesh, *arrays):
+    """The rows of `arrays` (each `[n, ...]`) where `valid` `[n]` is True, in their order.
+
+    Training shuffles and batches its rows, so padding rows (such as the copies of example 0
+    that :func:`dkvb_jax.parallel.distributed.global_batch` appends) are removed rather than
+    weighted: what follows then sees exactly the real rows, as the one-device function would.
+    Host data is selected on the host; a multi-host global array by a gather that replicates
+    the real rows on every device of `mesh`, after which every process holds all of them.
+
+    Returns:
+      The selected arrays `[n_valid, ...]` as host arrays, in a tuple.
+
+    Raises:
+      TypeError: `valid` is not boolean.
+      ValueError: `valid` is not `[n]`, or marks no row.
+    """
+    n = arrays[0].shape[0]
+    if not isinstance(valid, jax.Array):
+        valid = np.asarray(valid)
+    if valid.dtype != bool:
+        raise TypeError(
+            f"valid must be a bool array marking the real rows (e.g. from global_batch), got "
+            f"dtype {valid.dtype}."
+        )
+    if tuple(valid.shape) != (n,):
+        raise ValueError(f"valid must have shape [n={n}] (one flag per row), got {valid.shape}.")
+    arrays = (valid, *arrays)
+    if all(getattr(a, "is_fully_addressable", True) for a in arrays):
+        keep, *host = (np.asarray(a) for a in arrays)
+        count, selected = int(keep.sum()), tuple(a[keep] for a in host)
+    else:
+        count = int(jax.jit(jnp.sum)(valid))
+
+        @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
+        def gather(v, *a):
+            rows = jnp.nonzero(v, size=count)[0]
+            return tuple(b[rows] for b in a)
+
+        selected = tuple(np.asarray(a.addressable_data(0)) for a in gather(*arrays))
+    if count == 0:
+        raise ValueError("valid marks no row as real: there is nothing to train on.")
+    return selected
+
+
 # ----------------------------------------------------------------------------------------------
 # Codes and key usage.
 
@@ -432,9 +476,20 @@ def train_values(
     *,
     key: jax.Array,
     config: ValueTrainConfig | None = None,
+    valid: np.ndarray | jax.Array | None = None,
     progress: bool = True,
 ) -> tuple[dict, TrainHistory]:
     """Data-parallel :func:`dkvb_jax.training.train_values` (gradients averaged over devices).
+
+    Args:
+      model, variables, key, config, progress: as for the one-device function.
+      x: embeddings `[n, embed_dim]` (host arrays, or global arrays split over ``'data'``).
+      y: int labels `[n]`.
+      mesh: device mesh with a ``'data'`` axis.
+      valid: optional bool `[n]` marking real rows; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        be trained on as extra copies of example 0. Training then runs on exactly the real
+        rows and equals the one-device result on them up to float summation order.
 
     Returns:
       New variables (only ``params`` changed, replicated) and the per-epoch history (without
@@ -443,6 +498,8 @@ def train_values(
     config = ValueTrainConfig() if config is None else config
     cfg = model.config
     _check_embeddings(x, cfg.embed_dim)
+    if valid is not None:
+        x, y = _real_rows(valid, mesh, x, y)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
     n = x.shape[0]
     batch_size = min(config.batch_size, n)
@@ -497,6 +554,7 @@ def fit_keys(
     *,
     key: jax.Array,
     config: keys_lib.KeyInitConfig | None = None,
+    valid: np.ndarray | jax.Array | None = None,
     progress: bool = True,
 ) -> tuple[dict, keys_lib.KeyInitReport]:
     """Data-parallel :func:`dkvb_jax.training.fit_keys`: every batch is split over ``'data'``.
@@ -507,11 +565,28 @@ def fit_keys(
     keys up to float summation order; otherwise batches are padded with zero-weight rows, which
     leaves the statistics unchanged but draws dead-key re-seeds from a longer index range.
 
+    Args:
+      model, variables, key, config, progress: as for the one-device function.
+      data: embeddings `[n, embed_dim]`, a sequence of batches or a callable returning a fresh
+        iterable of batches for each epoch.
+      mesh: device mesh with a ``'data'`` axis.
+      valid: optional bool `[n]` marking the real rows of an array `data`; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        pull the keys towards example 0. The keys are then fitted on exactly the real rows.
+
     Returns:
       New variables with fitted keys (replicated) and the per-epoch report.
     """
     config = keys_lib.KeyInitConfig() if config is None else config
     cfg = model.config
+    if valid is not None:
+        if not isinstance(data, np.ndarray | jax.Array):
+            raise TypeError(
+                "fit_keys: valid marks the rows of an array `data` [n, embed_dim]; with a "
+                f"sequence or callable of batches ({type(data).__name__}), yield real rows only."
+            )
+        _check_embeddings(data, cfg.embed_dim)
+        (data,) = _real_rows(valid, mesh, data)
     key_seed, key_loop = jax.random.split(key)
     # The same host-side shuffling stream as the core, so both visit batches in the same order.
     shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())
