@@ -82,20 +82,30 @@ class ValueTrainConfig:
             )
 
     def optimizer_for(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        lr = self.learning_rate
-        if self.schedule == "cosine":
-            lr = optax.cosine_decay_schedule(lr, self.epochs * steps_per_epoch)
-        if self.optimizer == "sgd":
-            opt = optax.sgd(lr, momentum=self.momentum or None)
-            if self.weight_decay:
-                opt = optax.chain(optax.add_decayed_weights(self.weight_decay), opt)
-        elif self.weight_decay:
-            opt = optax.adamw(lr, weight_decay=self.weight_decay)
-        else:
-            opt = optax.adam(lr)
-        if self.clip_norm:
-            opt = optax.chain(optax.clip_by_global_norm(self.clip_norm), opt)
-        return opt
+        """The optax optimiser; one object per `(config, steps_per_epoch)`.
+
+        The jitted epoch takes the optimiser as a static argument, so handing out the same
+        object lets a second run with the same settings reuse the compiled epoch.
+        """
+        return _optimizer(self, steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(config: ValueTrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, config.epochs * steps_per_epoch)
+    if config.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=config.momentum or None)
+        if config.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    elif config.weight_decay:
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    else:
+        opt = optax.adam(lr)
+    if config.clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    return opt
 
 
 class TrainHistory(NamedTuple):
