@@ -6,7 +6,9 @@ result: integer statistics (codes, usage histograms, correct counts) are identic
 statistics (EMA sums, gradients) agree up to summation order.
 
 Examples are padded to a multiple of the data-axis size and padding rows carry weight 0, so a
-ragged last batch is never dropped and never counted. Collectives are explicit (`jax.shard_map`
+ragged last batch is never dropped and never counted. Value training and key fitting shuffle
+their rows, so there the rows that `valid` marks as padding (as from
+:func:`dkvb_jax.parallel.distributed.global_batch`) are removed first, not weighted. Collectives are explicit (`jax.shard_map`
 + `psum`) where a statistic is summed over devices; evaluation is a plain `jax.jit` over sharded
 inputs so that codebook-sharded variables (a ``data x codebook`` mesh) stay sharded.
 """
