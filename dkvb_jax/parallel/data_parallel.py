@@ -8,9 +8,10 @@ statistics (EMA sums, gradients) agree up to summation order.
 Examples are padded to a multiple of the data-axis size and padding rows carry weight 0, so a
 ragged last batch is never dropped and never counted. Value training and key fitting shuffle
 their rows, so there the rows that `valid` marks as padding (as from
-:func:`dkvb_jax.parallel.distributed.global_batch`) are removed first, not weighted. Collectives are explicit (`jax.shard_map`
-+ `psum`) where a statistic is summed over devices; evaluation is a plain `jax.jit` over sharded
-inputs so that codebook-sharded variables (a ``data x codebook`` mesh) stay sharded.
+:func:`dkvb_jax.parallel.distributed.global_batch`) are removed first, not weighted.
+Collectives are explicit (`jax.shard_map` + `psum`) where a statistic is summed over devices;
+evaluation is a plain `jax.jit` over sharded inputs so that codebook-sharded variables (a
+``data x codebook`` mesh) stay sharded.
 """
 
 from __future__ import annotations
@@ -56,12 +57,20 @@ def _real_rows(valid, mesh: Mesh, *arrays):
     the real rows on every device of `mesh`, after which every process holds all of them.
 
     Returns:
-      The selected arrays `[n_valid, ...]` as host arrays, in a tuple.
+      The selected arrays `[n_valid, ...]` as host arrays, in a tuple (`arrays` unchanged when
+      `valid` is None and they are host data).
 
     Raises:
       TypeError: `valid` is not boolean.
-      ValueError: `valid` is not `[n]`, or marks no row.
+      ValueError: `valid` is not `[n]`, marks no row, or is None for a multi-host array.
     """
+    if valid is None:
+        if all(getattr(a, "is_fully_addressable", True) for a in arrays):
+            return arrays
+        raise ValueError(
+            "a multi-host global array needs valid= (the validity from global_batch; all True "
+            "if it has no padding rows), so that its rows can be gathered for shuffling."
+        )
     n = arrays[0].shape[0]
     if not isinstance(valid, jax.Array):
         valid = np.asarray(valid)
@@ -500,8 +509,7 @@ def train_values(
     config = ValueTrainConfig() if config is None else config
     cfg = model.config
     _check_embeddings(x, cfg.embed_dim)
-    if valid is not None:
-        x, y = _real_rows(valid, mesh, x, y)
+    x, y = _real_rows(valid, mesh, x, y)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
     n = x.shape[0]
     batch_size = min(config.batch_size, n)
@@ -581,14 +589,15 @@ def fit_keys(
     """
     config = keys_lib.KeyInitConfig() if config is None else config
     cfg = model.config
-    if valid is not None:
-        if not isinstance(data, np.ndarray | jax.Array):
-            raise TypeError(
-                "fit_keys: valid marks the rows of an array `data` [n, embed_dim]; with a "
-                f"sequence or callable of batches ({type(data).__name__}), yield real rows only."
-            )
-        _check_embeddings(data, cfg.embed_dim)
+    if isinstance(data, np.ndarray | jax.Array):
+        if valid is not None:
+            _check_embeddings(data, cfg.embed_dim)
         (data,) = _real_rows(valid, mesh, data)
+    elif valid is not None:
+        raise TypeError(
+            "fit_keys: valid marks the rows of an array `data` [n, embed_dim]; with a "
+            f"sequence or callable of batches ({type(data).__name__}), yield real rows only."
+        )
     key_seed, key_loop = jax.random.split(key)
     # The same host-side shuffling stream as the core, so both visit batches in the same order.
     shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())
