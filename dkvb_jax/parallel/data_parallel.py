@@ -6,9 +6,12 @@ result: integer statistics (codes, usage histograms, correct counts) are identic
 statistics (EMA sums, gradients) agree up to summation order.
 
 Examples are padded to a multiple of the data-axis size and padding rows carry weight 0, so a
-ragged last batch is never dropped and never counted. Collectives are explicit (`jax.shard_map`
-+ `psum`) where a statistic is summed over devices; evaluation is a plain `jax.jit` over sharded
-inputs so that codebook-sharded variables (a ``data x codebook`` mesh) stay sharded.
+ragged last batch is never dropped and never counted. Value training and key fitting shuffle
+their rows, so there the rows that `valid` marks as padding (as from
+:func:`dkvb_jax.parallel.distributed.global_batch`) are removed first, not weighted.
+Collectives are explicit (`jax.shard_map` + `psum`) where a statistic is summed over devices;
+evaluation is a plain `jax.jit` over sharded inputs so that codebook-sharded variables (a
+``data x codebook`` mesh) stay sharded.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -43,6 +45,58 @@ def _check_embeddings(x, embed_dim: int) -> None:
             _validation.check_embeddings(shard.data, embed_dim, allow_tokens=False)
         return
     _validation.check_embeddings(x, embed_dim, allow_tokens=False)
+
+
+def _real_rows(valid, mesh: Mesh, *arrays):
+    """The rows of `arrays` (each `[n, ...]`) where `valid` `[n]` is True, in their order.
+
+    Training shuffles and batches its rows, so padding rows (such as the copies of example 0
+    that :func:`dkvb_jax.parallel.distributed.global_batch` appends) are removed rather than
+    weighted: what follows then sees exactly the real rows, as the one-device function would.
+    Host data is selected on the host; a multi-host global array by a gather that replicates
+    the real rows on every device of `mesh`, after which every process holds all of them.
+
+    Returns:
+      The selected arrays `[n_valid, ...]` as host arrays, in a tuple (`arrays` unchanged when
+      `valid` is None and they are host data).
+
+    Raises:
+      TypeError: `valid` is not boolean.
+      ValueError: `valid` is not `[n]`, marks no row, or is None for a multi-host array.
+    """
+    if valid is None:
+        if all(getattr(a, "is_fully_addressable", True) for a in arrays):
+            return arrays
+        raise ValueError(
+            "a multi-host global array needs valid= (the validity from global_batch; all True "
+            "if it has no padding rows), so that its rows can be gathered for shuffling."
+        )
+    n = arrays[0].shape[0]
+    if not isinstance(valid, jax.Array):
+        valid = np.asarray(valid)
+    if valid.dtype != bool:
+        raise TypeError(
+            f"valid must be a bool array marking the real rows (e.g. from global_batch), got "
+            f"dtype {valid.dtype}."
+        )
+    if tuple(valid.shape) != (n,):
+        raise ValueError(f"valid must have shape [n={n}] (one flag per row), got {valid.shape}.")
+    arrays = (valid, *arrays)
+    if all(getattr(a, "is_fully_addressable", True) for a in arrays):
+        keep, *host = (np.asarray(a) for a in arrays)
+        count, selected = int(keep.sum()), tuple(a[keep] for a in host)
+    else:
+        count = int(jax.jit(jnp.sum)(valid))
+
+        @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
+        def gather(v, *a):
+            rows = jnp.nonzero(v, size=count)[0]
+            return tuple(b[rows] for b in a)
+
+        selected = tuple(np.asarray(a.addressable_data(0)) for a in gather(*arrays))
+    if count == 0:
+        raise ValueError("valid marks no row as real: there is nothing to train on.")
+    return selected
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,8 +469,7 @@ def train_epoch(
         loss, grads, correct = _global_mean_grads(
             model, use_codes, smoothing, mesh, frozen_vars, params, tuple(xb), yb, wb
         )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = values_lib.optimizer_step(tx, grads, opt_state, params, frozen_vars)
         return (params, opt_state), (loss * wb.sum(), correct)
 
     (params, opt_state), (losses, correct) = jax.lax.scan(
@@ -434,9 +487,20 @@ def train_values(
     *,
     key: jax.Array,
     config: ValueTrainConfig | None = None,
+    valid: np.ndarray | jax.Array | None = None,
     progress: bool = True,
 ) -> tuple[dict, TrainHistory]:
     """Data-parallel :func:`dkvb_jax.training.train_values` (gradients averaged over devices).
+
+    Args:
+      model, variables, key, config, progress: as for the one-device function.
+      x: embeddings `[n, embed_dim]` (host arrays, or global arrays split over ``'data'``).
+      y: int labels `[n]`.
+      mesh: device mesh with a ``'data'`` axis.
+      valid: optional bool `[n]` marking real rows; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        be trained on as extra copies of example 0. Training then runs on exactly the real
+        rows and equals the one-device result on them up to float summation order.
 
     Returns:
       New variables (only ``params`` changed, replicated) and the per-epoch history (without
@@ -445,6 +509,7 @@ def train_values(
     config = ValueTrainConfig() if config is None else config
     cfg = model.config
     _check_embeddings(x, cfg.embed_dim)
+    x, y = _real_rows(valid, mesh, x, y)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
     n = x.shape[0]
     batch_size = min(config.batch_size, n)
@@ -499,6 +564,7 @@ def fit_keys(
     *,
     key: jax.Array,
     config: keys_lib.KeyInitConfig | None = None,
+    valid: np.ndarray | jax.Array | None = None,
     progress: bool = True,
 ) -> tuple[dict, keys_lib.KeyInitReport]:
     """Data-parallel :func:`dkvb_jax.training.fit_keys`: every batch is split over ``'data'``.
@@ -509,11 +575,29 @@ def fit_keys(
     keys up to float summation order; otherwise batches are padded with zero-weight rows, which
     leaves the statistics unchanged but draws dead-key re-seeds from a longer index range.
 
+    Args:
+      model, variables, key, config, progress: as for the one-device function.
+      data: embeddings `[n, embed_dim]`, a sequence of batches or a callable returning a fresh
+        iterable of batches for each epoch.
+      mesh: device mesh with a ``'data'`` axis.
+      valid: optional bool `[n]` marking the real rows of an array `data`; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        pull the keys towards example 0. The keys are then fitted on exactly the real rows.
+
     Returns:
       New variables with fitted keys (replicated) and the per-epoch report.
     """
     config = keys_lib.KeyInitConfig() if config is None else config
     cfg = model.config
+    if isinstance(data, np.ndarray | jax.Array):
+        if valid is not None:
+            _check_embeddings(data, cfg.embed_dim)
+        (data,) = _real_rows(valid, mesh, data)
+    elif valid is not None:
+        raise TypeError(
+            "fit_keys: valid marks the rows of an array `data` [n, embed_dim]; with a "
+            f"sequence or callable of batches ({type(data).__name__}), yield real rows only."
+        )
     key_seed, key_loop = jax.random.split(key)
     # The same host-side shuffling stream as the core, so both visit batches in the same order.
     shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())

@@ -3,6 +3,10 @@
 Each epoch is one jitted `lax.scan` over shuffled, padded minibatches. Unless the splitter is
 learned, the inputs' codes are computed once up front: with frozen keys and fixed masks they
 are exactly what every step would recompute, and a step becomes a gather and a scatter-add.
+
+Every value-training step (here, in :mod:`dkvb_jax.parallel` and in
+:mod:`dkvb_jax.checkpoints`) goes through :func:`optimizer_step`, which keeps the values of
+masked pairs bit-unchanged, so training after unlearning never moves what was switched off.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tqdm.auto import tqdm
 from dkvb_jax import _batching, _validation
 from dkvb_jax.model import DKVB
 from dkvb_jax.training.codes import compute_codes
+from dkvb_jax.unlearning.masking import masked_pairs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +40,8 @@ class ValueTrainConfig:
       clip_norm: Global-norm gradient clipping; 0 disables it.
       label_smoothing: Label smoothing of the cross-entropy.
       schedule: ``constant`` or ``cosine`` decay over all steps.
+      weight_decay: Decoupled weight decay (0 in the paper): with ``adam`` this is AdamW, with
+        ``sgd`` the decay is added to the (clipped) gradient. It never reaches masked pairs.
     """
 
     learning_rate: float = 0.3
@@ -45,6 +52,7 @@ class ValueTrainConfig:
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
     schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         _validation.check_positive_int(self.epochs, "ValueTrainConfig.epochs")
@@ -67,19 +75,37 @@ class ValueTrainConfig:
             )
         if self.clip_norm < 0:
             raise ValueError(f"ValueTrainConfig.clip_norm must be >= 0, got {self.clip_norm}.")
+        if not 0.0 <= self.weight_decay < float("inf"):
+            raise ValueError(
+                f"ValueTrainConfig.weight_decay must be a finite number >= 0, got "
+                f"{self.weight_decay}."
+            )
 
     def optimizer_for(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        lr = self.learning_rate
-        if self.schedule == "cosine":
-            lr = optax.cosine_decay_schedule(lr, self.epochs * steps_per_epoch)
-        opt = (
-            optax.sgd(lr, momentum=self.momentum or None)
-            if self.optimizer == "sgd"
-            else optax.adam(lr)
-        )
-        if self.clip_norm:
-            opt = optax.chain(optax.clip_by_global_norm(self.clip_norm), opt)
-        return opt
+        """The optax optimiser; one object per `(config, steps_per_epoch)`.
+
+        The jitted epoch takes the optimiser as a static argument, so handing out the same
+        object lets a second run with the same settings reuse the compiled epoch.
+        """
+        return _optimizer(self, steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(config: ValueTrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, config.epochs * steps_per_epoch)
+    if config.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=config.momentum or None)
+        if config.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    elif config.weight_decay:
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    else:
+        opt = optax.adam(lr)
+    if config.clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    return opt
 
 
 class TrainHistory(NamedTuple):
@@ -94,6 +120,40 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     """Per-example cross-entropy `[batch]` against label-smoothed one-hot targets."""
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def optimizer_step(
+    tx: optax.GradientTransformation, grads: dict, opt_state, params: dict, variables: dict
+) -> tuple[dict, optax.OptState]:
+    """One optimiser update of ``params`` that leaves the values of masked pairs bit-unchanged.
+
+    A masked pair gets a zero gradient, but its *update* need not be zero: weight decay, SGD
+    momentum or Adam moments carried over from training before unlearning all move it. So the
+    new ``values`` keep their old entries wherever a pair is masked in either mode
+    (:func:`dkvb_jax.unlearning.masked_pairs`), whatever `tx` is. Jittable; shared by every
+    value-training step of the library.
+
+    Args:
+      tx: the optimiser.
+      grads: gradient of the loss, same structure as `params`.
+      opt_state: `tx`'s state.
+      params: ``params`` collection; ``params/values`` is `[codebooks, keys, value_dim]`.
+      variables: the model's variables, whose ``mask`` collection names the masked pairs.
+
+    Returns:
+      The new params and optimiser state.
+    """
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new = optax.apply_updates(params, updates)
+    masked = masked_pairs(variables)[..., None]  # [codebooks, keys, 1]
+
+    # A select, not a zeroed update: `old + 0` would still turn -0.0 into +0.0.
+    def keep_masked(path, old, updated):
+        if len(path) == 1 and getattr(path[0], "key", None) == "values":
+            return jnp.where(masked, old, updated)
+        return updated
+
+    return jax.tree_util.tree_map_with_path(keep_masked, params, new), opt_state
 
 
 def _forward(model: DKVB, use_codes: bool):
@@ -121,8 +181,7 @@ def _train_epoch(model, use_codes, tx, batch_size, smoothing, variables, opt_sta
             return jnp.sum(losses * w) / jnp.maximum(w.sum(), 1.0), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = optimizer_step(tx, grads, opt_state, params, variables)
         correct = jnp.sum((logits.argmax(-1) == yb) & wb)
         return (params, opt_state), (loss * wb.sum(), correct)
 
@@ -181,6 +240,13 @@ def train_values(
     progress: bool = True,
 ) -> tuple[dict, TrainHistory]:
     """Trains the values (and decoder/learned-splitter weights) with labels; keys stay frozen.
+
+    After unlearning: pairs masked in either mode keep their values bit for bit, whatever the
+    optimiser (weight decay included; see :func:`optimizer_step`), and the masks are never
+    cleared, so continued training cannot bring back what masking or hard deletion removed.
+    It *can* relearn a forgotten class through other, unmasked keys: inputs of that class fall
+    back to their next-nearest active keys, and training on them writes the class into those
+    keys' values. So continue training on retained data only.
 
     Args:
       model: The DKVB module.

@@ -6,8 +6,13 @@ import numpy as np
 
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.model import DKVB
+from dkvb_jax.training import KeyInitConfig, ValueTrainConfig
 
 CONFIG = DKVBConfig(embed_dim=16, num_classes=3, num_codebooks=8, num_keys=16, key_dim=4)
+# Settings of the data-parallel training checks (batches divisible by 8 devices).
+VALUES = ValueTrainConfig(epochs=2, batch_size=16, learning_rate=0.5)
+# dead_threshold 0.5 makes re-seeding happen, so the checks cover the random draws too.
+KEYS = KeyInitConfig(epochs=2, batch_size=16, dead_threshold=0.5)
 
 
 def tiny_problem(n: int = 53, config: DKVBConfig = CONFIG, seed: int = 0):

@@ -2,7 +2,8 @@
 
 Run as `python multihost_worker.py ADDRESS NUM_PROCESSES PROCESS_ID OUT.npz`; each process owns
 4 CPU devices, reads its own slice of a shared synthetic dataset, and process 0 writes the
-globally reduced usage histogram and accuracy.
+globally reduced usage histogram and accuracy, and the values and keys trained on the valid rows
+of the padded global batch.
 """
 
 import os
@@ -20,7 +21,7 @@ from dkvb_jax import parallel  # noqa: E402
 from dkvb_jax.parallel import distributed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _tiny import tiny_problem  # noqa: E402
+from _tiny import KEYS, VALUES, tiny_problem  # noqa: E402
 
 
 def main(address: str, num_processes: int, process_id: int, out: str) -> None:
@@ -30,6 +31,27 @@ def main(address: str, num_processes: int, process_id: int, out: str) -> None:
     gx, valid, gy = distributed.global_batch(x, mesh, labels=y)
     usage = parallel.key_usage(model, variables, gx, mesh, gy, valid=valid)
     result = parallel.evaluate(model, variables, gx, mesh, gy, valid=valid, batch_size=4)
+    trained, _ = parallel.train_values(
+        model,
+        variables,
+        gx,
+        gy,
+        mesh,
+        key=jax.random.key(7),
+        config=VALUES,
+        valid=valid,
+        progress=False,
+    )
+    fitted, _ = parallel.fit_keys(
+        model,
+        variables,
+        gx,
+        mesh,
+        key=jax.random.key(4),
+        config=KEYS,
+        valid=valid,
+        progress=False,
+    )
     if process_id == 0:
         np.savez(
             out,
@@ -37,6 +59,8 @@ def main(address: str, num_processes: int, process_id: int, out: str) -> None:
             correct=result.correct,
             count=result.count,
             devices=jax.device_count(),
+            values=np.asarray(trained["params"]["values"]),
+            keys=np.asarray(fitted["frozen"]["keys"]),
         )
     jax.distributed.shutdown()
 

@@ -9,10 +9,11 @@ import chex  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from _tiny import CONFIG, tiny_problem  # noqa: E402
+from _tiny import CONFIG, KEYS, VALUES, tiny_problem  # noqa: E402
 
 from dkvb_jax import parallel, training  # noqa: E402
 from dkvb_jax.model import DKVB  # noqa: E402
+from dkvb_jax.parallel import distributed  # noqa: E402
 from dkvb_jax.training import keys as keys_lib  # noqa: E402
 from dkvb_jax.training import values as values_lib  # noqa: E402
 
@@ -188,3 +189,57 @@ def test_fit_keys_matches_single_device(seeding):
     chex.assert_trees_all_close(got, want, atol=1e-5)
     np.testing.assert_allclose(report.quantisation_error, want_report.quantisation_error, rtol=1e-5)
     assert report.dead_fraction == want_report.dead_fraction
+
+
+def _train_values(model, variables, x, y, mesh=None, **kwargs):
+    """One-device value training without a mesh, data-parallel with one."""
+    kwargs = dict(key=jax.random.key(7), config=VALUES, progress=False, **kwargs)
+    if mesh is None:
+        return training.train_values(model, variables, x, y, **kwargs)
+    return parallel.train_values(model, variables, x, y, mesh, **kwargs)
+
+
+def _fit_keys(model, variables, x, y, mesh=None, **kwargs):
+    """One-device key fitting without a mesh, data-parallel with one (labels unused)."""
+    kwargs = dict(key=jax.random.key(4), config=KEYS, progress=False, **kwargs)
+    if mesh is None:
+        return training.fit_keys(model, variables, x, **kwargs)
+    return parallel.fit_keys(model, variables, x, mesh, **kwargs)
+
+
+@pytest.mark.parametrize("fit", [_train_values, _fit_keys], ids=["train_values", "fit_keys"])
+def test_global_batch_padding_is_never_trained_on(fit):
+    model, variables, x, y = tiny_problem()
+    mesh = parallel.data_mesh(8)
+    gx, valid, gy = distributed.global_batch(x, mesh, labels=y)
+    assert gx.shape[0] > len(x)  # 53 rows padded to 56 with copies of example 0
+    want, _ = fit(model, variables, x, y)
+    got, _ = fit(model, variables, gx, gy, mesh, valid=valid)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    # The padding rows do change the result when not masked, so the check above has teeth.
+    unmasked, _ = fit(model, variables, gx, gy, mesh)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_close(unmasked, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fit", [_train_values, _fit_keys], ids=["train_values", "fit_keys"])
+@pytest.mark.parametrize(
+    "valid, error, match",
+    [
+        (np.ones(53, np.int32), TypeError, "bool"),
+        (np.ones(52, bool), ValueError, "shape"),
+        (np.zeros(53, bool), ValueError, "no row"),
+    ],
+)
+def test_bad_valid_rows(problem, fit, valid, error, match):
+    model, variables, x, y = problem
+    with pytest.raises(error, match=match):
+        fit(model, variables, x, y, parallel.data_mesh(8), valid=valid)
+
+
+def test_fit_keys_valid_needs_an_array(problem):
+    model, variables, x, y = problem
+    with pytest.raises(TypeError, match="valid marks the rows of an array"):
+        _fit_keys(
+            model, variables, [x[:24], x[24:]], y, parallel.data_mesh(8), valid=np.ones(53, bool)
+        )

@@ -1,13 +1,15 @@
-"""Two real JAX processes (4 CPU devices each) reproduce the single-process usage and accuracy."""
+"""Two real JAX processes (4 CPU devices each) reproduce the single-process usage, accuracy,
+value training and key fitting."""
 
 import pathlib
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
-from _tiny import tiny_problem
+from _tiny import KEYS, VALUES, tiny_problem
 
 from dkvb_jax import training
 
@@ -41,3 +43,12 @@ def test_two_processes_match_single_process(tmp_path):
     assert int(result["correct"]) == int(
         np.sum(np.asarray(model.apply(variables, x)).argmax(-1) == y)
     )
+    # Trained on the valid rows of the padded global batch only, so equal to one device on x.
+    values, _ = training.train_values(
+        model, variables, x, y, key=jax.random.key(7), config=VALUES, progress=False
+    )
+    np.testing.assert_allclose(result["values"], values["params"]["values"], rtol=1e-5, atol=1e-5)
+    keys, _ = training.fit_keys(
+        model, variables, x, key=jax.random.key(4), config=KEYS, progress=False
+    )
+    np.testing.assert_allclose(result["keys"], keys["frozen"]["keys"], rtol=1e-5, atol=1e-5)
