@@ -34,7 +34,7 @@ DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
 METHODS = ("uva", "uve", "exact")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
-_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parents[1])
+_PACKAGE_DIR = os.path.realpath(pathlib.Path(__file__).parents[1])
 
 
 class CLIError(InputError):
@@ -667,7 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (resumes if present)")
     p.add_argument(
-        "--num-classes", type=int, default=None,
+        "--num-classes",
+        type=int,
+        default=None,
         help="classes of the model (default: 1 + the largest label, which the training labels "
         "must then cover without gaps)",
     )
@@ -737,7 +739,7 @@ def _raised_by_library(e: BaseException) -> bool:
     if tb is None:
         return False
     filename = tb.tb_frame.f_code.co_filename
-    if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+    if not os.path.realpath(filename).startswith(_PACKAGE_DIR + os.sep):
         return False
     # An int("x") or a failed unpacking in dkvb_jax code also ends there: only a raise counts.
     return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")

@@ -196,6 +196,12 @@ def unlearn_via_activations(
 
     Returns:
       (new variables, :class:`AuditRecord`).
+
+    Raises:
+      ValueError / TypeError (:class:`~dkvb_jax.errors.InputError`): bad arguments, named in
+        the message; among them a `usage` with NaN/inf, negative or fractional counts, and a
+        forget class whose `usage` row is all zero (an error, not a warning: the histogram never
+        saw that class, so nothing would be masked).
     """
     cfg = model.config
     _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
@@ -265,7 +271,8 @@ def unlearn_via_examples(
 
     Args:
       forget_x: forget embeddings `[n, embed_dim]`, or
-      codes: their precomputed codes (indices, valid) `[n, codebooks, top_k]`.
+      codes: their precomputed codes (indices, valid) `[n, codebooks, top_k]`; every index
+        marked valid must be a key id in `[0, num_keys)`.
       n_e: examples to use (the first `n_e` rows; shuffle beforehand for a random subset);
         None uses all of them.
       classes: forget class ids, recorded in the audit.
@@ -331,6 +338,10 @@ def forget_classes(
       x, y: labelled training embeddings and labels to build it (one data pass, unmasked).
       **kwargs: retain_aware, mode, hard, rekey, rng, eval_fn as in
         :func:`unlearn_via_activations`.
+
+    Raises:
+      ValueError / TypeError: as :func:`unlearn_via_activations`; a class with no recorded usage
+        (no row of it in `y`, or an all-zero row of `usage`) is refused.
     """
     cfg = model.config
     _checks.check_variables(cfg, variables)
