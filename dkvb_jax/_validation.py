@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dkvb_jax.errors import InputError, InputTypeError
+
 
 def is_concrete(x: Any) -> bool:
     """True when `x` holds values this process can read.
@@ -35,7 +37,7 @@ def check_embeddings(
       ValueError: wrong rank, wrong last dimension, empty batch, or NaN/inf values.
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+        raise InputTypeError(f"{name} must be an array, got {type(x).__name__}.")
     ranks = (2, 3) if allow_tokens else (2,)
     if x.ndim not in ranks:
         expected = (
@@ -43,22 +45,22 @@ def check_embeddings(
             if allow_tokens
             else "[batch, embed_dim]"
         )
-        raise ValueError(f"{name} must have shape {expected}, got shape {tuple(x.shape)}.")
+        raise InputError(f"{name} must have shape {expected}, got shape {tuple(x.shape)}.")
     if x.shape[-1] != embed_dim:
-        raise ValueError(
+        raise InputError(
             f"{name} have dimension {x.shape[-1]} but the model was configured with "
             f"embed_dim={embed_dim} (shape {tuple(x.shape)}). Use embeddings from the encoder the "
             "model was built for, or set DKVBConfig.embed_dim to match."
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be floating point, got dtype {x.dtype}. Cast with x.astype(jnp.float32)."
         )
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (batch size 0): nothing to look up.")
+        raise InputError(f"{name} is empty (batch size 0): nothing to look up.")
     if is_concrete(x) and not bool(np.isfinite(np.asarray(x)).all()):
         bad = int((~np.isfinite(np.asarray(x))).any(axis=tuple(range(1, x.ndim))).sum())
-        raise ValueError(
+        raise InputError(
             f"{name} contain NaN or inf in {bad} of {x.shape[0]} rows; check the encoder output "
             "or the preprocessing."
         )
@@ -67,20 +69,20 @@ def check_embeddings(
 def check_labels(y: Any, num_classes: int, *, n: int | None = None, name: str = "labels"):
     """Checks `y` is an integer vector `[n]` with values in `[0, num_classes)`."""
     if not hasattr(y, "shape") or not hasattr(y, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(y).__name__}.")
+        raise InputTypeError(f"{name} must be an array, got {type(y).__name__}.")
     if y.ndim != 1:
-        raise ValueError(f"{name} must have shape [batch], got {tuple(y.shape)}.")
+        raise InputError(f"{name} must have shape [batch], got {tuple(y.shape)}.")
     if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"{name} must be integer class ids, got dtype {y.dtype}.")
+        raise InputTypeError(f"{name} must be integer class ids, got dtype {y.dtype}.")
     if n is not None and y.shape[0] != n:
-        raise ValueError(f"{name} has {y.shape[0]} entries but there are {n} embeddings.")
+        raise InputError(f"{name} has {y.shape[0]} entries but there are {n} embeddings.")
     if y.shape[0] == 0:
-        raise ValueError(f"{name} is empty: nothing to train or count on.")
+        raise InputError(f"{name} is empty: nothing to train or count on.")
     if is_concrete(y):
         y_np = np.asarray(y)
         lo, hi = int(y_np.min()), int(y_np.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{name} must lie in [0, {num_classes}) for a model with num_classes="
                 f"{num_classes}, got values in [{lo}, {hi}]."
             )
@@ -88,4 +90,53 @@ def check_labels(y: Any, num_classes: int, *, n: int | None = None, name: str = 
 
 def check_positive_int(value: Any, name: str):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_codes(indices: Any, valid: Any, num_keys: int, *, name: str = "codes") -> None:
+    """Checks codes `(indices, valid)` `[n, codebooks, top_k]` refer to real keys.
+
+    `indices` must be integer and `valid` bool; every index marked valid must lie in
+    `[0, num_keys)`. The index of an invalid entry is ignored (:func:`compute_codes` writes -1
+    there). Without this, an index past the end is dropped from every count and a negative one
+    wraps to a key counted from the end. The value check runs on concrete arrays only.
+
+    Raises:
+      InputTypeError: `indices` not integer or `valid` not bool.
+      InputError: shapes differ, or a valid index is negative or `>= num_keys`.
+    """
+    for arr, what in ((indices, "indices"), (valid, "valid")):
+        if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+            raise InputTypeError(
+                f"{name} must be a pair of arrays (indices, valid) from compute_codes; its "
+                f"{what} is a {type(arr).__name__}."
+            )
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise InputTypeError(
+            f"{name}: indices must be integer key ids, got dtype {indices.dtype}."
+        )
+    if valid.dtype != jnp.bool_:
+        raise InputTypeError(
+            f"{name}: valid must be a bool array (True where the index is a retrieved key), got "
+            f"dtype {valid.dtype}."
+        )
+    if tuple(valid.shape) != tuple(indices.shape):
+        raise InputError(
+            f"{name}: indices and valid must have the same shape, got {tuple(indices.shape)} and "
+            f"{tuple(valid.shape)}."
+        )
+    if not (is_concrete(indices) and is_concrete(valid)):
+        return
+    idx, ok = np.asarray(indices), np.asarray(valid)
+    used = idx[ok]
+    if used.size and (used.min() < 0 or used.max() >= num_keys):
+        lo, hi = int(used.min()), int(used.max())
+        why = (
+            "negative indices are marked valid (-1 marks an invalid entry: set valid=False there)"
+            if lo < 0
+            else f"indices reach {hi}, past the last key"
+        )
+        raise InputError(
+            f"{name}: every valid index must be a key id in [0, num_keys={num_keys}), got valid "
+            f"indices in [{lo}, {hi}]: {why}. Use the codes compute_codes returns for this model."
+        )

@@ -8,7 +8,8 @@
     dkvb compare --dataset cifar10 --data-dir ../shared/data/cifar10 --out results/
 
 Every command prints a readable table, or JSON with ``--json``. Bad input ends with one line on
-stderr and exit status 2 (``--debug`` shows the traceback).
+stderr and exit status 2; anything else is a bug and ends with one line asking for a report and
+exit status 1. ``--debug`` shows the traceback of either.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import linecache
 import logging
 import os
 import pathlib
@@ -25,13 +27,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dkvb_jax.errors import InputError
+
 DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")
 DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
 METHODS = ("uva", "uve", "exact")
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 1
+_PACKAGE_DIR = os.path.realpath(pathlib.Path(__file__).parents[1])
 
 
-class CLIError(ValueError):
+class CLIError(InputError):
     """A user error the command line reports in one line."""
 
 
@@ -60,17 +66,39 @@ def _encoders() -> list[str]:
 def _load_npz(path: str) -> Embeddings:
     import numpy as np
 
+    from dkvb_jax.encoders._weights import load_npz
+
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"--embeddings {path}: no such file.")
-    with np.load(p) as f:
-        missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(f.files))
-        if missing:
+    arrays = load_npz(p, what="--embeddings")
+    missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(arrays))
+    if missing:
+        raise CLIError(
+            f"--embeddings {path} lacks arrays {missing}; it needs x_train, y_train, x_test, "
+            "y_test."
+        )
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.shape[:1] == (0,):
+            raise CLIError(f"--embeddings {path}: x_{split} has no rows.")
+        numeric = np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+        if x.ndim != 2 or not numeric:
             raise CLIError(
-                f"--embeddings {path} lacks arrays {missing}; it needs x_train, y_train, x_test, "
-                "y_test."
+                f"--embeddings {path}: x_{split} must be a numeric [examples, dim] array, got "
+                f"{x.dtype} of shape {x.shape}."
             )
-        arrays = {k: f[k] for k in f.files}
+        # A float label array would be truncated to int silently (1.7 -> class 1).
+        if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
+            raise CLIError(
+                f"--embeddings {path}: y_{split} must be integer class ids, one per row of "
+                f"x_{split} ({x.shape[0]}), got {y.dtype} of shape {y.shape}."
+            )
+        if y.size and not (y.min() >= 0 and y.max() < 2**31):
+            raise CLIError(
+                f"--embeddings {path}: y_{split} holds labels in [{y.min()}, {y.max()}]; class "
+                "ids are 0, 1, 2, ..."
+            )
     names = tuple(str(n) for n in arrays.get("class_names", ()))
     return Embeddings(
         arrays["x_train"].astype("float32"), arrays["y_train"].astype("int32"),
@@ -254,6 +282,33 @@ def _accuracies(fitted, emb: Embeddings) -> dict:
     }
 
 
+def _fit_num_classes(args, emb: Embeddings) -> int:
+    """The model's classes: ``--num-classes``, or 0..max label when the training set has each.
+
+    Labels 100..104 alone would otherwise give a 105-class model, 100 of its classes never
+    seen; refusing is safer than guessing, and ``--num-classes`` keeps such ids on purpose.
+    """
+    import numpy as np
+
+    seen = int(max(emb.y_train.max(), emb.y_test.max())) + 1
+    if args.num_classes is not None:
+        if args.num_classes < seen:
+            raise CLIError(
+                f"--num-classes {args.num_classes} is too small: the labels reach {seen - 1}, "
+                f"so the model needs at least {seen} classes (ids 0..{seen - 1})."
+            )
+        return args.num_classes
+    absent = np.setdiff1d(np.arange(seen), emb.y_train)
+    if absent.size:
+        shown = ", ".join(map(str, absent[:10].tolist())) + (", ..." if absent.size > 10 else "")
+        raise CLIError(
+            f"the training labels do not cover 0..{seen - 1}: {absent.size} of these class ids "
+            f"have no training example ({shown}). Relabel the classes to 0..k-1, or pass "
+            f"--num-classes {seen} to keep these ids."
+        )
+    return seen
+
+
 def cmd_fit(args) -> int:
     from dkvb_jax.data.registry import row_namespace
     from dkvb_jax.experiment.recipe import fit_from_config
@@ -262,7 +317,7 @@ def cmd_fit(args) -> int:
     apply_config_defaults(args)
     cfg = experiment_config(args)
     emb = load_embeddings(args)
-    num_classes = int(max(emb.y_train.max(), emb.y_test.max())) + 1
+    num_classes = _fit_num_classes(args, emb)
     model_cfg = cfg.dkvb_config(emb.x_train.shape[1], num_classes)
     info = {**emb.source, "experiment": cfg.to_dict(), "class_names": list(emb.class_names)}
     if args.key_dataset:
@@ -619,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     _model(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (resumes if present)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the model (default: 1 + the largest label, which the training labels "
+        "must then cover without gaps)",
+    )
     _common(p)
     p.set_defaults(fn=cmd_fit)
 
@@ -675,6 +737,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_library(e: BaseException) -> bool:
+    """True when a ``raise`` statement of dkvb_jax itself raised `e` (not numpy, jax, ...)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    if not os.path.realpath(filename).startswith(_PACKAGE_DIR + os.sep):
+        return False
+    # An int("x") or a failed unpacking in dkvb_jax code also ends there: only a raise counts.
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def is_input_error(e: BaseException) -> bool:
+    """Whether the command line reports `e` as bad input (exit 2) rather than a bug (exit 1).
+
+    Bad input: :class:`~dkvb_jax.errors.InputError` (CLIError included), CheckpointError,
+    missing or unreadable files (OSError), training that diverged (FloatingPointError), and a
+    ValueError or TypeError that the library raises itself, its convention for bad arguments.
+    A TypeError, KeyError, IndexError, ... from inside numpy, jax or a broken code path is a bug.
+    """
+    from dkvb_jax.checkpoints import CheckpointError
+
+    if isinstance(e, InputError | CheckpointError | OSError | FloatingPointError):
+        return True
+    return isinstance(e, ValueError | TypeError) and _raised_by_library(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dkvb`` console script; returns the exit status."""
     parser = build_parser()
@@ -690,15 +781,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"dkvb {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr
         )
         return 130
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError,
-            FloatingPointError, OSError) as e:  # fmt: skip
+    except Exception as e:
         if args.debug:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        if isinstance(e, KeyError):
-            msg = f"missing entry {msg}"
-        print(f"dkvb {args.command}: error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        if is_input_error(e):
+            print(f"dkvb {args.command}: error: {msg}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(
+            f"dkvb {args.command}: internal error ({type(e).__name__}: {msg[:300]}); please "
+            "report it. Rerun with --debug for the traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

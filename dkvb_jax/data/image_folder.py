@@ -16,6 +16,11 @@ Examples are ordered by (label, path) and ``id`` is the position in that order. 
 extension is not an image's (``IMAGE_EXTENSIONS``) and hidden files are ignored. Colour and size
 rules are those of :mod:`dkvb_jax.data.images`; decoding happens on read, so an undecodable image
 raises a ValueError naming the file when it is first read.
+
+Hostile or broken data is refused with an error naming the file: an image larger than
+``max_image_bytes`` (checked against the zip directory, then enforced while reading, so a
+compressed member cannot expand past it) and a folder whose symlinks lead back to one of its own
+ancestors (which would list the same images again and again).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dkvb_jax import _validation
 from dkvb_jax.data import images as images_lib
 from dkvb_jax.data.sources import ImageSource
+from dkvb_jax.errors import InputError
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -36,6 +43,8 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+# Far above any dataset image (a 24-megapixel JPEG is ~10 MB), far below what would hurt a host.
+MAX_IMAGE_BYTES = 64 << 20
 
 
 def _is_image(rel: str) -> bool:
@@ -54,11 +63,12 @@ class ImageFolderSource(ImageSource):
         class_names: label order; default sorted class folder names (see module docstring).
         image_size: optional ``(height, width)`` resize target (see :mod:`dkvb_jax.data.images`).
         non_rgb: ``"convert"`` (default) or ``"error"`` for grayscale/RGBA/palette images.
+        max_image_bytes: largest stored (encoded) image read; a larger one is refused on read.
 
     Raises:
         FileNotFoundError: ``root`` or the split folder does not exist.
-        ValueError: ``root`` is not a zip archive or directory, no class folder holds images, or a
-            class folder is not in the given ``class_names``.
+        ValueError: ``root`` is not a zip archive or directory, no class folder holds images, a
+            class folder is not in the given ``class_names``, or a symlink loop in the folder.
     """
 
     def __init__(
@@ -69,10 +79,13 @@ class ImageFolderSource(ImageSource):
         class_names: Sequence[str] | None = None,
         image_size: int | tuple[int, int] | None = None,
         non_rgb: str = "convert",
+        max_image_bytes: int = MAX_IMAGE_BYTES,
     ):
         self.root = pathlib.Path(root)
         self.split = split
         self._non_rgb = images_lib.check_non_rgb(non_rgb)
+        _validation.check_positive_int(max_image_bytes, "max_image_bytes")
+        self._max_bytes = int(max_image_bytes)
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None
         if not self.root.exists():
@@ -136,14 +149,27 @@ class ImageFolderSource(ImageSource):
         return [n for n in self._open_zip().namelist() if not n.endswith("/") and _is_image(n)]
 
     def _list_dir(self) -> list[str]:
+        """Image paths relative to the root, following symlinks but refusing loops."""
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = pathlib.Path(dirpath).relative_to(self.root).as_posix()
-            for f in filenames:
-                rel = f if rel_dir == "." else f"{rel_dir}/{f}"
-                if _is_image(rel):
-                    out.append(rel)
+        # (directory, its path relative to the root, the (device, inode) of it and its ancestors)
+        todo = [(self.root, "", frozenset())]
+        while todo:
+            directory, rel_dir, above = todo.pop()
+            st = directory.stat()
+            ident = (st.st_dev, st.st_ino)
+            if ident in above:
+                raise InputError(
+                    f"{str(directory)!r} under root {str(self.root)!r} is a symlink loop: it leads "
+                    "back to a folder that contains it. Remove the link, or point it elsewhere."
+                )
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    rel = f"{rel_dir}{entry.name}"
+                    if entry.is_dir():  # follows symlinks, like os.walk(followlinks=True)
+                        if not entry.name.startswith("."):
+                            todo.append((pathlib.Path(entry.path), rel + "/", above | {ident}))
+                    elif _is_image(rel):
+                        out.append(rel)
         return out
 
     def _select_split(self, files: list[str]) -> tuple[str, list[str]]:
@@ -180,14 +206,34 @@ class ImageFolderSource(ImageSource):
         return tuple(self._members)
 
     def read_bytes(self, index: int) -> bytes:
-        """The stored (encoded) bytes of example ``index``."""
+        """The stored (encoded) bytes of example ``index``, at most ``max_image_bytes``."""
         rel = self._members[index]
         if self.is_zip:
+            zf = self._open_zip()
             try:
-                return self._open_zip().read(rel)
+                info = zf.getinfo(rel)
+                self._check_size(rel, info.file_size)
+                with zf.open(info) as f:
+                    # Read one byte past the cap: a member whose header understates its size
+                    # stops here instead of expanding without bound.
+                    data = f.read(self._max_bytes + 1)
             except zipfile.BadZipFile as e:
                 raise ValueError(f"Cannot read {rel!r} from {str(self.root)!r}: {e}.") from e
-        return (self.root / rel).read_bytes()
+        else:
+            path = self.root / rel
+            self._check_size(rel, path.stat().st_size)
+            with open(path, "rb") as f:
+                data = f.read(self._max_bytes + 1)
+        self._check_size(rel, len(data))
+        return data
+
+    def _check_size(self, rel: str, size: int) -> None:
+        if size > self._max_bytes:
+            raise InputError(
+                f"Image {rel!r} in {str(self.root)!r} holds {size} bytes, more than "
+                f"max_image_bytes={self._max_bytes}; it is corrupt or hostile (a decompression "
+                "bomb), or pass a larger max_image_bytes if it is genuine."
+            )
 
     def _read_one(self, index: int) -> tuple[np.ndarray, int, str]:
         where = f"{self._members[index]!r} in {str(self.root)!r}"

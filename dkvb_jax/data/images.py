@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dkvb_jax.errors import InputError
+
 NonRGB = Literal["convert", "error"]
 NON_RGB_MODES: tuple[str, ...] = ("convert", "error")
 
@@ -55,13 +57,19 @@ def decode(data: bytes, *, where: str, non_rgb: str = "convert") -> Image.Image:
     """Decodes encoded image bytes into an RGB PIL image.
 
     Raises:
-        ValueError: the bytes are not a decodable image, or (``non_rgb="error"``) not RGB.
+        ValueError: the bytes are not a decodable image, an image of more pixels than PIL's
+            decompression-bomb limit, or (``non_rgb="error"``) not RGB.
     """
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # Decode now so a truncated file fails here, with its name attached.
+    except Image.DecompressionBombError as e:
+        raise InputError(
+            f"Image {where} is refused as a decompression bomb: {e} If it is a genuine image, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS (or resize the file)."
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"Cannot decode image {where}: {e}. Remove or replace the file.") from e
+        raise InputError(f"Cannot decode image {where}: {e}. Remove or replace the file.") from e
     if img.mode != "RGB":
         if non_rgb == "error":
             raise ValueError(

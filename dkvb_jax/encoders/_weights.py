@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
+import pickle
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from dkvb_jax.errors import InputError
+
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "assets"
+NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive, or an empty one (savez of nothing)
 
 
 def asset_path(filename: str) -> pathlib.Path:
@@ -33,18 +38,75 @@ def load_npz(path: str | os.PathLike[str], *, what: str) -> dict[str, np.ndarray
 
     Returns:
       A dict from array name to array. Pickled object arrays are never loaded.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      InputError: not an `.npz` archive, truncated, or holding an object (pickled) array.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no file at {str(path)!r}.")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    # np.load on anything but a zip tries a .npy or a pickle, and its refusal of the pickle
+    # ("allow_pickle=False") reads like advice to enable unsafe loading.
+    if head[:4] not in NPZ_MAGIC:
+        kind = "a single .npy array" if head.startswith(b"\x93NUMPY") else f"starts with {head!r}"
+        raise InputError(
+            f"{what}: {str(path)!r} is not an .npz archive ({kind}); write one with "
+            "numpy.savez(path, name=array, ...)."
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise ValueError(
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise InputError(
+                f"{what}: {str(path)!r} holds an object (pickled) array, which is never loaded "
+                "(unpickling a file can run code); store numeric or string arrays instead."
+            ) from e
+        raise InputError(
             f"{what}: {str(path)!r} is truncated or not a valid .npz file ({type(e).__name__}: "
-            f"{e}); re-create it with the converter."
+            f"{e}); re-create it."
         ) from e
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise InputError(
+            f"{what}: {str(path)!r} is truncated or not a valid .npz file ({type(e).__name__}: "
+            f"{e}); re-create it."
+        ) from e
+
+
+def check_tensor_view(
+    size: tuple[int, ...], stride: tuple[int, ...], offset: int, storage_numel: int
+) -> None:
+    """Checks a pickled tensor `(size, stride, offset)` is a view its storage can back.
+
+    Refused before anything is allocated: negative or mismatched sizes/strides, an offset
+    outside the storage, an element past its end, and more elements than the storage holds
+    (zero strides would let a few hundred bytes of file expand to gigabytes on load).
+
+    Raises:
+      pickle.UnpicklingError: the view is malformed; the caller names the file.
+    """
+    if len(size) != len(stride) or any(s < 0 for s in (*size, *stride)) or offset < 0:
+        raise pickle.UnpicklingError(
+            f"malformed tensor: size {size}, stride {stride}, offset {offset}"
+        )
+    numel = math.prod(size)
+    if numel == 0:
+        return
+    if numel > storage_numel:
+        raise pickle.UnpicklingError(
+            f"tensor of size {size} (stride {stride}) declares {numel} elements but its storage "
+            f"holds {storage_numel}: the file is corrupt or hostile (it would expand far beyond "
+            "its own size); refused before allocating"
+        )
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= storage_numel:
+        raise pickle.UnpicklingError(
+            f"tensor of size {size} at offset {offset} runs past its storage of "
+            f"{storage_numel} elements: the file is truncated or corrupt"
+        )
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

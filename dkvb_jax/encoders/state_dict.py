@@ -34,6 +34,8 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from dkvb_jax.encoders import _weights
+
 StateDict = dict[str, np.ndarray]
 PathLike = str | os.PathLike[str]
 
@@ -54,6 +56,9 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # Legacy (pre-1.6) torch.save output: a protocol-2 pickle whose first object is this magic long.
 _LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+# data.pkl of a zip torch.save holds tensor metadata only (~100 bytes per tensor), so this is
+# far above any real model and bounds what a hostile archive can make us decompress.
+MAX_PICKLE_BYTES = 64 << 20
 
 
 class StateDictMismatchError(ValueError):
@@ -167,6 +172,13 @@ def load_torch_zip(path: PathLike) -> dict[str, Any]:
                 raise ValueError(
                     f"checkpoint {str(path)!r} was saved big-endian; re-save it on a "
                     "little-endian machine."
+                )
+            pkl_size = zf.getinfo(pkl[0]).file_size
+            if pkl_size > MAX_PICKLE_BYTES:
+                raise ValueError(
+                    f"checkpoint {str(path)!r}: its data.pkl declares {pkl_size} bytes, more than "
+                    f"MAX_PICKLE_BYTES={MAX_PICKLE_BYTES}; a state dict's pickle holds names and "
+                    "shapes only (the tensors are separate entries): the file is corrupt or hostile."
                 )
             unpickler = _WeightsOnlyUnpickler(io.BytesIO(zf.read(pkl[0])), zf, prefix, path)
             try:
@@ -321,15 +333,8 @@ _TORCH_DTYPES = {
 def _rebuild_tensor(storage, storage_offset, size, stride):
     array = storage  # a 1-D array of the storage's dtype, from persistent_load
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride) or any(s < 0 for s in size + stride) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"malformed tensor: size {size}, stride {stride}")
-    if 0 not in size:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        if last >= array.size:
-            raise pickle.UnpicklingError(
-                f"tensor of size {size} at offset {storage_offset} runs past its storage of "
-                f"{array.size} elements: the file is truncated or corrupt"
-            )
+    storage_offset = int(storage_offset)
+    _weights.check_tensor_view(size, stride, storage_offset, array.size)
     view = np.lib.stride_tricks.as_strided(
         array[storage_offset:] if array.size else array,
         shape=size,
@@ -420,13 +425,22 @@ class _WeightsOnlyUnpickler(pickle._Unpickler):  # the Python implementation: BU
         if key not in self._storages:
             entry = f"{self._prefix}data/{key}"
             try:
-                raw = self._zf.read(entry)
+                info = self._zf.getinfo(entry)
             except KeyError:
                 raise pickle.UnpicklingError(
                     f"storage entry {entry!r} is missing: the file is truncated or corrupt"
                 ) from None
             dtype = storage_type.dtype
-            if len(raw) != int(numel) * dtype.itemsize:
+            # Sizes are compared from the zip directory before reading: the read is then
+            # bounded by what the pickle declares, however well the entry compresses.
+            want = int(numel) * dtype.itemsize
+            if info.file_size != want:
+                raise pickle.UnpicklingError(
+                    f"storage {entry!r} has {info.file_size} bytes, expected {numel} x "
+                    f"{dtype.itemsize}: the file is truncated or corrupt"
+                )
+            raw = self._zf.read(info)
+            if len(raw) != want:
                 raise pickle.UnpicklingError(
                     f"storage {entry!r} has {len(raw)} bytes, expected {numel} x "
                     f"{dtype.itemsize}: the file is truncated or corrupt"

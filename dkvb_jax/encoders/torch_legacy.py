@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from dkvb_jax.encoders import _weights
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
@@ -75,7 +77,11 @@ class _TensorRef:
 def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     if not isinstance(storage, _StorageRef):
         raise pickle.UnpicklingError("tensor without a storage reference; not a legacy state dict.")
-    return _TensorRef(storage, int(storage_offset), tuple(map(int, size)), tuple(map(int, stride)))
+    ref = _TensorRef(storage, int(storage_offset), tuple(map(int, size)), tuple(map(int, stride)))
+    # Checked against the declared element count, before any storage byte is read;
+    # _read_storages then checks the file holds that many.
+    _weights.check_tensor_view(ref.size, ref.stride, ref.offset, storage.numel)
+    return ref
 
 
 def _rebuild_tensor_v2(
@@ -153,6 +159,13 @@ def _read_storages(
                 f"{source}: storage {key!r} has {numel} elements, expected {ref.numel}."
             )
         nbytes = numel * ref.dtype.itemsize
+        left = _bytes_left(f)
+        if nbytes > left:
+            raise ValueError(
+                f"{source}: storage {key!r} declares {numel} elements ({nbytes} bytes) but only "
+                f"{left} bytes are left in the file (truncated or corrupt file); nothing was "
+                "allocated for it."
+            )
         data = f.read(nbytes)
         if len(data) != nbytes:
             raise ValueError(
@@ -163,19 +176,20 @@ def _read_storages(
     return storages
 
 
+def _bytes_left(f: BinaryIO) -> int:
+    pos = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(pos)
+    return end - pos
+
+
 def _materialise(obj: Any, storages: dict[str, np.ndarray], source: str) -> Any:
     if isinstance(obj, _TensorRef):
         base = storages.get(obj.storage.key)
         if base is None:
             raise ValueError(f"{source}: tensor refers to missing storage {obj.storage.key!r}.")
-        if any(s < 0 for s in obj.size + obj.stride) or len(obj.size) != len(obj.stride):
-            raise ValueError(f"{source}: invalid tensor size {obj.size} / stride {obj.stride}.")
-        last = obj.offset + sum((n - 1) * s for n, s in zip(obj.size, obj.stride, strict=True))
-        if obj.offset < 0 or (min(obj.size, default=1) > 0 and last >= base.size):
-            raise ValueError(
-                f"{source}: tensor of size {obj.size} at offset {obj.offset} runs past "
-                f"its storage of {base.size} elements (corrupt file)."
-            )
+        # The view was checked against the storage's element count when it was unpickled, and
+        # _read_storages read exactly that many elements.
         if 0 in obj.size:
             return np.zeros(obj.size, base.dtype)
         item = base.itemsize

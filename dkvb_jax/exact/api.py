@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import _validation
+from dkvb_jax.errors import InputError, InputTypeError
 from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
 from dkvb_jax.exact.statistics import (
     LabelStats,
@@ -122,22 +123,33 @@ def _codes_of(model: DKVB, variables: dict, data: Data, batch_size: int) -> np.n
     """int32 codes `[n, codebooks, top_k]` (-1 invalid) from embeddings or precomputed codes."""
     cfg = model.config
     if isinstance(data, tuple):
+        if len(data) != 2:
+            raise InputTypeError("data must be embeddings, codes, or a pair (indices, valid).")
         indices, valid = data
+        _validation.check_codes(indices, valid, cfg.num_keys, name="data (codes)")
     elif hasattr(data, "dtype") and np.issubdtype(data.dtype, np.integer):
-        indices, valid = data, np.asarray(data) >= 0
+        indices = np.asarray(data)
+        # -1 is the one "no key" marker; any other negative index would count at a wrapped key.
+        if indices.size and int(indices.min()) < -1:
+            raise InputError(
+                f"data (codes) holds the index {int(indices.min())}: codes are key ids in "
+                f"[0, num_keys={cfg.num_keys}), or -1 for an invalid entry."
+            )
+        valid = indices >= 0
     else:
         _validation.check_embeddings(data, cfg.embed_dim, allow_tokens=False)
         indices, valid = compute_codes(model, variables, data, batch_size=batch_size)
-    indices = np.where(np.asarray(valid), np.asarray(indices), -1).astype(np.int32)
+    indices = np.where(np.asarray(valid), np.asarray(indices), -1)
     want = (cfg.num_codebooks, cfg.top_k)
     if indices.ndim != 3 or tuple(indices.shape[1:]) != want:
         raise ValueError(
             f"codes must have shape [examples, {want[0]}, {want[1]}] (codebooks, top_k), got "
             f"{tuple(indices.shape)}."
         )
+    # Checked before the int32 cast, which would wrap an index of 2**32 + 3 onto key 3.
     if indices.size and int(indices.max()) >= cfg.num_keys:
         raise ValueError(f"codes must be < num_keys={cfg.num_keys}, got {int(indices.max())}.")
-    return indices
+    return indices.astype(np.int32)
 
 
 def _bucket(n: int) -> int:

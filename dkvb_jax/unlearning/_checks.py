@@ -5,21 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
+from dkvb_jax import _validation
 from dkvb_jax.config import DKVBConfig
+from dkvb_jax.errors import InputError, InputTypeError
 
 
 def check_variables(config: DKVBConfig, variables: Any) -> None:
-    """Checks `variables` has the collections and shapes a model with `config` creates.
+    """Checks `variables` has the collections, shapes and dtypes a model with `config` creates.
 
     Raises:
-      TypeError: `variables` is not a mapping with ``params``, ``frozen`` and ``mask``.
-      ValueError: a leaf's shape differs from the configuration (variables of another model).
+      InputTypeError: `variables` is not a mapping with ``params``, ``frozen`` and ``mask``, a
+        leaf is not an array, a mask is not bool, or keys / values / projection not floating.
+      InputError: a leaf's shape differs from the configuration (variables of another model).
     """
     if not hasattr(variables, "keys") or not {"params", "frozen", "mask"} <= set(variables):
         got = sorted(variables) if hasattr(variables, "keys") else type(variables).__name__
-        raise TypeError(
+        raise InputTypeError(
             "variables must be a DKVB variables dict with collections 'params', 'frozen' and "
             f"'mask' (from model.init), got {got}."
         )
@@ -34,25 +38,50 @@ def check_variables(config: DKVBConfig, variables: Any) -> None:
         expected[("frozen", "projection")] = (config.embed_dim, c, config.key_dim)
     for (col, name), shape in expected.items():
         leaf = variables[col].get(name) if hasattr(variables[col], "get") else None
+        where = f"variables['{col}']['{name}']"
         if leaf is None:
-            raise ValueError(f"variables['{col}']['{name}'] is missing; expected shape {shape}.")
+            raise InputError(f"{where} is missing; expected shape {shape}.")
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise InputTypeError(f"{where} must be an array, got {type(leaf).__name__}.")
         if tuple(leaf.shape) != shape:
-            raise ValueError(
-                f"variables['{col}']['{name}'] has shape {tuple(leaf.shape)} but the model "
+            raise InputError(
+                f"{where} has shape {tuple(leaf.shape)} but the model "
                 f"configuration expects {shape} (num_codebooks={c}, num_keys={k}). These "
                 "variables come from a model with another configuration; pass the matching model."
             )
+        # A float mask would be OR-ed with a selection deep inside XLA; say what it must be here.
+        if col == "mask" and leaf.dtype != np.bool_:
+            raise InputTypeError(
+                f"{where} has dtype {leaf.dtype}, but masks must be bool (True = pair switched "
+                "off), as model.init and the unlearning functions make them. Pass the variables "
+                "those return (or .astype(bool) a mask of 0/1 flags)."
+            )
+        if col != "mask" and not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise InputTypeError(
+                f"{where} has dtype {leaf.dtype}, but keys, values and projection are floating "
+                "point; pass the variables model.init and training return."
+            )
 
 
-def check_n(n: Any, num_keys: int, name: str) -> int:
-    """Checks a number of pairs/examples `n` is an int in `[1, num_keys]`."""
+def check_n(n: Any, upper: int, name: str, *, counts: str | None = None) -> int:
+    """Checks a number of pairs/examples `n` is an int in `[1, upper]`.
+
+    Args:
+      n: the number to check.
+      upper: its largest allowed value.
+      name: the argument's name, for the message.
+      counts: what `upper` counts when it is not the keys per codebook (e.g. "forget
+        examples"); None for `num_keys`.
+    """
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}.")
-    if not 1 <= n <= num_keys:
-        raise ValueError(
-            f"{name}={n} is out of range: it must lie in [1, num_keys={num_keys}] (a codebook "
-            "cannot lose more keys than it holds)."
+        raise InputTypeError(f"{name} must be an int, got {type(n).__name__} {n!r}.")
+    if not 1 <= n <= upper:
+        why = (
+            f"[1, num_keys={upper}] (a codebook cannot lose more keys than it holds)"
+            if counts is None
+            else f"[1, {upper}]: there are {upper} {counts}"
         )
+        raise InputError(f"{name}={n} is out of range: it must lie in {why}.")
     return int(n)
 
 
@@ -65,49 +94,98 @@ def check_classes(classes: Any, num_classes: int, name: str = "classes") -> tupl
     if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
         classes = (classes,)
     if not isinstance(classes, Sequence | np.ndarray):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be an int or a sequence of ints, got {type(classes).__name__}."
         )
     arr = np.asarray(classes)
     if arr.size == 0:
-        raise ValueError(f"{name} is empty: name at least one class to forget.")
+        raise InputError(f"{name} is empty: name at least one class to forget.")
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be integer class ids, got {arr!r}.")
+        raise InputTypeError(f"{name} must be integer class ids, got {arr!r}.")
     bad = arr[(arr < 0) | (arr >= num_classes)]
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"{name} contains {bad.tolist()}, outside the model's classes [0, {num_classes})."
         )
     out = tuple(sorted({int(c) for c in arr}))
     if len(out) == num_classes:
-        raise ValueError(
+        raise InputError(
             f"{name} names every one of the {num_classes} classes: forgetting all of them leaves "
             "no model to keep. Retrain from scratch instead, or forget fewer classes."
         )
     return out
 
 
-def check_histogram(usage: Any, config: DKVBConfig, name: str = "usage") -> None:
-    """Checks a per-class usage histogram `[classes, codebooks, keys]`."""
+def check_histogram(
+    usage: Any, config: DKVBConfig, name: str = "usage", *, classes: Sequence[int] | None = None
+) -> None:
+    """Checks a per-class usage histogram `[classes, codebooks, keys]` holds counts.
+
+    Counts are finite, non-negative whole numbers (any integer or floating dtype). With
+    `classes`, each of them must have recorded usage: an all-zero row means the histogram never
+    saw that class, and UvA would mask nothing while reporting success. That is an error, not a
+    warning. Value checks run on concrete arrays only.
+
+    Raises:
+      InputTypeError: not an array, or not a real-valued numeric one.
+      InputError: wrong shape, NaN/inf, negative or fractional counts, or a requested class with
+        no recorded usage.
+    """
     shape = (config.num_classes, config.num_codebooks, config.num_keys)
-    if not hasattr(usage, "shape"):
-        raise TypeError(f"{name} must be an array of shape {shape}, got {type(usage).__name__}.")
+    if not hasattr(usage, "shape") or not hasattr(usage, "dtype"):
+        raise InputTypeError(
+            f"{name} must be an array of shape {shape}, got {type(usage).__name__}."
+        )
     if tuple(usage.shape) != shape:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a per-class usage histogram of shape [classes, codebooks, keys] = "
             f"{shape} (from key_usage(model, variables, x, labels)), got {tuple(usage.shape)}."
         )
+    floating = jnp.issubdtype(usage.dtype, jnp.floating)
+    if usage.dtype == np.bool_ or not (floating or jnp.issubdtype(usage.dtype, jnp.integer)):
+        raise InputTypeError(
+            f"{name} must hold retrieval counts (integer or float dtype), got dtype {usage.dtype}."
+        )
+    if not _validation.is_concrete(usage):
+        return
+    u = np.asarray(usage).astype(np.float64 if floating else np.int64)
+    hint = "Build it with key_usage(model, variables, x, labels) (or load the one saved at fit)."
+    if floating:
+        if not np.isfinite(u).all():
+            raise InputError(
+                f"{name} contains {int((~np.isfinite(u)).sum())} NaN or inf entries; a usage "
+                f"histogram holds retrieval counts. {hint}"
+            )
+        if (u != np.round(u)).any():
+            bad = u[u != np.round(u)]
+            raise InputError(
+                f"{name} contains {bad.size} non-integer entries (e.g. {float(bad[0])!r}); a usage "
+                f"histogram holds whole retrieval counts. {hint}"
+            )
+    if (u < 0).any():
+        raise InputError(
+            f"{name} contains {int((u < 0).sum())} negative entries (down to {u.min().item()}); "
+            f"retrieval counts cannot be negative. {hint}"
+        )
+    if classes is not None:
+        empty = [int(c) for c in classes if not u[int(c)].any()]
+        if empty:
+            raise InputError(
+                f"{name} records no retrievals for class(es) {empty}: the histogram was built on "
+                "data without them (or other labels), so UvA would mask nothing. Rebuild it on "
+                "data that includes these classes, or check the class ids."
+            )
 
 
 def check_example_ids(ids: Any, n: int, name: str = "example_ids") -> np.ndarray:
     """Checks distinct example ids `[m]` in `[0, n)`; returns them sorted as int64."""
     arr = np.asarray(ids)
     if arr.size == 0:
-        raise ValueError(f"{name} is empty: name at least one example to forget.")
+        raise InputError(f"{name} is empty: name at least one example to forget.")
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be a 1-D array of integer example ids, got {arr!r}.")
+        raise InputTypeError(f"{name} must be a 1-D array of integer example ids, got {arr!r}.")
     if arr.min() < 0 or arr.max() >= n:
-        raise ValueError(
+        raise InputError(
             f"{name} must lie in [0, {n}) (rows of the codes given), got values in "
             f"[{int(arr.min())}, {int(arr.max())}]."
         )

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import _validation
+from dkvb_jax.errors import InputError, InputTypeError
 from dkvb_jax.model import DKVB
 from dkvb_jax.training import compute_codes, usage_from_codes
 from dkvb_jax.unlearning import _checks, masking
@@ -43,9 +44,9 @@ class RetainAware:
 
     def __post_init__(self):
         if not self.ratio >= 0:
-            raise ValueError(f"RetainAware.ratio must be >= 0, got {self.ratio!r}.")
+            raise InputError(f"RetainAware.ratio must be >= 0, got {self.ratio!r}.")
         if not 0 <= self.margin <= 1:
-            raise ValueError(f"RetainAware.margin must be in [0, 1], got {self.margin!r}.")
+            raise InputError(f"RetainAware.margin must be in [0, 1], got {self.margin!r}.")
 
 
 def accuracy_effect(model: DKVB, x, y, forget_classes) -> EvalFn:
@@ -78,28 +79,45 @@ def _codes_of(model, variables, x, name, count_with_masks) -> Codes:
 
 def _check_codes(codes, config, name) -> Codes:
     if not isinstance(codes, tuple | list) or len(codes) != 2:
-        raise TypeError(f"{name} must be a pair (indices, valid) from compute_codes.")
+        raise InputTypeError(f"{name} must be a pair (indices, valid) from compute_codes.")
     idx, valid = codes
+    _validation.check_codes(idx, valid, config.num_keys, name=name)
     shape = (config.num_codebooks, config.top_k)
     if idx.ndim != 3 or tuple(idx.shape[1:]) != shape or valid.shape != idx.shape:
-        raise ValueError(
+        raise InputError(
             f"{name} must be (indices, valid) of shape [n, codebooks, top_k] = [n, *{shape}], "
             f"got {tuple(idx.shape)} and {tuple(valid.shape)}."
         )
     if idx.shape[0] == 0:
-        raise ValueError(f"{name} is empty: there is nothing to forget.")
+        raise InputError(f"{name} is empty: there is nothing to forget.")
     return jnp.asarray(idx), jnp.asarray(valid)
 
 
-def _common_checks(model, variables, mode, rekey, rng, hard):
+def _common_checks(model, variables, mode, rekey, rng, hard, eval_fn):
     _checks.check_variables(model.config, variables)
     masking.check_mode(mode)
     if rekey not in masking.REKEY_MODES:
-        raise ValueError(f"rekey must be one of {masking.REKEY_MODES}, got {rekey!r}.")
+        raise InputError(f"rekey must be one of {masking.REKEY_MODES}, got {rekey!r}.")
     if rekey is not None and not hard:
-        raise ValueError("rekey re-places keys of hard-deleted pairs: pass hard=True with it.")
+        raise InputError("rekey re-places keys of hard-deleted pairs: pass hard=True with it.")
     if rekey == "random" and rng is None:
-        raise ValueError("rekey='random' needs rng=jax.random.key(...).")
+        raise InputError("rekey='random' needs rng=jax.random.key(...).")
+    if rng is not None and not _is_prng_key(rng):
+        raise InputTypeError(
+            f"rng must be a PRNG key from jax.random.key(seed), got {type(rng).__name__} "
+            f"{getattr(rng, 'dtype', '')} {getattr(rng, 'shape', '')}."
+        )
+    if eval_fn is not None and not callable(eval_fn):
+        raise InputTypeError(f"eval_fn must map variables to a dict, got {type(eval_fn).__name__}.")
+
+
+def _is_prng_key(rng) -> bool:
+    dtype = getattr(rng, "dtype", None)
+    if dtype is None or getattr(rng, "shape", None) is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return rng.shape == ()
+    return dtype == jnp.uint32 and tuple(rng.shape) == (2,)  # a raw jax.random.PRNGKey
 
 
 def _finish(
@@ -178,17 +196,23 @@ def unlearn_via_activations(
 
     Returns:
       (new variables, :class:`AuditRecord`).
+
+    Raises:
+      ValueError / TypeError (:class:`~dkvb_jax.errors.InputError`): bad arguments, named in
+        the message; among them a `usage` with NaN/inf, negative or fractional counts, and a
+        forget class whose `usage` row is all zero (an error, not a warning: the histogram never
+        saw that class, so nothing would be masked).
     """
     cfg = model.config
-    _common_checks(model, variables, mode, rekey, rng, hard)
+    _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     n_a = _checks.check_n(n_a, cfg.num_keys, "n_a")
     if (forget_x is None) == (usage is None):
-        raise ValueError("unlearn_via_activations: pass exactly one of forget_x or usage.")
+        raise InputError("unlearn_via_activations: pass exactly one of forget_x or usage.")
     if usage is not None:
         if classes is None:
-            raise ValueError("unlearn_via_activations: usage needs the forget classes= as well.")
-        _checks.check_histogram(usage, cfg)
+            raise InputError("unlearn_via_activations: usage needs the forget classes= as well.")
         classes = _checks.check_classes(classes, cfg.num_classes)
+        _checks.check_histogram(usage, cfg, classes=classes)
         usage = jnp.asarray(usage)
         # The classes are known here, so only their rows are ranked (mask_top_n_per_class ranks
         # every class, as it must when the forget set is traced).
@@ -208,7 +232,7 @@ def unlearn_via_activations(
         retain_counts = None
         if retain_aware is not None:
             if retain_x is None:
-                raise ValueError("retain_aware with forget_x needs retain_x (retain embeddings).")
+                raise InputError("retain_aware with forget_x needs retain_x (retain embeddings).")
             retain_counts = usage_from_codes(
                 *_codes_of(model, variables, retain_x, "retain_x", count_with_masks), cfg.num_keys
             )
@@ -247,7 +271,8 @@ def unlearn_via_examples(
 
     Args:
       forget_x: forget embeddings `[n, embed_dim]`, or
-      codes: their precomputed codes (indices, valid) `[n, codebooks, top_k]`.
+      codes: their precomputed codes (indices, valid) `[n, codebooks, top_k]`; every index
+        marked valid must be a key id in `[0, num_keys)`.
       n_e: examples to use (the first `n_e` rows; shuffle beforehand for a random subset);
         None uses all of them.
       classes: forget class ids, recorded in the audit.
@@ -259,23 +284,23 @@ def unlearn_via_examples(
       (new variables, :class:`AuditRecord`).
     """
     cfg = model.config
-    _common_checks(model, variables, mode, rekey, rng, hard)
+    _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     if (forget_x is None) == (codes is None):
-        raise ValueError(f"{method}: pass exactly one of forget_x or codes.")
+        raise InputError(f"{method}: pass exactly one of forget_x or codes.")
     if classes is not None:
         classes = _checks.check_classes(classes, cfg.num_classes)
     if codes is None:
         codes = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
     idx, valid = _check_codes(codes, cfg, "codes")
     if n_e is not None:
-        n_e = _checks.check_n(n_e, idx.shape[0], "n_e")
+        n_e = _checks.check_n(n_e, idx.shape[0], "n_e", counts="forget examples")
         idx, valid = idx[:n_e], valid[:n_e]
     forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
     selection = forget_counts > 0
     retain_counts = None
     if retain_aware is not None:
         if (retain_x is None) == (retain_codes is None):
-            raise ValueError(
+            raise InputError(
                 f"{method}: retain_aware needs exactly one of retain_x or retain_codes."
             )
         if retain_codes is None:
@@ -313,14 +338,18 @@ def forget_classes(
       x, y: labelled training embeddings and labels to build it (one data pass, unmasked).
       **kwargs: retain_aware, mode, hard, rekey, rng, eval_fn as in
         :func:`unlearn_via_activations`.
+
+    Raises:
+      ValueError / TypeError: as :func:`unlearn_via_activations`; a class with no recorded usage
+        (no row of it in `y`, or an all-zero row of `usage`) is refused.
     """
     cfg = model.config
     _checks.check_variables(cfg, variables)
     if (usage is None) == (x is None):
-        raise ValueError("forget_classes: pass exactly one of usage or (x, y).")
+        raise InputError("forget_classes: pass exactly one of usage or (x, y).")
     if usage is None:
         if y is None:
-            raise ValueError("forget_classes: x needs its labels y.")
+            raise InputError("forget_classes: x needs its labels y.")
         _validation.check_embeddings(x, cfg.embed_dim, name="x", allow_tokens=False)
         _validation.check_labels(y, cfg.num_classes, n=x.shape[0], name="y")
         idx, valid = compute_codes(model, masking.clear_masks(variables, ("search",)), x)
@@ -354,7 +383,7 @@ def forget_examples(
     cfg = model.config
     _checks.check_variables(cfg, variables)
     if (codes is None) == (x is None):
-        raise ValueError("forget_examples: pass exactly one of codes or x.")
+        raise InputError("forget_examples: pass exactly one of codes or x.")
     if codes is None:
         codes = _codes_of(model, variables, x, "x", False)
     idx, valid = _check_codes(codes, cfg, "codes")
@@ -363,7 +392,7 @@ def forget_examples(
     keep[ids] = False
     retain_codes = (idx[keep], valid[keep]) if retain_aware is not None and keep.any() else None
     if retain_aware is not None and retain_codes is None:
-        raise ValueError("forget_examples: every example is named, nothing is left to retain.")
+        raise InputError("forget_examples: every example is named, nothing is left to retain.")
     return unlearn_via_examples(
         model, variables, codes=(idx[ids], valid[ids]), retain_codes=retain_codes,
         retain_aware=retain_aware, method="forget_examples", example_ids=ids.tolist(), **kwargs,

@@ -1,6 +1,7 @@
 """Image-folder sources over directories and zips (tiny PIL fixtures) and the CIFAR-10 zip."""
 
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ from data_helpers import (
     image_bytes,
     layout,
     needs_cifar10_zip,
+    write_folder,
     write_zip,
 )
+from PIL import Image
 
 from dkvb_jax.data import CIFAR10_CLASSES, ImageFolderSource
 
@@ -137,3 +140,38 @@ def test_reads_the_shared_cifar10_zip_in_canonical_label_order(split, n):
     assert batch["image"].shape == (3, 32, 32, 3)
     for i, label in zip(picks, batch["label"], strict=True):
         assert src.members[i].split("/")[1] == CIFAR10_CLASSES[label]
+
+
+def test_oversized_image_is_refused_on_read(make_root):
+    src = ImageFolderSource(make_root(layout() | {"train/ant/0001.png": b"\0" * 5000}), "train",
+                            max_image_bytes=4096)  # fmt: skip
+    src.read([0, 2, 3])  # Small images still read.
+    with pytest.raises(ValueError, match=r"'train/ant/0001.png'.*5000 bytes.*max_image_bytes=4096"):
+        src.read([1])
+
+
+def test_compressed_member_is_capped_before_it_expands(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for rel, data in (layout() | {"train/ant/0001.png": b"\0" * (1 << 20)}).items():
+            z.writestr(rel, data)  # the 1 MiB of zeros compresses to about 1 KiB
+    assert path.stat().st_size < 10_000
+    src = ImageFolderSource(path, "train", max_image_bytes=1 << 16)
+    with pytest.raises(ValueError, match=r"'train/ant/0001.png'.*1048576 bytes"):
+        src.read([1])
+
+
+def test_symlink_loop_is_refused_and_other_links_are_followed(tmp_path):
+    root = write_folder(tmp_path / "folder", layout())
+    (root / "train/dog").symlink_to(root / "train/cat", target_is_directory=True)
+    assert ImageFolderSource(root, "train").class_names == ("ant", "bird", "cat", "dog")
+    (root / "train/ant/loop").symlink_to(root / "train", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"train/ant/loop'.*symlink loop"):
+        ImageFolderSource(root, "train")
+
+
+def test_decompression_bomb_names_the_file(make_root, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the 6 x 5 fixtures exceed twice that
+    src = ImageFolderSource(make_root(layout()), "train")
+    with pytest.raises(ValueError, match=r"Image 'train/ant/0000.png'.*decompression bomb"):
+        src.read([0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import tracemalloc
 import zipfile
 
 import jax
@@ -330,3 +331,35 @@ def test_we_load_files_written_by_torch(tmp_path):
     for k, v in state.items():
         expected = v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy()
         np.testing.assert_array_equal(np.asarray(got[k], dtype=expected.dtype), expected, err_msg=k)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak traced allocation while `fn()` runs (numpy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_zero_stride_tensor_is_refused_before_allocating(tmp_path):
+    """One float32 stored, viewed as 8192 x 8192 with zero strides: 256 MB from a tiny file."""
+    path = tmp_path / "bomb.pt"
+    sd.write_torch_zip_raw({"w": ("0", 0, (8192, 8192), (0, 0))},
+                           {"0": np.zeros(1, np.float32)}, path)  # fmt: skip
+    assert path.stat().st_size < 2000
+
+    def load():
+        with pytest.raises(ValueError, match=r"bomb.pt.*declares 67108864 elements.*holds 1"):
+            sd.load_state_dict(path)
+
+    assert _peak_bytes(load) < 8 << 20
+
+
+def test_oversized_pickle_entry_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "a.pt"
+    sd.save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
+    monkeypatch.setattr(sd, "MAX_PICKLE_BYTES", 16)
+    with pytest.raises(ValueError, match=r"a.pt.*data.pkl declares \d+ bytes.*MAX_PICKLE_BYTES=16"):
+        sd.load_state_dict(path)

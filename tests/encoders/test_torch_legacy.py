@@ -4,6 +4,7 @@ import collections
 import io
 import pickle
 import struct
+import tracemalloc
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -36,8 +37,11 @@ class Global:
 
 
 class Storage:
-    def __init__(self, key, array):
+    """Storage bytes `array`; `numel` overrides the element count the file declares."""
+
+    def __init__(self, key, array, numel=None):
         self.key, self.array = key, np.ascontiguousarray(array).reshape(-1)
+        self.numel = self.array.size if numel is None else numel
 
 
 class Tensor:
@@ -81,7 +85,7 @@ class LegacyPickler(pickle._Pickler):  # The Python pickler lets `save` write ra
     def persistent_id(self, obj):
         if isinstance(obj, Storage):
             name = _STORAGE_NAMES[obj.array.dtype]
-            return ("storage", Global("torch", name), obj.key, "cpu", obj.array.size, None)
+            return ("storage", Global("torch", name), obj.key, "cpu", obj.numel, None)
         return None
 
 
@@ -103,7 +107,7 @@ def write_legacy(obj, storages, sys_info=None) -> bytes:
     keys = sorted(s.key for s in storages)
     pickle.dump(keys, f, protocol=2)
     for s in sorted(storages, key=lambda s: s.key):
-        f.write(struct.pack("<q", s.array.size))
+        f.write(struct.pack("<q", s.numel))
         f.write(s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
     return f.getvalue()
 
@@ -252,3 +256,26 @@ def test_reads_real_checkpoint():
     assert len(sd) == 97 and all(k.startswith("module.") for k in sd)
     assert sd["module.conv1.weight"].shape == (16, 3, 3, 3)
     assert sd["module.linear.weight"].dtype == np.float32
+
+
+
+@pytest.mark.parametrize(
+    "size, stride, numel, match",
+    [
+        ((8192, 8192), (0, 0), None, "declares 67108864 elements but its storage holds 1"),
+        ((4, 4), (4, 1), 1 << 40, r"declares 1099511627776 elements .* only 4 bytes are left"),
+    ],
+    ids=["zero strides expand 4 bytes to 256 MB", "storage header claims 4 TB"],
+)
+def test_tensor_larger_than_its_storage_is_refused_before_allocating(size, stride, numel, match):
+    s = Storage("k", np.zeros(1, np.float32), numel=numel)
+    data = write_legacy({"t": Tensor(s, 0, size, stride)}, [s])
+    assert len(data) < 400
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            torch_legacy.load_legacy(io.BytesIO(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

@@ -10,9 +10,27 @@ from dkvb_jax.unlearning import (
     every_class_metrics,
     forget_classes,
     forget_examples,
+    sweep_uva,
     unlearn_via_activations,
     unlearn_via_examples,
 )
+
+def _usage_with(t, value, dtype=np.float32, where=(1, 0, 0)):
+    usage = t.usage.astype(dtype)
+    usage[where] = value
+    return usage
+
+
+def _codes_with(t, index, valid=True):
+    """The training codes with example 0's first entry set to `index` (marked `valid`)."""
+    idx, ok = np.array(t.codes[0]), np.array(t.codes[1])
+    idx[0, 0, 0], ok[0, 0, 0] = index, valid
+    return idx, ok
+
+
+def _with_mask(t, dtype):
+    return {**t.v, "mask": {**t.v["mask"], "search": t.v["mask"]["search"].astype(dtype)}}
+
 
 CASES = {
     "class out of range": (
@@ -80,6 +98,57 @@ CASES = {
         lambda t: every_class_metrics(t.model, t.v, t.usage[:3], 4, t.xt, t.yt), ValueError,
         "per-class usage histogram"),
     "bad retain ratio": (lambda t: RetainAware(ratio=-1.0), ValueError, "RetainAware.ratio"),
+    "n_e message counts the forget examples, not the keys": (
+        lambda t: unlearn_via_examples(t.model, t.v, t.x[:5], n_e=6), ValueError,
+        r"n_e=6 is out of range: it must lie in \[1, 5\]: there are 5 forget examples\.$"),
+    "histogram with NaN": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=_usage_with(t, np.nan)), ValueError,
+        "usage contains 1 NaN or inf"),
+    "histogram with inf": (
+        lambda t: unlearn_via_activations(t.model, t.v, 4, usage=_usage_with(t, np.inf),
+                                          classes=1), ValueError, "usage contains 1 NaN or inf"),
+    "histogram with negative counts": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=_usage_with(t, -3, np.int32)),
+        ValueError, r"usage contains 1 negative entries \(down to -3\)"),
+    "histogram with fractional counts": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=_usage_with(t, 2.5)), ValueError,
+        r"usage contains 1 non-integer entries \(e.g. 2.5\)"),
+    "histogram of bools": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=t.usage > 0), TypeError,
+        "usage must hold retrieval counts"),
+    "class without recorded usage": (
+        lambda t: forget_classes(t.model, t.v, [1, 3], 4, usage=_usage_with(t, 0, where=1)),
+        ValueError, r"usage records no retrievals for class\(es\) \[1\]"),
+    "sweep over a histogram with NaN": (
+        lambda t: sweep_uva(t.model, t.v, _usage_with(t, np.nan), 1, t.xt, t.yt, [1]),
+        ValueError, "usage contains 1 NaN"),
+    "code index past num_keys": (
+        lambda t: unlearn_via_examples(t.model, t.v, codes=_codes_with(t, 64)), ValueError,
+        r"codes: every valid index must be a key id in \[0, num_keys=64\).*reach 64"),
+    "negative code index marked valid": (
+        lambda t: forget_examples(t.model, t.v, [0], codes=_codes_with(t, -1)), ValueError,
+        "negative indices are marked valid"),
+    "retain codes out of range": (
+        lambda t: unlearn_via_examples(t.model, t.v, t.x[:5], retain_codes=_codes_with(t, 99),
+                                       retain_aware=RetainAware()), ValueError,
+        "retain_codes: every valid index"),
+    "float code indices": (
+        lambda t: unlearn_via_examples(
+            t.model, t.v, codes=(np.asarray(t.codes[0], np.float32), t.codes[1])), TypeError,
+        "codes: indices must be integer"),
+    "int valid flags": (
+        lambda t: unlearn_via_examples(
+            t.model, t.v, codes=(t.codes[0], np.asarray(t.codes[1], np.int32))), TypeError,
+        "codes: valid must be a bool array"),
+    "float mask leaf": (
+        lambda t: forget_classes(t.model, _with_mask(t, np.float32), 1, 4, usage=t.usage),
+        TypeError, r"variables\['mask'\]\['search'\] has dtype float32, but masks must be bool"),
+    "rng not a key": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=t.usage, hard=True, rekey="random",
+                                 rng=7), TypeError, "rng must be a PRNG key"),
+    "eval_fn not callable": (
+        lambda t: forget_classes(t.model, t.v, 1, 4, usage=t.usage, eval_fn={}), TypeError,
+        "eval_fn must map variables"),
 }  # fmt: skip
 
 
