@@ -49,8 +49,8 @@ class SweepResult:
         ]
 
 
-def _check_ns(ns, upper: int, name: str) -> list[int]:
-    ns = sorted({_checks.check_n(n, upper, name) for n in ns}) if len(ns) else []
+def _check_ns(ns, upper: int, name: str, counts: str | None = None) -> list[int]:
+    ns = sorted({_checks.check_n(n, upper, name, counts=counts) for n in ns}) if len(ns) else []
     if not ns:
         raise ValueError(f"{name} values are empty: give at least one N to try.")
     return ns
@@ -103,8 +103,8 @@ def sweep_uva(
       mode: mask mode.
     """
     cfg = model.config
-    _checks.check_histogram(usage, cfg)
     classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
+    _checks.check_histogram(usage, cfg, classes=classes)
     ns = _check_ns(list(ns), cfg.num_keys, "ns")
     usage = jnp.asarray(usage)
     # N = 0 (nothing masked) gives the baseline in the same pass.
@@ -138,7 +138,7 @@ def sweep_uve(
     cfg = model.config
     classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
     _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
-    ns = _check_ns(list(ns), forget_x.shape[0], "ns")
+    ns = _check_ns(list(ns), forget_x.shape[0], "ns", counts="forget examples")
     codes = compute_codes(model, masking.clear_masks(variables, ("search",)), forget_x[: max(ns)])
     idx, valid = codes
     rows = jnp.arange(idx.shape[0])
