@@ -29,6 +29,10 @@ from typing import Any
 
 from dkvb_jax.errors import InputError
 
+# ExperimentConfig's recipes (dkvb_jax.experiment.RECIPES), named here so that building the
+# parser imports no JAX; a test keeps the two equal.
+RECIPE_CHOICES = ("certified", "default", "lda_adam", "paper")
+
 DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")
 DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
 METHODS = ("uva", "uve", "exact")
@@ -164,6 +168,24 @@ def _key_data(args, emb: Embeddings):
         encoder, args.key_dataset, "train", data_dir=args.key_data_dir,
         cache_dir=_cache_dir(args), progress=not args.no_progress,
     ).embeddings.astype("float32")  # fmt: skip
+
+
+def _train_namespace(emb: Embeddings) -> str | None:
+    """The provenance namespace of the training rows (None for an unnamed --embeddings file)."""
+    from dkvb_jax.data.registry import row_namespace
+
+    dataset = emb.source.get("dataset")
+    return None if dataset is None else row_namespace(dataset, "train")
+
+
+def _key_rows(args):
+    """The rows of --key-dataset (every row of its training split), for the provenance."""
+    if not getattr(args, "key_dataset", None):
+        return None
+    from dkvb_jax.data.registry import row_namespace
+    from dkvb_jax.provenance import Rows
+
+    return Rows(row_namespace(args.key_dataset, "train"))
 
 
 # ----------------------------------------------------------------------------- output
@@ -310,9 +332,7 @@ def _fit_num_classes(args, emb: Embeddings) -> int:
 
 
 def cmd_fit(args) -> int:
-    from dkvb_jax.data.registry import row_namespace
     from dkvb_jax.experiment.recipe import fit_from_config
-    from dkvb_jax.provenance import Rows
 
     apply_config_defaults(args)
     cfg = experiment_config(args)
@@ -323,13 +343,10 @@ def cmd_fit(args) -> int:
     if args.key_dataset:
         info["key_dataset"] = args.key_dataset
     key_data = _key_data(args, emb)
-    dataset = emb.source.get("dataset")
     start = time.perf_counter()
     fitted = fit_from_config(
-        cfg, emb.x_train, emb.y_train, num_classes=num_classes,
-        dataset=None if dataset is None else row_namespace(dataset, "train"),
-        key_data=key_data,
-        key_rows=None if key_data is None else Rows(row_namespace(args.key_dataset, "train")),
+        cfg, emb.x_train, emb.y_train, num_classes=num_classes, dataset=_train_namespace(emb),
+        key_data=key_data, key_rows=_key_rows(args),
         checkpoint_dir=args.checkpoint, encoder=emb.source.get("encoder"), run_info=info,
         progress=not args.no_progress,
     ).fitted  # fmt: skip
@@ -565,6 +582,7 @@ def _run_compare(args, cfg, out: pathlib.Path) -> int:
         (emb.x_train, emb.y_train), (emb.x_test, emb.y_test), cfg,
         key_data=_key_data(args, emb), checkpoint_dir=out / "checkpoint",
         cache_dir=out / "rows", encoder=emb.source.get("encoder"),
+        dataset=_train_namespace(emb), key_rows=_key_rows(args),
         meta={"source": emb.source, "machine": _machine(),
               "command": " ".join(["dkvb", *sys.argv[1:]])},
         progress=not args.no_progress,
@@ -642,9 +660,11 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebooks", type=int, default=None, help="codebooks C (default 128)")
     p.add_argument("--keys", type=int, default=None, help="keys per codebook K (default 512)")
     p.add_argument("--key-dim", type=int, default=None, help="key dimension (default 14)")
-    p.add_argument("--recipe", choices=["default", "paper"], default=None,
-                   help="training recipe: default (LDA inputs, Adam; issue 10) or paper "
-                   "(standardised inputs, SGD); a --config file may name one")  # fmt: skip
+    p.add_argument("--recipe", choices=RECIPE_CHOICES, default=None,
+                   help="training recipe: certified (LDA and keys on a held-out 10%%, values "
+                   "from label counts; every removal certified exact), lda_adam (LDA inputs, "
+                   "Adam-trained values) or paper (standardised inputs, SGD); default: "
+                   "certified. A --config file may name one")  # fmt: skip
     p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
                    default=None, help="input map folded into the projection (recipe's)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
