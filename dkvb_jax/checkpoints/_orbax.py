@@ -316,7 +316,9 @@ def _from_orbax(unraisable: Any) -> bool:
 
 
 @contextlib.contextmanager
-def read_errors(where: pathlib.Path, what: str) -> Iterator[None]:
+def read_errors(
+    where: pathlib.Path, what: str, hint: str = "Restore another step or re-save."
+) -> Iterator[None]:
     """Turns any failure of an orbax read into one short CheckpointError about `where`.
 
     When one array of a damaged checkpoint fails to read, orbax abandons the other read
@@ -339,7 +341,7 @@ def read_errors(where: pathlib.Path, what: str) -> Iterator[None]:
     except Exception as e:  # orbax and tensorstore raise many types for damaged files
         raise CheckpointError(
             f"Checkpoint {where} is truncated or corrupt: {what} cannot be read "
-            f"({_short_reason(e)}). Restore another step or re-save."
+            f"({_short_reason(e)}). {hint}"
         ) from e
     finally:
         gc.collect()  # finalise the abandoned coroutines while the filter is installed
