@@ -7,11 +7,14 @@ range) need concrete arrays, so they run only when the input is not a tracer: ca
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from dkvb_jax.errors import InputError, InputTypeError
 
@@ -140,3 +143,77 @@ def check_codes(indices: Any, valid: Any, num_keys: int, *, name: str = "codes")
             f"{name}: every valid index must be a key id in [0, num_keys={num_keys}), got valid "
             f"indices in [{lo}, {hi}]: {why}. Use the codes compute_codes returns for this model."
         )
+
+
+@functools.lru_cache(maxsize=64)
+def variable_specs(config: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """`{"collection/name": (shape, dtype)}` of the variables `DKVB(config).init` creates.
+
+    Traced with `jax.eval_shape`: nothing is initialised or allocated.
+    """
+    from dkvb_jax.model import DKVB  # the model imports this module
+
+    x = jax.ShapeDtypeStruct((1, config.embed_dim), jnp.float32)
+    shapes = jax.eval_shape(DKVB(config).init, jax.random.key(0), x)
+    flat = traverse_util.flatten_dict(dict(shapes), sep="/")
+    return {path: (tuple(leaf.shape), np.dtype(leaf.dtype)) for path, leaf in flat.items()}
+
+
+def check_variables_match(config: Any, variables: Any, *, name: str = "variables") -> None:
+    """Checks `variables` are exactly what a model with `config` holds, and finite.
+
+    Every collection and leaf of `DKVB(config).init` must be present with its shape and dtype,
+    nothing else may be, and floating leaves must hold no NaN or inf (checked where the values
+    are readable, see :func:`is_concrete`).
+
+    Raises:
+      TypeError: `variables` is not a mapping of collections, or a leaf is not an array.
+      ValueError: a collection or leaf is missing or unexpected, a shape or dtype differs, or
+        a leaf holds non-finite values; the message names the leaf.
+    """
+    expected = variable_specs(config)
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            f"{name} must be a DKVB variables dict (from model.init), got "
+            f"{type(variables).__name__}."
+        )
+    collections = {p.split("/")[0] for p in expected}
+    for collection in sorted(collections):
+        if not isinstance(variables.get(collection), Mapping):
+            raise ValueError(
+                f"{name} must be a DKVB variables dict with a '{collection}' collection (from "
+                f"model.init), got collections {sorted(map(str, variables))}."
+            )
+    flat = traverse_util.flatten_dict(dict(variables), sep="/")
+    missing = sorted(set(expected) - set(flat))
+    extra = sorted(set(flat) - set(expected)) + sorted(set(map(str, variables)) - collections)
+    if missing or extra:
+        raise ValueError(
+            f"{name} do not match the model configuration: missing {missing}, unexpected "
+            f"{extra}; a model with this config holds exactly {sorted(expected)}. Pass the "
+            "config the variables were built with."
+        )
+    for path, (shape, dtype) in expected.items():
+        leaf = flat[path]
+        where = f"{name}[{']['.join(repr(p) for p in path.split('/'))}]"
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise TypeError(f"{where} must be an array, got {type(leaf).__name__}.")
+        if tuple(leaf.shape) != shape:
+            raise ValueError(
+                f"{where} has shape {tuple(leaf.shape)}, but the model configuration gives "
+                f"{shape} (num_codebooks={config.num_codebooks}, num_keys={config.num_keys}, "
+                f"key_dim={config.key_dim}). Pass the config the variables were built with."
+            )
+        if np.dtype(leaf.dtype) != dtype:
+            raise ValueError(
+                f"{where} has dtype {np.dtype(leaf.dtype)}, but a model with this config holds "
+                f"{dtype}; cast it back (e.g. a mask must stay boolean)."
+            )
+        if jnp.issubdtype(dtype, jnp.inexact) and is_concrete(leaf):
+            bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
+            if bad:
+                raise ValueError(
+                    f"{where} holds {bad} non-finite value(s) (NaN or inf); a model with them "
+                    "predicts garbage. Find where they came from (a diverged training step, a "
+                    "division by zero) rather than saving them."
+                )

@@ -4,6 +4,7 @@ from dkvb_jax.checkpoints._orbax import CheckpointError
 from dkvb_jax.checkpoints.model import (
     ModelCheckpoint,
     list_steps,
+    purge_steps,
     read_meta,
     restore_model,
     save_model,
@@ -15,6 +16,7 @@ __all__ = [
     "ModelCheckpoint",
     "fit_values",
     "list_steps",
+    "purge_steps",
     "read_meta",
     "restore_model",
     "save_model",

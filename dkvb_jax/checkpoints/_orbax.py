@@ -3,15 +3,24 @@
 Orbax writes each step into a temporary directory and renames it into place only after every
 item is written (and writes a ``commit_success.txt`` per item), so an interrupted save never
 shows up as a step. The helpers here add the checks orbax leaves to the caller: the requested
-step exists, its items are readable, and every restored array has the bytes that were saved.
+step exists, its items are readable, and every restored array has the bytes that were saved;
+and the step operations orbax lacks: a save that records the size and sha256 of every file it
+wrote, so damaged files are refused before TensorStore reads them (:func:`write_step`,
+:func:`check_files`), replacing an existing step atomically, and deleting steps
+(:func:`purge`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import os
 import pathlib
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -20,10 +29,29 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
+# Step s is written into `<directory>/.dkvb-stage-<s>/s` (not a step name, so orbax ignores
+# it) and renamed into place; `recover` finishes or undoes a replacement a crash interrupted.
+STAGE_PREFIX = ".dkvb-stage-"
+FILES = "dkvb_files.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt or does not match what was requested."""
+
+
+def check_directory(directory: Any, name: str = "directory") -> pathlib.Path:
+    """`directory` as a Path; CheckpointError when it, or a folder above it, is a file."""
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(directory).__name__}.")
+    path = pathlib.Path(directory)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p == path else f"lies under the file {p}"
+            raise CheckpointError(
+                f"{name} {path} {what}, not a checkpoint folder; pass a folder path (it is "
+                "created if missing)."
+            )
+    return path
 
 
 def manager(
@@ -143,3 +171,188 @@ def jsonable(value: Any, name: str) -> Any:
         return json.loads(json.dumps(value))
     except TypeError as e:
         raise TypeError(f"{name} must be JSON-serialisable: {e}") from None
+
+
+def _is_primary() -> bool:
+    return ocp.multihost.process_index() == 0
+
+
+def _barrier(name: str, directory: pathlib.Path) -> None:
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(f"dkvb_jax:{name}:{directory}")
+
+
+def recover(directory: pathlib.Path) -> None:
+    """Finishes or undoes step writes that a crash interrupted, and drops their staging.
+
+    A staged step is complete once its file list (:data:`FILES`) is written, and only then is
+    an old step it replaces moved aside (to ``old`` in the staging folder). So when the
+    target step is missing and ``old`` exists, the crash fell between the two renames of a
+    replacement: the complete new step goes in (or, if it is incomplete, the old one goes
+    back). In every other case the staging folder is an unfinished save or an already
+    replaced old step, and is deleted.
+    """
+    if not directory.is_dir() or not _is_primary():
+        return
+    for stage in sorted(directory.glob(STAGE_PREFIX + "*")):
+        step = stage.name[len(STAGE_PREFIX) :]
+        target, new, old = directory / step, stage / step, stage / "old"
+        if not target.exists() and old.is_dir():
+            os.rename(new if (new / FILES).is_file() else old, target)
+        shutil.rmtree(stage)
+
+
+def write_step(
+    directory: pathlib.Path,
+    items: tuple[str, ...],
+    step: int,
+    args: ocp.args.Composite,
+    *,
+    replace: bool,
+) -> None:
+    """Writes `step` of `directory` completely, then renames it into place.
+
+    Orbax writes the step into a staging folder (itself atomically); the size and sha256 of
+    every file of the ``variables`` item are then recorded beside it (:data:`FILES`, read by
+    :func:`check_files`), and the finished step is renamed into `directory`. With `replace`,
+    the existing step is first moved aside and deleted after the new one is in place, so a
+    crash leaves the old step or the new one, and :func:`recover` (run by every reader and
+    writer of the directory) completes a swap it interrupted.
+    """
+    stage = directory / f"{STAGE_PREFIX}{step}"
+    if _is_primary() and stage.exists():
+        shutil.rmtree(stage)
+    _barrier("stage-start", directory)
+    try:
+        with manager(stage, items) as mgr:
+            if not mgr.save(step, args=args, force=True):
+                raise CheckpointError(f"orbax declined to write step {step} into {stage}.")
+            mgr.wait_until_finished()
+        _barrier("stage-written", directory)
+        if _is_primary():
+            _write_file_list(stage / str(step))
+    except BaseException:
+        # Nothing was moved: the directory is as before; drop the half-written step.
+        if _is_primary():
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if _is_primary():
+        if replace:
+            os.rename(directory / str(step), stage / "old")
+        move_into_place(stage / str(step), directory / str(step))
+        shutil.rmtree(stage)
+    _barrier("stage-done", directory)
+
+
+def move_into_place(new: pathlib.Path, target: pathlib.Path) -> None:
+    """The commit of :func:`write_step`: one rename on the same file system."""
+    os.rename(new, target)
+
+
+def _file_digest(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_file_list(step_dir: pathlib.Path) -> None:
+    root = step_dir / "variables"
+    files = {
+        str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _file_digest(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+    tmp = step_dir / (FILES + ".tmp")
+    tmp.write_text(json.dumps(files, indent=1))
+    os.rename(tmp, step_dir / FILES)
+
+
+def check_files(step_dir: pathlib.Path, *, digests: bool) -> None:
+    """Refuses a step whose variables files differ from those recorded at save time.
+
+    Runs before TensorStore opens the files, so a damaged file gives one clear error naming it
+    (TensorStore would otherwise fail deep inside its reader threads). Steps saved before the
+    file list existed are not checked here.
+    """
+    listing = step_dir / FILES
+    if not listing.is_file():
+        return
+    try:
+        files = json.loads(listing.read_text())
+    except ValueError as e:
+        raise CheckpointError(
+            f"Checkpoint {step_dir} is corrupt: {listing} is not JSON ({e})."
+        ) from e
+    for rel, want in files.items():
+        path = step_dir / rel
+        if not path.is_file():
+            problem = "is missing"
+        elif path.stat().st_size != want["size"]:
+            problem = f"has {path.stat().st_size} bytes, {want['size']} were saved"
+        elif digests and _file_digest(path) != want["sha256"]:
+            problem = "has changed since it was saved (sha256 differs)"
+        else:
+            continue
+        raise CheckpointError(
+            f"Checkpoint {step_dir} is truncated or corrupt: its file {rel} {problem}. "
+            "Restore another step or re-save."
+        )
+
+
+def purge(mgr: ocp.CheckpointManager, directory: pathlib.Path, steps: list[int]) -> list[int]:
+    """Deletes `steps` (every one must exist) and returns them; orbax removes each folder."""
+    for step in steps:
+        mgr.delete(step)
+    mgr.reload()
+    left = sorted(set(steps) & set(mgr.all_steps()))
+    if left:
+        raise CheckpointError(f"Steps {left} of {directory} could not be deleted.")
+    return sorted(steps)
+
+
+def _from_orbax(unraisable: Any) -> bool:
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+@contextlib.contextmanager
+def read_errors(
+    where: pathlib.Path, what: str, hint: str = "Restore another step or re-save."
+) -> Iterator[None]:
+    """Turns any failure of an orbax read into one short CheckpointError about `where`.
+
+    When one array of a damaged checkpoint fails to read, orbax abandons the other read
+    coroutines; they raise again while being finalised, and Python prints each of those
+    ("Exception ignored in: <coroutine ...>", with a full TensorStore spec) to stderr. Those
+    repeat the error raised here, so they are dropped while the read runs and its garbage is
+    collected; every other unraisable exception still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _from_orbax(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        raise CheckpointError(
+            f"Checkpoint {where} is truncated or corrupt: {what} cannot be read "
+            f"({_short_reason(e)}). {hint}"
+        ) from e
+    finally:
+        gc.collect()  # finalise the abandoned coroutines while the filter is installed
+        sys.unraisablehook = previous
+
+
+def _short_reason(error: BaseException) -> str:
+    """The innermost cause's first line, without orbax's TensorStore spec dump."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).split(" See full TensorStore details")[0].strip().splitlines()
+    return f"{type(error).__name__}: {(text[0] if text else '')[:300]}"

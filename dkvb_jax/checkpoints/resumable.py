@@ -186,15 +186,11 @@ def _restore(mgr, directory: pathlib.Path, identity: dict, params, opt_state):
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
         {"params": params, "opt_state": opt_state},
     )
-    try:
+    hint = "Delete that step to resume from the one before."
+    with _orbax.read_errors(where, "its training state", hint):
         state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
             "state"
         ]
-    except Exception as e:  # orbax / tensorstore raise many types for damaged files
-        raise CheckpointError(
-            f"Training checkpoint {where} is truncated or corrupt ({type(e).__name__}: "
-            f"{str(e)[:300]}); delete that step to resume from the one before."
-        ) from e
     h = meta["history"]
     history = TrainHistory(list(h["loss"]), list(h["accuracy"]), list(h["eval_accuracy"]))
     return int(meta["epoch"]), state["params"], state["opt_state"], history

@@ -360,6 +360,9 @@ def cmd_fit(args) -> int:
           _pct(acc["train_acc"]), _pct(acc["test_acc"]), f"{secs:.1f}"]],
         ["codebooks", "keys", "key dim", "train acc (%)", "test acc (%)", "seconds"],
     ) + f"\ncheckpoint: {args.checkpoint}"  # fmt: skip
+    if fitted.history is None:
+        text += " (already fitted with these settings: restored, not refitted)"
+    payload["restored"] = fitted.history is None
     _emit(args, payload, text)
     return 0
 
@@ -402,7 +405,7 @@ def cmd_unlearn(args) -> int:
     import numpy as np
 
     from dkvb_jax.experiment import load_fitted, save_fitted
-    from dkvb_jax.experiment.fitting import FittedDKVB
+    from dkvb_jax.experiment.fitting import FittedDKVB, earlier_state
     from dkvb_jax.unlearning import (
         accuracy_effect,
         forget_examples,
@@ -467,19 +470,26 @@ def cmd_unlearn(args) -> int:
     if out != pathlib.Path(args.checkpoint):
         if (out / "model").exists():
             raise CLIError(f"--out {out} already holds a checkpoint; choose a new folder.")
-    new = FittedDKVB(model, new_vars, fitted.usage, audit=(*fitted.audit, record))
-    step = save_fitted(out, new, encoder=info.get("encoder"), run_info=info)
+    new = FittedDKVB(
+        model, new_vars, fitted.usage, audit=(*fitted.audit, record), provenance=fitted.provenance
+    )
+    resume_folders = earlier_state(out)["folders"]
+    step = save_fitted(
+        out, new, encoder=info.get("encoder"), run_info=info, purge_earlier=args.purge_earlier
+    )
+    purged_folders = [str(out / f) for f in resume_folders] if args.purge_earlier else []
+    held, held_text = _retention(pathlib.Path(args.checkpoint), out, step, purged_folders)
     rec = json.loads(record.to_json())
     eff = rec.get("effect") or {}
     before, after = eff.get("before", {}), eff.get("after", {})
     payload = {"checkpoint": str(out), "step": step, "method": args.method, "n": n,
-               "seconds": secs, "audit": rec}  # fmt: skip
+               "seconds": secs, "audit": rec, **held}  # fmt: skip
     text = _table(
         [["before", _pct(before.get("forget_accuracy")), _pct(before.get("retain_accuracy"))],
          ["after", _pct(after.get("forget_accuracy")), _pct(after.get("retain_accuracy"))]],
         ["model", "forget-test acc (%)", "retain-test acc (%)"],
     ) + (f"\n{args.method} (N={n}) in {secs:.2f} s; saved step {step} of {out} with its audit "
-         f"record") + f"\n{_certificate_line(record)}"  # fmt: skip
+         f"record\n{_certificate_line(record)}\n{held_text}")  # fmt: skip
     _emit(args, payload, text)
     return 0
 
@@ -490,6 +500,57 @@ def _certificate_line(record) -> str:
     if cert.get("certified"):
         return f"certified exact: {cert['reason'].removeprefix('certified exact: ')}"
     return f"NOT certified: {cert.get('reason', 'no certificate was recorded')}"
+
+
+def _retention(
+    source: pathlib.Path, out: pathlib.Path, step: int, purged_folders: list[str]
+) -> tuple[dict, str]:
+    """What on disk still holds the forgotten data after saving `step` of `out`, and what a
+    purge deleted: the JSON fields and the lines `dkvb unlearn` prints."""
+    from dkvb_jax import checkpoints
+    from dkvb_jax.experiment.fitting import USAGE_FILE, earlier_state
+
+    state = earlier_state(out)
+    purged = list(checkpoints.read_meta(out / "model", step)[1].get("purged_steps", []))
+    steps = state["model_steps"]
+    folders = [str(out / name) for name in state["folders"]]
+    payload = {
+        "purged_steps": purged,
+        "purged_folders": purged_folders,
+        "still_holding": {
+            "model_steps": state["model_steps"],
+            "folders": folders,
+            # --out leaves the source folder as it was: every step of it predates the forgetting.
+            "source_checkpoint": None if out == source else str(source),
+            "usage": str(out / USAGE_FILE),
+        },
+    }
+    lines = []
+    if purged or purged_folders:
+        what = [f"{_steps(purged)} of {out / 'model'}"] if purged else []
+        lines.append(f"purged {', '.join(what + purged_folders)}")
+    held = [f"{_steps(steps)} of {out / 'model'}"] if steps else []
+    held += folders
+    if held:
+        lines.append(
+            f"{', '.join(held)} still hold the forgotten data; unlearn with --purge-earlier to "
+            "delete them"
+        )
+    if out != source:
+        lines.append(
+            f"the --checkpoint folder {source} is unchanged and still holds the forgotten data; "
+            "delete it once the new folder is checked"
+        )
+    if not held and out == source:
+        lines.append(f"no earlier step or resume state of {out} holds the forgotten data")
+    lines.append(
+        f"{out / USAGE_FILE} still counts the forgotten training examples (UvA reads it)"
+    )
+    return payload, "\n".join(lines)
+
+
+def _steps(steps: list[int]) -> str:
+    return f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
 
 
 def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
@@ -715,6 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N_a or N_e; default: the smallest N giving forget train accuracy 0")  # fmt: skip
     p.add_argument("--out", default=None,
                    help="new checkpoint folder (default: a new step of --checkpoint)")  # fmt: skip
+    p.add_argument(
+        "--purge-earlier",
+        action="store_true",
+        help="after saving, delete the earlier steps of the folder and the fit's keys/ and "
+        "values/ (they still hold the forgotten data); recorded in the new step",
+    )
     _common(p)
     p.set_defaults(fn=cmd_unlearn)
 

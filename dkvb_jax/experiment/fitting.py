@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from dkvb_jax.config import DKVBConfig
 from dkvb_jax.data.registry import drawn_from
 from dkvb_jax.encoders.registry import encoder_provenance
 from dkvb_jax.exact import EstimatorConfig, LabelStats, StatsConfig
+from dkvb_jax.exact.statistics import fingerprint as exact_fingerprint
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
 from dkvb_jax.provenance import UNNAMED, Part, Provenance, Rows
@@ -44,6 +47,10 @@ DEFAULT_KEY_CONFIG = KeyInitConfig()
 DEFAULT_VALUE_CONFIG = ValueTrainConfig()
 USAGE_FILE = "usage.npy"
 RUN_FILE = "run.json"
+STATS_FILE = "stats.npz"
+SETTINGS = "fit_settings"  # run.json entry: every setting that changes what fit_dkvb returns
+# Resume state of fit_dkvb: the fitted keys and the per-epoch value checkpoints.
+RESUME_FOLDERS = ("keys", "values")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +162,10 @@ def fit_dkvb(
         labelled row), ``pca_whiten`` (key data) or ``none``.
       eval_data: optional `(x_test, y_test)` reported per value-training epoch.
       checkpoint_dir: if given, the fitted keys, every value-training epoch and the final model
-        are saved there; a rerun with the same inputs resumes and skips finished phases.
+        are saved there, and every setting above that changes the result (the data, key data,
+        PRNG key, configs and preprocessing) is recorded in its ``run.json``. A rerun with the
+        same settings resumes and skips finished phases; a folder fitted with any other
+        setting is refused (:class:`~dkvb_jax.checkpoints.CheckpointError` naming them).
       encoder: encoder name recorded in the checkpoint.
       run_info: JSON-serialisable description stored beside the checkpoint (``run.json``).
       progress: progress bars.
@@ -189,12 +199,29 @@ def fit_dkvb(
         x, dataset, ids, encoder, None if keys_on_x else key_rows, keys_on_x, preprocess,
         preprocess_data, preprocess_rows, value_config,
     )
+    settings = fit_settings(
+        config,
+        x,
+        y,
+        key=key,
+        key_data=key_data,
+        key_config=key_config,
+        value_config=value_config,
+        preprocess=preprocess,
+        stats_config=stats_config if isinstance(value_config, EstimatorConfig) else None,
+        preprocess_data=preprocess_data,
+        provenance=provenance,
+    )
     k_init, k_keys, k_values = jax.random.split(key, 3)
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
-    data_id = data_fingerprint(x, y, key_data)
-    run_info = {**(run_info or {}), "data_fingerprint": data_id}
+    run_info = {
+        **(run_info or {}),
+        "data_fingerprint": data_fingerprint(x, y, key_data),
+        SETTINGS: settings,
+    }
     if ckpt is not None:
-        done = _restore_final(ckpt, config, data_id)
+        _claim_folder(ckpt, settings, run_info)
+        done = _restore_final(ckpt, config)
         if done is not None:
             return done
     model, variables = build_model(config, k_init)
@@ -260,18 +287,58 @@ def save_fitted(
     *,
     encoder: str | None = None,
     run_info: dict | None = None,
+    purge_earlier: bool = False,
 ) -> int:
-    """Saves the model as a new step of ``directory/model`` with its audit trail and histogram."""
+    """Saves the model as a new step of ``directory/model`` with its audit trail and histogram.
+
+    Args:
+      directory: the checkpoint folder (``dkvb fit``'s layout).
+      fitted: the model, its usage histogram, audit trail and provenance.
+      encoder: encoder name recorded in the checkpoint.
+      run_info: written to ``run.json`` when given.
+      purge_earlier: once the new step is committed, delete every earlier step of
+        ``directory/model`` (recorded in the step's metadata) and the fitting's resume state
+        (``keys/``, ``values/``): all of them hold what later unlearning forgot. See
+        :func:`earlier_state` for what a folder still holds.
+
+    Returns:
+      The step written.
+    """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = checkpoints.save_model(
         directory / "model", fitted.config, fitted.variables, encoder=encoder,
         audit=list(fitted.audit),
+        provenance=None if fitted.provenance is None else fitted.provenance.to_dict(),
+        purge_earlier=purge_earlier,
     )  # fmt: skip
+    _save_stats(directory / STATS_FILE, fitted.stats, step)
+    if purge_earlier:
+        for name in RESUME_FOLDERS:
+            if (directory / name).exists():
+                shutil.rmtree(directory / name)
     np.save(directory / USAGE_FILE, np.asarray(fitted.usage))
     if run_info is not None:
         (directory / RUN_FILE).write_text(json.dumps(run_info, indent=2))
     return step
+
+
+def earlier_state(directory: str | pathlib.Path) -> dict[str, list]:
+    """What a checkpoint folder still holds besides its latest model.
+
+    Returns:
+      ``{"model_steps": [...], "folders": [...]}``: the steps of ``directory/model`` before the
+      latest one (each is the model as it was before the unlearning calls after it), and which
+      of the fitting's resume folders (``keys``, ``values``: fitted keys and per-epoch values
+      trained on all the training data) are still there. Both are empty once
+      :func:`save_fitted` ran with ``purge_earlier=True``.
+    """
+    directory = pathlib.Path(directory)
+    steps = checkpoints.list_steps(directory / "model")
+    return {
+        "model_steps": steps[:-1],
+        "folders": [name for name in RESUME_FOLDERS if (directory / name).exists()],
+    }
 
 
 def load_fitted(
@@ -305,8 +372,55 @@ def load_fitted(
     run_info = json.loads(run_path.read_text()) if run_path.is_file() else {}
     if restored.encoder is not None:
         run_info.setdefault("encoder", restored.encoder)
-    fitted = FittedDKVB(DKVB(cfg), restored.variables, usage, audit=tuple(restored.audit))
+    provenance = None if restored.provenance is None else Provenance.from_dict(restored.provenance)
+    fitted = FittedDKVB(
+        DKVB(cfg),
+        restored.variables,
+        usage,
+        audit=tuple(restored.audit),
+        provenance=provenance,
+        stats=_load_stats(directory / STATS_FILE, restored.step, restored.variables, provenance),
+    )
     return fitted, run_info
+
+
+def _save_stats(path: pathlib.Path, stats: LabelStats | None, step: int) -> None:
+    """The label statistics of `step`'s closed-form values (removed when it has none).
+
+    Only the latest step's statistics are kept: they are what later requests subtract from,
+    and they no longer hold the rows earlier requests removed.
+    """
+    if stats is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(
+        tmp, step=step, counts=np.asarray(stats.counts), codes=np.asarray(stats.codes),
+        labels=np.asarray(stats.labels), ids=np.asarray(stats.ids),
+        rank_weights=np.asarray(stats.rank_weights), fingerprint=np.asarray(stats.fingerprint),
+    )  # fmt: skip
+    tmp.replace(path)  # a crash leaves the old file or the new one, never half of one
+
+
+def _load_stats(path: pathlib.Path, step: int, variables: dict, provenance) -> LabelStats | None:
+    """The statistics saved with `step`, or None (trained values, or another step restored)."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        if int(f["step"]) != step:
+            return None  # they belong to another step: removal from them would not be exact
+        stats = LabelStats(
+            counts=jnp.asarray(f["counts"]), codes=jnp.asarray(f["codes"]),
+            labels=jnp.asarray(f["labels"]), ids=jnp.asarray(f["ids"]),
+            rank_weights=jnp.asarray(f["rank_weights"]), provenance=provenance,
+            fingerprint=str(f["fingerprint"]),
+        )  # fmt: skip
+    if stats.fingerprint != exact_fingerprint(variables):
+        raise checkpoints.CheckpointError(
+            f"{path} was counted under other keys than step {step} of the model holds; the "
+            "folder mixes files of different fits. Refit into a new folder."
+        )
+    return stats
 
 
 def data_fingerprint(*arrays) -> str:
@@ -319,15 +433,126 @@ def data_fingerprint(*arrays) -> str:
     return h.hexdigest()
 
 
-def _restore_final(directory: pathlib.Path, config: DKVBConfig, data_id: str) -> FittedDKVB | None:
-    if not checkpoints.list_steps(directory / "model"):
+def fit_settings(
+    config: DKVBConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    key: jax.Array,
+    key_data: np.ndarray,
+    key_config: KeyInitConfig,
+    value_config: ValueTrainConfig | EstimatorConfig,
+    preprocess: str,
+    stats_config: StatsConfig | None = None,
+    preprocess_data: tuple[np.ndarray, np.ndarray] | None = None,
+    provenance: Provenance | None = None,
+) -> dict[str, Any]:
+    """Every input of :func:`fit_dkvb` that changes its result or its record, as JSON (data as
+    sha256)."""
+    if jax.dtypes.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key_json = {
+            "impl": str(jax.random.key_impl(key)),
+            "data": np.asarray(jax.random.key_data(key)).tolist(),
+        }
+    else:  # a raw uint32 key
+        key_json = {"impl": "raw", "data": np.asarray(key).tolist()}
+    settings = {
+        "model_config": config.to_dict(),
+        "key_config": dataclasses.asdict(key_config),
+        "value_config": dataclasses.asdict(value_config),
+        "preprocess": preprocess,
+        "key": key_json,
+        "data": data_fingerprint(np.asarray(x, np.float32), np.asarray(y)),
+        "key_data": data_fingerprint(np.asarray(key_data, np.float32)),
+        "values": type(value_config).__name__,
+        "stats_config": None if stats_config is None else dataclasses.asdict(stats_config),
+        "preprocess_data": None
+        if preprocess_data is None
+        else data_fingerprint(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
+        "provenance": None if provenance is None else provenance.to_dict(),
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _settings_diff(saved: dict, wanted: dict) -> list[str]:
+    """``"value_config.epochs: saved 5, requested 6"`` for every setting that differs."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict) or not d:
+            return {prefix: d}
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}"))
+        return out
+
+    def show(name: str, value: Any) -> str:
+        if name in ("data", "key_data") and isinstance(value, str):
+            return f"sha256 {value[:12]}"
+        return "(absent)" if value is _ABSENT else json.dumps(value)
+
+    a, b = flat(saved), flat(wanted)
+    return [
+        f"{k}: saved {show(k, a.get(k, _ABSENT))}, requested {show(k, b.get(k, _ABSENT))}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    ]
+
+
+_ABSENT = object()
+
+
+def _claim_folder(directory: pathlib.Path, settings: dict, run_info: dict) -> None:
+    """Refuses a checkpoint folder fitted with other settings; records them in a fresh one.
+
+    The settings go into ``run.json`` before anything is fitted, so the partial ``keys/`` and
+    ``values/`` of an interrupted run are tied to them too.
+    """
+    run_path = directory / RUN_FILE
+    saved = None
+    if run_path.is_file():
+        try:
+            saved = json.loads(run_path.read_text()).get(SETTINGS)
+        except (ValueError, AttributeError) as e:
+            raise checkpoints.CheckpointError(
+                f"{run_path} is not a readable run description ({e}); use a new checkpoint "
+                "folder."
+            ) from e
+    if saved is None:
+        held = [n for n in ("model", *RESUME_FOLDERS) if (directory / n).exists()]
+        if held:
+            raise checkpoints.CheckpointError(
+                f"{directory} holds a fit ({', '.join(held)}) without a record of the settings "
+                f"it was fitted with (an older dkvb_jax, or no {RUN_FILE}), so it cannot be "
+                "checked against this request. Use a new checkpoint folder."
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        run_path.write_text(json.dumps(run_info, indent=2))
+        return
+    differ = _settings_diff(saved, settings)
+    if differ:
+        raise checkpoints.CheckpointError(
+            f"{directory} holds a model fitted with other settings ({'; '.join(differ)}). "
+            "Use a new checkpoint folder, or the settings it was fitted with."
+        )
+
+
+def _restore_final(directory: pathlib.Path, config: DKVBConfig) -> FittedDKVB | None:
+    """The finished fit of a folder whose settings match, or None when it is not finished."""
+    steps = checkpoints.list_steps(directory / "model")
+    if not steps:
         return None
     # step 0 is the fitted model; later steps are unlearned versions of it.
-    fitted, info = load_fitted(directory, config=config, step=0)
-    if info.get("data_fingerprint") not in (None, data_id):
-        raise ValueError(
-            f"{directory} holds a model fitted on other data (fingerprint differs); use a new "
-            "checkpoint folder, or the same embeddings as before."
+    if steps[0] != 0:
+        raise checkpoints.CheckpointError(
+            f"{directory / 'model'} no longer holds the fitted model: step 0 was purged after "
+            f"unlearning (steps left: {steps}). Fit into a new checkpoint folder."
+        )
+    fitted, _ = load_fitted(directory, config=config, step=0)
+    if fitted.audit:
+        raise checkpoints.CheckpointError(
+            f"Step 0 of {directory / 'model'} is an unlearned model ({len(fitted.audit)} "
+            "unlearning call(s) applied, e.g. a 'dkvb unlearn --out' folder), not a fitted one. "
+            "Fit into a new checkpoint folder."
         )
     return fitted
 

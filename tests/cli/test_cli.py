@@ -1,6 +1,7 @@
 """The dkvb command line on tiny synthetic embeddings: outputs, written files, and bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -43,6 +44,7 @@ def test_fit_json(npz, checkpoint, capsys):
     assert code == 0
     payload = json.loads(out)
     assert payload["config"]["num_keys"] == 32 and payload["test_acc"] > 0.9
+    assert payload["restored"] is True
     assert (checkpoint / "usage.npy").is_file() and (checkpoint / "run.json").is_file()
 
 
@@ -71,6 +73,66 @@ def test_unlearn_examples_and_table(npz, checkpoint, tmp_path, capsys):
                          "--no-progress")  # fmt: skip
     assert code == 0, err
     assert "| before" in out and "audit record" in out
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        (["--value-epochs", "6"], "value_config.epochs: saved 5, requested 6"),
+        (["--lr", "0.1"], "value_config.learning_rate: saved 0.5, requested 0.1"),
+        (["--seed", "3"], "key.data: saved [0, 0], requested [0, 3]"),
+        (["--preprocess", "standardize"], 'preprocess: saved "lda", requested "standardize"'),
+    ],
+)
+def test_fit_into_a_folder_fitted_with_other_settings_is_refused(
+    npz, checkpoint, capsys, option, named
+):
+    argv = ["fit", "--embeddings", npz, "--checkpoint", str(checkpoint), *TINY, *option]
+    _one_line_error(capsys, argv, named)
+
+
+def _unlearn(capsys, folder, *extra):
+    argv = ["unlearn", "--checkpoint", str(folder), "--classes", "2", "--method", "uva"]
+    code, out, err = run(capsys, *argv, "--n", "2", "--no-progress", *extra)
+    assert code == 0, err
+    return out
+
+
+def test_unlearn_says_which_steps_still_hold_the_data(checkpoint, tmp_path, capsys):
+    from dkvb_jax import checkpoints
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)
+    out = _unlearn(capsys, folder)
+    held = f"step 0 of {folder / 'model'}, {folder / 'keys'}, {folder / 'values'} still hold"
+    assert f"{held} the forgotten data; unlearn with --purge-earlier to delete them" in out
+    payload = json.loads(_unlearn(capsys, folder, "--json"))
+    assert payload["step"] == 2 and payload["purged_steps"] == []
+    assert payload["still_holding"]["model_steps"] == [0, 1]
+    assert checkpoints.list_steps(folder / "model") == [0, 1, 2]
+
+
+def test_unlearn_purge_earlier_deletes_and_records_it(checkpoint, tmp_path, capsys):
+    from dkvb_jax import checkpoints
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)
+    _unlearn(capsys, folder)
+    payload = json.loads(_unlearn(capsys, folder, "--purge-earlier", "--json"))
+    assert payload["purged_steps"] == [0, 1]
+    assert payload["purged_folders"] == [str(folder / "keys"), str(folder / "values")]
+    assert payload["still_holding"]["model_steps"] == []
+    assert payload["still_holding"]["folders"] == []
+    assert checkpoints.list_steps(folder / "model") == [2]
+    assert not (folder / "keys").exists() and not (folder / "values").exists()
+    assert checkpoints.restore_model(folder / "model").purged_steps == (0, 1)
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", str(folder), "--json", "--no-mia")
+    assert code == 0 and json.loads(out)["audit_records"] == 2
+
+
+def test_unlearn_out_says_the_source_still_holds_the_data(checkpoint, tmp_path, capsys):
+    out = _unlearn(capsys, checkpoint, "--out", str(tmp_path / "new"))
+    assert f"the --checkpoint folder {checkpoint} is unchanged and still holds" in out
 
 
 def test_compare_writes_table_json_and_plots(npz, tmp_path, capsys):
@@ -116,7 +178,7 @@ def test_bad_checkpoint_inputs(npz, checkpoint, capsys, tmp_path):
                     "outside the model's 4 classes")  # fmt: skip
     # Another configuration into the same checkpoint folder is refused.
     argv = ["fit", "--embeddings", npz, "--checkpoint", str(checkpoint), *TINY, "--keys", "16"]
-    _one_line_error(capsys, argv, "different model configuration")
+    _one_line_error(capsys, argv, "model_config.num_keys: saved 32, requested 16")
     # Embeddings of another encoder (other dimension) are refused.
     other = tmp_path / "other.npz"
     x, y = clustered_embeddings(0, 50, num_classes=4, dim=8)

@@ -15,6 +15,7 @@ from dkvb_jax.unlearning import (
     unlearn_via_examples,
 )
 
+
 def _usage_with(t, value, dtype=np.float32, where=(1, 0, 0)):
     usage = t.usage.astype(dtype)
     usage[where] = value

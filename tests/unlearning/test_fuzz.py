@@ -130,8 +130,11 @@ def _make_embeddings(spec):
     return x.astype(dtype), bad
 
 
+ROWS = st.integers(1, 4)
+
+
 @st.composite
-def codes(draw, rows=st.integers(1, 4)):
+def codes(draw, rows=ROWS):
     """(indices, valid, is_bad): codes whose valid entries may be negative or past the keys."""
     n = draw(rows)
     idx = draw(st.lists(st.integers(-2, K + 1), min_size=n * C, max_size=n * C))
