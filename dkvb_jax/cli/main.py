@@ -420,6 +420,8 @@ def cmd_unlearn(args) -> int:
     fitted, info = load_fitted(args.checkpoint)
     cfg = fitted.config
     model, variables = fitted.model, fitted.variables
+    if args.method is None:
+        args.method = "exact" if fitted.stats is not None else "uva"
     classes = None
     if args.classes is not None:
         classes = sorted(set(args.classes))
@@ -436,8 +438,10 @@ def cmd_unlearn(args) -> int:
     effect = accuracy_effect(model, jnp.asarray(emb.x_test), emb.y_test, eval_classes)
     start = time.perf_counter()
     n = args.n
+    new_stats = None  # masking changes the codes, so label statistics no longer apply
     if args.method == "exact":
-        new_vars, record = _exact_unlearn(args, fitted, emb, classes, rows_forget, effect)
+        new_vars, record, new_stats = _exact_unlearn(fitted, info, emb, classes, rows_forget,
+                                                     effect)  # fmt: skip
     elif classes is not None and args.method == "uva":
         if n is None:
             sweep = sweep_uva(model, variables, fitted.usage, classes, emb.x_train, emb.y_train,
@@ -470,9 +474,11 @@ def cmd_unlearn(args) -> int:
     if out != pathlib.Path(args.checkpoint):
         if (out / "model").exists():
             raise CLIError(f"--out {out} already holds a checkpoint; choose a new folder.")
+    usage = fitted.usage if new_stats is None else _usage_of(new_stats, cfg)
     new = FittedDKVB(
-        model, new_vars, fitted.usage, audit=(*fitted.audit, record), provenance=fitted.provenance
-    )
+        model, new_vars, usage, audit=(*fitted.audit, record), provenance=fitted.provenance,
+        stats=new_stats,
+    )  # fmt: skip
     resume_folders = earlier_state(out)["folders"]
     step = save_fitted(
         out, new, encoder=info.get("encoder"), run_info=info, purge_earlier=args.purge_earlier
@@ -553,8 +559,13 @@ def _steps(steps: list[int]) -> str:
     return f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
 
 
-def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
-    """Exact unlearning: closed-form values from label counts minus the forgotten examples."""
+def _exact_unlearn(fitted, info, emb, classes, rows_forget, effect):
+    """Exact unlearning: closed-form values from label counts minus the forgotten examples.
+
+    A model fitted with closed-form values carries its statistics: they are subtracted from,
+    with no data pass. Otherwise closed-form values are first fitted on the training rows (the
+    saved model's values are replaced by them).
+    """
     import numpy as np
 
     from dkvb_jax import exact
@@ -564,24 +575,53 @@ def _exact_unlearn(args, fitted, emb, classes, rows_forget, effect):
     model, variables = fitted.model, fitted.variables
     if fitted.config.decoder != "vote":
         raise CLIError("--method exact needs a model with the vote decoder.")
-    ids = np.arange(emb.x_train.shape[0], dtype=np.int32)
-    # The certificate comes from what the checkpoint recorded at fit time, never from a flag.
-    fitted_vars, stats = exact.fit_exact(
-        model, variables, emb.x_train, emb.y_train, ids, provenance=fitted.provenance
-    )
-    if classes is not None:
-        new_vars, _, rec = exact.forget_classes(fitted_vars, stats, classes)
+    if fitted.stats is not None:
+        base, stats = variables, fitted.stats
+        estimator = exact.EstimatorConfig(**info["fit_settings"]["value_config"])
     else:
-        new_vars, _, rec = exact.remove_examples(fitted_vars, stats, rows_forget.astype(np.int32))
-    # The checkpoint's audit trail holds AuditRecords; the exact record rides in its params.
+        estimator = exact.EstimatorConfig()
+        ids = np.arange(emb.x_train.shape[0], dtype=np.int32)
+        # The certificate comes from what the checkpoint recorded at fit time, never a flag.
+        base, stats = exact.fit_exact(
+            model, variables, emb.x_train, emb.y_train, ids, provenance=fitted.provenance
+        )
+    if classes is not None:
+        new_vars, new_stats, rec = exact.forget_classes(base, stats, classes, estimator=estimator)
+    else:
+        counted = np.isin(rows_forget, np.asarray(stats.ids))
+        if not counted.all():
+            raise CLIError(
+                f"--examples {_first_ids(rows_forget[~counted])} are not counted in the model's "
+                "values: they are rows of the held-out split that fitted its preprocessing and "
+                "keys, or were forgotten already. Held-out rows can only be forgotten by "
+                "refitting the model without them."
+            )
+        new_vars, new_stats, rec = exact.remove_examples(
+            base, stats, rows_forget.astype(np.int32), estimator=estimator
+        )
     record = make_record(
-        method="exact", params=json.loads(rec.to_json()), before=variables, after=new_vars,
+        method=rec.method, params=rec.params, before=variables, after=new_vars,
         certificate=Certificate.from_dict(rec.certificate),
-        forgotten_classes=classes,
-        forgotten_examples=None if rows_forget is None else rows_forget.tolist(),
+        forgotten_classes=rec.forgotten_classes,
+        forgotten_examples=rec.forgotten_examples,
         effect={"before": effect(variables), "after": effect(new_vars)},
     )  # fmt: skip
-    return new_vars, record
+    return new_vars, record, new_stats
+
+
+def _first_ids(ids, limit: int = 10) -> str:
+    shown = ", ".join(str(int(i)) for i in ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def _usage_of(stats, cfg):
+    """The per-class histogram of the rows the statistics still count (none forgotten)."""
+    import jax.numpy as jnp
+
+    from dkvb_jax.training import usage_from_codes
+
+    return usage_from_codes(stats.codes, stats.codes >= 0, cfg.num_keys,
+                            jnp.asarray(stats.labels), cfg.num_classes)  # fmt: skip
 
 
 def cmd_evaluate(args) -> int:
@@ -770,8 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'dkvb fit'")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids to forget")
     p.add_argument("--examples", default=None, help="training example ids: 1,2,3 or @file")
-    p.add_argument("--method", default="uva", choices=METHODS,
-                   help="uva (class: mask top-N keys), uve (mask keys of N examples), exact")  # fmt: skip
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="exact (subtract label counts; the default for models with closed-form "
+                   "values), uva (classes: mask the top-N keys; the default otherwise) or uve "
+                   "(mask the keys of N examples)")  # fmt: skip
     p.add_argument("--n", type=int, default=None,
                    help="N_a or N_e; default: the smallest N giving forget train accuracy 0")  # fmt: skip
     p.add_argument("--out", default=None,

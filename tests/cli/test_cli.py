@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dkvb_jax.cli.main import build_parser, main
+from dkvb_jax.provenance import Provenance
 from dkvb_jax.testing import clustered_embeddings
 
 TINY = ["--codebooks", "8", "--keys", "32", "--key-dim", "4", "--key-epochs", "2",
@@ -227,3 +228,72 @@ def test_embed_folder_then_cache(tmp_path, capsys):
     payload = json.loads(out)
     assert payload["splits"]["train"] == payload["splits"]["train"] | {"examples": 4, "dim": 64,
                                                                        "from_cache": True}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny named dataset (the 'folder' dataset): 3 classes of 40 train and 10 test images."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        for c, name in enumerate(("a", "b", "c")):
+            d = root / "imgs" / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                tint = np.zeros(3)
+                tint[c] = 120  # each class has its own colour cast, so it can be learned
+                img = np.clip(rng.normal(100, 40, (32, 32, 3)) + tint, 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    return ["--encoder", "cifar_resnet20", "--dataset", "folder", "--data-dir",
+            str(root / "imgs"), "--cache-dir", str(root / "cache")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "recipe, certified, named",
+    [("certified", True, ()), ("paper", False, ("the preprocess (", "the keys ("))],
+)
+def test_unlearn_certificate_comes_from_what_the_fit_recorded(image_folder, tmp_path, capsys,
+                                                               recipe, certified, named):  # fmt: skip
+    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
+             "--value-epochs", "1", "--no-progress"]  # fmt: skip
+    ckpt = str(tmp_path / "ckpt")
+    code, _, err = run(capsys, "fit", *image_folder, *small, "--recipe", recipe, "--checkpoint",
+                       ckpt)  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "1",
+                         "--method", "exact", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    line = next(s for s in out.splitlines() if "certified" in s)
+    assert line.startswith("certified exact:" if certified else "NOT certified:")
+    for part in named:
+        assert part in line
+    # No flag can grant a certificate.
+    with pytest.raises(SystemExit) as exit_:
+        main(["unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "2",
+              "--keys-independent"])  # fmt: skip
+    assert exit_.value.code == 2 and "--keys-independent" in capsys.readouterr().err
+
+
+def test_certified_model_forgets_examples_from_its_statistics(image_folder, tmp_path, capsys):
+    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
+             "--no-progress"]  # fmt: skip
+    ckpt = str(tmp_path / "ckpt")
+    assert run(capsys, "fit", *image_folder, *small, "--recipe", "certified", "--checkpoint",
+               ckpt)[0] == 0  # fmt: skip
+    settings = json.loads((tmp_path / "ckpt" / "run.json").read_text())["fit_settings"]
+    assert settings["values"] == "EstimatorConfig"
+    (held_rows,) = Provenance.from_dict(settings["provenance"]).part("preprocess").rows
+    held = int(held_rows.ids[0])
+    counted = int(np.setdiff1d(np.arange(120), held_rows.ids)[0])
+    # --examples defaults to the exact removal on a model with closed-form values.
+    code, out, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
+                         str(counted), "--json", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["method"] == "exact" and payload["audit"]["certificate"]["certified"]
+    assert payload["audit"]["forgotten_examples"] == [counted]
+    code, _, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
+                       str(held), "--no-progress")  # fmt: skip
+    assert code == 2 and "held-out split" in err
