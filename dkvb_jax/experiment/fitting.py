@@ -210,7 +210,13 @@ def fit_dkvb(
         preprocess=preprocess,
         stats_config=stats_config if isinstance(value_config, EstimatorConfig) else None,
         preprocess_data=preprocess_data,
-        provenance=provenance,
+        record={
+            "dataset": dataset,
+            "encoder": encoder,
+            "ids": None if ids is None else data_fingerprint(np.asarray(ids)),
+            "key_rows": None if key_rows is None else key_rows.digest,
+            "preprocess_rows": None if preprocess_rows is None else preprocess_rows.digest,
+        },
     )
     k_init, k_keys, k_values = jax.random.split(key, 3)
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
@@ -445,7 +451,7 @@ def fit_settings(
     preprocess: str,
     stats_config: StatsConfig | None = None,
     preprocess_data: tuple[np.ndarray, np.ndarray] | None = None,
-    provenance: Provenance | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every input of :func:`fit_dkvb` that changes its result or its record, as JSON (data as
     sha256)."""
@@ -469,7 +475,8 @@ def fit_settings(
         "preprocess_data": None
         if preprocess_data is None
         else data_fingerprint(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
-        "provenance": None if provenance is None else provenance.to_dict(),
+        # What the provenance record is built from (it is derived from these and the above).
+        "record": record,
     }
     return json.loads(json.dumps(settings))
 

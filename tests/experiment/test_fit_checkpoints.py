@@ -11,6 +11,7 @@ import pytest
 from dkvb_jax import checkpoints
 from dkvb_jax.experiment import ExperimentConfig, fit_dkvb, load_fitted, save_fitted
 from dkvb_jax.experiment.fitting import RUN_FILE, SETTINGS, FittedDKVB, earlier_state
+from dkvb_jax.provenance import UNNAMED, Part, Rows
 from dkvb_jax.testing import clustered_embeddings
 
 TINY = ExperimentConfig(num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=2)
@@ -142,8 +143,8 @@ def test_an_unlearned_step_zero_is_not_returned_as_fitted(folder, tmp_path):
 
 def test_provenance_is_saved_and_loaded(folder):
     fitted, info = load_fitted(folder)
-    assert fitted.provenance is None
-    provenance = {"keys": {"rows_sha256": "ab" * 32}, "preprocess": "lda"}
+    assert fitted.provenance.data == UNNAMED  # fitted without naming its rows
+    provenance = fitted.provenance.with_part(Part("keys", "ema_kmeans", (Rows("other/train"),)))
     save_fitted(folder, dataclasses.replace(fitted, provenance=provenance), run_info=info)
     assert load_fitted(folder)[0].provenance == provenance
     assert isinstance(fitted, FittedDKVB)
