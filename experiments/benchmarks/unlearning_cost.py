@@ -95,8 +95,8 @@ def main(argv=None) -> None:
     from dkvb_jax.config import DKVBConfig
     from dkvb_jax.evaluation import cost as cost_lib
     from dkvb_jax.experiment.class_unlearning import fit_head
-    from dkvb_jax.experiment.recipe import key_data_rows
     from dkvb_jax.experiment.fitting import fit_dkvb
+    from dkvb_jax.experiment.recipe import key_data_rows
     from dkvb_jax.model import DKVB
     from dkvb_jax.training import KeyInitConfig, ValueTrainConfig
     from dkvb_jax.unlearning import (
