@@ -3,7 +3,7 @@
 The embeddings are preprocessed before the keys are fitted, because a random projection of raw
 post-ReLU features puts most queries in a thin shell and wastes keys: standardised with the key
 data's per-dimension mean and std (the paper's setting here), or projected onto the labelled
-data's linear discriminants (``preprocess="lda"``, the experiment default, issue 10). Either map
+data's linear discriminants (``preprocess="lda"``, the experiment default). Either map
 is *folded into the frozen variables* (`dkvb_jax.model.preprocess`); for standardisation: with
 ``q = ((x - mu) / sd) @ P`` the model stores ``P' = P / sd`` and shifts every key by
 ``(mu / sd) @ P``, so the nearest key of ``x @ P'`` among the shifted keys is the nearest key of

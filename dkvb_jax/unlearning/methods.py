@@ -372,6 +372,12 @@ def forget_examples(
 ) -> tuple[dict, AuditRecord]:
     """Sample-level forgetting: masks every pair the named training examples retrieve.
 
+    A weak tool for examples: a random set of training rows retrieves keys at the rate the rest
+    of the data does, so even 1% of the rows masks a large share of all pairs and costs retain
+    accuracy (``experiments/certified_unlearning.py`` measures both), and the record is never
+    certified. On a model with closed-form values (``ExperimentConfig(values="counts")``),
+    :func:`dkvb_jax.exact.remove_examples` removes the same rows exactly and cheaply.
+
     Args:
       example_ids: int ids (rows of `codes` / `x`) of the examples to forget.
       codes: codes (indices, valid) `[n, codebooks, top_k]` of the whole training set, computed

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from dkvb_jax.cli.main import build_parser, main
-from dkvb_jax.provenance import Provenance
+from dkvb_jax.experiment import load_fitted
 from dkvb_jax.testing import clustered_embeddings
 
+# Trained values: the masking workflow, value settings and the resume state of value training
+# (the tests at the end cover the certified default recipe).
 TINY = ["--codebooks", "8", "--keys", "32", "--key-dim", "4", "--key-epochs", "2",
-        "--value-epochs", "5", "--no-progress"]  # fmt: skip
+        "--value-epochs", "5", "--recipe", "lda_adam", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +286,7 @@ def test_certified_model_forgets_examples_from_its_statistics(image_folder, tmp_
                ckpt)[0] == 0  # fmt: skip
     settings = json.loads((tmp_path / "ckpt" / "run.json").read_text())["fit_settings"]
     assert settings["values"] == "EstimatorConfig"
-    (held_rows,) = Provenance.from_dict(settings["provenance"]).part("preprocess").rows
+    (held_rows,) = load_fitted(ckpt)[0].provenance.part("preprocess").rows
     held = int(held_rows.ids[0])
     counted = int(np.setdiff1d(np.arange(120), held_rows.ids)[0])
     # --examples defaults to the exact removal on a model with closed-form values.

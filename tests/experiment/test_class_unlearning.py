@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from dkvb_jax.cli.main import RECIPE_CHOICES
 from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
 from dkvb_jax.experiment import (
@@ -18,13 +19,16 @@ from dkvb_jax.experiment import (
     save_plots,
     standardizer,
 )
+from dkvb_jax.experiment.class_unlearning import RECIPES
 from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.model import DKVB
 from dkvb_jax.provenance import Rows
 from dkvb_jax.testing import clustered_embeddings
 
-TINY = ExperimentConfig(
-    num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=5, head_epochs=5,
+# Trained values, LDA and keys on every training row: the pipeline's masking rows, baselines and
+# the not-certified exact row (test_recipe.py covers the certified default recipe).
+TINY = ExperimentConfig.recipe(
+    "lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=5, head_epochs=5,
     baseline_max_epochs=2, n_a_grid=(1, 2, 4, 8), n_e_grid=(1, 2, 5, 10, 20),
     baselines=("finetune",), dkvb_finetune=False,
 )  # fmt: skip
@@ -209,10 +213,16 @@ def test_config_round_trip_and_best_class():
 
 
 def test_config_recipes():
-    """The default recipe is issue 10's; "recipe": "paper" (or .paper()) is the paper's, and a
-    config file's own fields still override either."""
+    """The default recipe is the certified one; "recipe": "paper" (or .paper()) is the paper's,
+    "lda_adam" issue 10's, and a config file's own fields still override any of them."""
     default, paper = ExperimentConfig(), ExperimentConfig.paper(num_keys=64)
-    assert (default.preprocess, default.top_k, default.value_optimizer) == ("lda", 1, "adam")
+    assert ExperimentConfig.recipe("certified") == default
+    assert (default.preprocess, default.values, default.holdout_fraction) == ("lda", "counts", 0.2)
+    lda_adam = ExperimentConfig.recipe("lda_adam")
+    assert (lda_adam.values, lda_adam.holdout_fraction, lda_adam.value_optimizer) == (
+        "trained", 0.0, "adam")  # fmt: skip
+    assert (paper.values, paper.holdout_fraction) == ("trained", 0.0)
+    assert set(RECIPE_CHOICES) == set(RECIPES)
     vc = paper.value_config()
     assert (paper.preprocess, paper.top_k, paper.num_keys) == ("standardize", 1, 64)
     assert (vc.optimizer, vc.learning_rate, vc.label_smoothing, vc.clip_norm) == (

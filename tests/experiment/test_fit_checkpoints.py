@@ -14,7 +14,8 @@ from dkvb_jax.experiment.fitting import RUN_FILE, SETTINGS, FittedDKVB, earlier_
 from dkvb_jax.provenance import UNNAMED, Part, Rows
 from dkvb_jax.testing import clustered_embeddings
 
-TINY = ExperimentConfig(num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=2)
+TINY = ExperimentConfig.recipe("lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2,
+                               value_epochs=2)  # fmt: skip
 X, Y = clustered_embeddings(0, 400, num_classes=4, dim=16)
 CONFIG = TINY.dkvb_config(16, 4)
 KW = dict(

@@ -9,9 +9,9 @@ from dkvb_jax.experiment import ExperimentConfig
 from dkvb_jax.experiment.recipe import fit_from_config, holdout_rows
 from dkvb_jax.testing import clustered_embeddings
 
-TINY = ExperimentConfig(num_codebooks=4, num_keys=16, key_dim=4, key_epochs=2, value_epochs=2,
-                        baselines=(), mia=False)  # fmt: skip
-CERTIFIED = TINY.replace(values="counts", holdout_fraction=0.2, exact_alpha=0.1)
+TINY = ExperimentConfig(num_codebooks=4, num_keys=16, key_dim=4, key_epochs=2, baselines=(),
+                        mia=False)  # fmt: skip
+CERTIFIED = TINY.replace(exact_alpha=0.1)  # the default recipe is the certified one
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_certified_recipe_certifies_every_value_row_and_no_held_out_row(data, en
 @pytest.mark.parametrize(
     "config, dataset, blames",
     [
-        (TINY.replace(values="counts"), "toy/train", ("preprocess", "keys")),  # LDA and keys on D
+        (TINY.replace(holdout_fraction=0.0), "toy/train", ("preprocess", "keys")),  # LDA, keys on D
         (CERTIFIED, None, ("encoder",)),  # unnamed rows cannot be compared with the encoder's
     ],
 )

@@ -25,8 +25,9 @@ def test_config_parses(path):
     if kind == "experiment":
         cfg = ExperimentConfig.from_dict(data["experiment"])
         assert {"encoder", "dataset"} <= set(data)
-        # The paper-reproduction configs keep the paper's recipe; the others the default one.
-        assert cfg.preprocess == ("standardize" if data["experiment"].get("recipe") else "lda")
+        # The paper-reproduction configs keep the paper's recipe; the others use LDA inputs.
+        paper = data["experiment"].get("recipe") == "paper"
+        assert cfg.preprocess == ("standardize" if paper else "lda")
         return
     mq = load_script("experiments/model_quality.py", "model_quality")
     if kind == "recipes":
