@@ -246,12 +246,22 @@ def apply_config_defaults(args) -> None:
 
 # ExperimentConfig field (or "recipe") of each flag that sets one; flags a command lacks are unset.
 _CONFIG_FLAGS = {
-    "codebooks": "num_codebooks", "keys": "num_keys", "key_dim": "key_dim", "top_k": "top_k",
-    "key_epochs": "key_epochs", "value_epochs": "value_epochs", "lr": "value_learning_rate",
-    "seed": "seed", "recipe": "recipe", "preprocess": "preprocess",
-    "forget_classes": "forget_classes", "baselines": "baselines", "methods": "methods",
-    "head_epochs": "head_epochs", "baseline_max_epochs": "baseline_max_epochs",
-}  # fmt: skip
+    "codebooks": "num_codebooks",
+    "keys": "num_keys",
+    "key_dim": "key_dim",
+    "top_k": "top_k",
+    "key_epochs": "key_epochs",
+    "value_epochs": "value_epochs",
+    "lr": "value_learning_rate",
+    "seed": "seed",
+    "recipe": "recipe",
+    "preprocess": "preprocess",
+    "forget_classes": "forget_classes",
+    "baselines": "baselines",
+    "methods": "methods",
+    "head_epochs": "head_epochs",
+    "baseline_max_epochs": "baseline_max_epochs",
+}
 
 
 def experiment_config(args, base: dict | None = None) -> Any:
@@ -770,11 +780,17 @@ def _data(p: argparse.ArgumentParser, embeddings: bool = True) -> None:
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=None,
-                   metavar="FIELD=VALUE",
-                   help="set any experiment-config field, after --config and the other flags; "
-                   "VALUE is JSON when it parses, else a string (e.g. --set value_epochs=6 "
-                   "n_a_grid=[8,16,32] preprocess=lda)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="FIELD=VALUE",
+        help="set any experiment-config field, after --config and the other flags; "
+        "VALUE is JSON when it parses, else a string (e.g. --set value_epochs=6 "
+        "n_a_grid=[8,16,32] preprocess=lda)",
+    )
 
 
 def _model(p: argparse.ArgumentParser) -> None:
@@ -791,11 +807,18 @@ def _model(p: argparse.ArgumentParser) -> None:
                    "(standardised inputs, SGD); default (the same as certified) unless a "
                    "--config file names one")  # fmt: skip
     p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
-                   default=None, help="input map folded into the projection (recipe's)")  # fmt: skip
+                   default=None, help="input map folded into the projection (default: the recipe's)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
     p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
-    p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (5)")
-    p.add_argument("--lr", type=float, default=None, help="value learning rate (0.5)")
+    p.add_argument(
+        "--value-epochs",
+        type=int,
+        default=None,
+        help="value-training epochs (5; trained values only)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="value learning rate (0.5; trained values only)"
+    )
     p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
     p.add_argument("--key-dataset", default=None,
                    help="fit keys on this dataset's train split, unlabelled (e.g. cifar100)")  # fmt: skip
@@ -807,15 +830,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dkvb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"dkvb_jax {__version__}",
-                        help="print the version of dkvb_jax and exit")  # fmt: skip
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True,
-                                help="one of these; dkvb COMMAND --help for its options")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"dkvb_jax {__version__}",
+        help="print the version of dkvb_jax and exit",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="command",
+        required=True,
+        help="one of these; dkvb COMMAND --help for its options",
+    )
 
     p = sub.add_parser("embed", help="encode a dataset into the embedding cache")
     _data(p, embeddings=False)
-    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"],
-                   help="splits to encode (default: train test)")  # fmt: skip
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "test"],
+        choices=["train", "test"],
+        help="splits to encode (default: train test)",
+    )
     p.add_argument("--rebuild", action="store_true", help="encode again even if cached")
     _common(p)
     p.set_defaults(fn=cmd_embed)
@@ -858,8 +894,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and MIA of a checkpoint")
     _data(p)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder written by 'dkvb fit' or 'dkvb unlearn'")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by 'dkvb fit' or 'dkvb unlearn'",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--no-mia", action="store_true", help="skip the membership-inference attack")
     _common(p)
@@ -888,8 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fit, forget the best-learned class, compare (offline)")
     p.add_argument("--encoder", default=None, help="encoder (default mobilenet_v1, shipped)")
     p.add_argument("--dataset", default=None, help="dataset (default cifar10_sample, shipped)")
-    p.add_argument("--data-dir", default=None,
-                   help="where the dataset lives (not needed for the shipped cifar10_sample)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the dataset lives (not needed for the shipped cifar10_sample)",
+    )
     p.add_argument("--seed", type=int, default=None, help="PRNG seed (default 0)")
     p.add_argument("--out", default="dkvb_demo", help="output folder (default ./dkvb_demo)")
     _overrides(p)
