@@ -807,7 +807,8 @@ def _model(p: argparse.ArgumentParser) -> None:
                    "(standardised inputs, SGD); default (the same as certified) unless a "
                    "--config file names one")  # fmt: skip
     p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
-                   default=None, help="input map folded into the projection (default: the recipe's)")  # fmt: skip
+                   default=None,
+                   help="input map folded into the projection (default: the recipe's)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
     p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
     p.add_argument(
