@@ -1,4 +1,4 @@
-"""``dkvb``: the command line of dkvb_jax (embed, fit, unlearn, evaluate, compare, demo).
+"""dkvb: the command line of dkvb_jax (embed, fit, unlearn, evaluate, compare, demo).
 
     dkvb demo                                   # fit, forget one class, compare; offline
     dkvb embed   --encoder mobilenet_v1 --dataset cifar10 --data-dir ../shared/data/cifar10
@@ -7,9 +7,11 @@
     dkvb evaluate --checkpoint ckpt/
     dkvb compare --dataset cifar10 --data-dir ../shared/data/cifar10 --out results/
 
-Every command prints a readable table, or JSON with ``--json``. Bad input ends with one line on
-stderr and exit status 2; anything else is a bug and ends with one line asking for a report and
-exit status 1. ``--debug`` shows the traceback of either.
+Every command prints a readable table, or JSON with --json. fit, compare and demo take
+--set FIELD=VALUE ... to change any field of the experiment config (e.g. --set value_epochs=6
+n_a_grid=[8,16,32]). Bad input ends with one line on stderr and exit status 2; anything else is
+a bug and ends with one line asking for a report and exit status 1. --debug shows the traceback
+of either.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dkvb_jax import __version__
 from dkvb_jax.errors import InputError
 
 # ExperimentConfig's recipes (dkvb_jax.experiment.RECIPES), named here so that building the
@@ -241,25 +244,50 @@ def apply_config_defaults(args) -> None:
             setattr(args, name, loaded[name])
 
 
-def experiment_config(args) -> Any:
-    """ExperimentConfig from ``--config`` JSON (an experiments/ file) overridden by flags."""
-    from dkvb_jax.experiment import ExperimentConfig
+# ExperimentConfig field (or "recipe") of each flag that sets one; flags a command lacks are unset.
+_CONFIG_FLAGS = {
+    "codebooks": "num_codebooks",
+    "keys": "num_keys",
+    "key_dim": "key_dim",
+    "top_k": "top_k",
+    "key_epochs": "key_epochs",
+    "value_epochs": "value_epochs",
+    "lr": "value_learning_rate",
+    "seed": "seed",
+    "recipe": "recipe",
+    "preprocess": "preprocess",
+    "forget_classes": "forget_classes",
+    "baselines": "baselines",
+    "methods": "methods",
+    "head_epochs": "head_epochs",
+    "baseline_max_epochs": "baseline_max_epochs",
+}
 
-    loaded = _read_config(args)
-    base = dict(loaded.get("experiment", loaded)) if loaded else {}
-    flags = {
-        "num_codebooks": args.codebooks, "num_keys": args.keys, "key_dim": args.key_dim,
-        "top_k": args.top_k, "key_epochs": args.key_epochs, "value_epochs": args.value_epochs,
-        "value_learning_rate": args.lr, "seed": args.seed,
-        "recipe": getattr(args, "recipe", None), "preprocess": getattr(args, "preprocess", None),
-    }  # fmt: skip
-    for name in ("forget_classes", "baselines", "methods", "head_epochs", "baseline_max_epochs"):
-        if getattr(args, name, None) is not None:
-            flags[name] = getattr(args, name)
+
+def experiment_config(args, base: dict | None = None) -> Any:
+    """The run's ExperimentConfig: `base` (default: the ``--config`` JSON), then the flags,
+    then ``--set FIELD=VALUE`` overrides, each later one winning."""
+    from dkvb_jax.experiment import ExperimentConfig
+    from dkvb_jax.experiment.class_unlearning import parse_overrides
+
+    if base is None:
+        loaded = _read_config(args)
+        base = dict(loaded.get("experiment", loaded)) if loaded else {}
+    settings = dict(base)
+    for flag, field in _CONFIG_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            settings[field] = getattr(args, flag)
     if getattr(args, "no_mia", False):
-        flags["mia"] = False
-    base.update({k: v for k, v in flags.items() if v is not None})
-    return ExperimentConfig.from_dict(base)
+        settings["mia"] = False
+    cfg = ExperimentConfig.from_dict(settings)
+    assignments = getattr(args, "overrides", None)
+    if not assignments:
+        return cfg
+    # Built apart from the rest, so that an error here is the --set's and says so.
+    try:
+        return cfg.replace(**parse_overrides(assignments))
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--set {' '.join(assignments)}: {e}") from e
 
 
 # ----------------------------------------------------------------------------- commands
@@ -722,14 +750,11 @@ DEMO = dict(num_codebooks=128, num_keys=128, key_dim=14, key_epochs=10, holdout_
 
 
 def cmd_demo(args) -> int:
-    from dkvb_jax.experiment import ExperimentConfig
-
     args.dataset = args.dataset or "cifar10_sample"
     args.encoder = args.encoder or "mobilenet_v1"
     args.embeddings = None
     args.key_dataset = None
-    cfg = ExperimentConfig(**DEMO, seed=args.seed or 0)
-    return _run_compare(args, cfg, pathlib.Path(args.out))
+    return _run_compare(args, experiment_config(args, base=DEMO), pathlib.Path(args.out))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -756,6 +781,20 @@ def _data(p: argparse.ArgumentParser, embeddings: bool = True) -> None:
                        help="NPZ with x_train, y_train, x_test, y_test instead of encoder+dataset")  # fmt: skip
 
 
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="FIELD=VALUE",
+        help="set any experiment-config field, after --config and the other flags; "
+        "VALUE is JSON when it parses, else a string (e.g. --set value_epochs=6 "
+        "n_a_grid=[8,16,32] preprocess=lda)",
+    )
+
+
 def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", default=None, help="experiment config JSON (see experiments/configs)"
@@ -764,31 +803,58 @@ def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", type=int, default=None, help="keys per codebook K (default 512)")
     p.add_argument("--key-dim", type=int, default=None, help="key dimension (default 14)")
     p.add_argument("--recipe", choices=RECIPE_CHOICES, default=None,
-                   help="training recipe: certified (LDA and keys on a held-out 10%%, values "
-                   "from label counts; every removal certified exact), lda_adam (LDA inputs, "
-                   "Adam-trained values) or paper (standardised inputs, SGD); default: "
-                   "certified. A --config file may name one")  # fmt: skip
+                   help="training recipe: certified (LDA and keys on a held-out 20%% of the "
+                   "training rows, values from label counts of the rest; every removal certified "
+                   "exact), lda_adam (LDA and keys on every row, Adam-trained values) or paper "
+                   "(standardised inputs, SGD); default (the same as certified) unless a "
+                   "--config file names one")  # fmt: skip
     p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
-                   default=None, help="input map folded into the projection (recipe's)")  # fmt: skip
+                   default=None,
+                   help="input map folded into the projection (default: the recipe's)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")
     p.add_argument("--key-epochs", type=int, default=None, help="EMA k-means epochs (10)")
-    p.add_argument("--value-epochs", type=int, default=None, help="value-training epochs (5)")
-    p.add_argument("--lr", type=float, default=None, help="value learning rate (0.5)")
+    p.add_argument(
+        "--value-epochs",
+        type=int,
+        default=None,
+        help="value-training epochs (5; trained values only)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="value learning rate (0.5; trained values only)"
+    )
     p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
     p.add_argument("--key-dataset", default=None,
                    help="fit keys on this dataset's train split, unlabelled (e.g. cifar100)")  # fmt: skip
     p.add_argument("--key-data-dir", default=None, help="data dir of --key-dataset")
+    _overrides(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dkvb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"dkvb_jax {__version__}",
+        help="print the version of dkvb_jax and exit",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="command",
+        required=True,
+        help="one of these; dkvb COMMAND --help for its options",
+    )
 
     p = sub.add_parser("embed", help="encode a dataset into the embedding cache")
     _data(p, embeddings=False)
-    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "test"],
+        choices=["train", "test"],
+        help="splits to encode (default: train test)",
+    )
     p.add_argument("--rebuild", action="store_true", help="encode again even if cached")
     _common(p)
     p.set_defaults(fn=cmd_embed)
@@ -831,7 +897,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and MIA of a checkpoint")
     _data(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder written by 'dkvb fit' or 'dkvb unlearn'",
+    )
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--no-mia", action="store_true", help="skip the membership-inference attack")
     _common(p)
@@ -860,9 +930,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fit, forget the best-learned class, compare (offline)")
     p.add_argument("--encoder", default=None, help="encoder (default mobilenet_v1, shipped)")
     p.add_argument("--dataset", default=None, help="dataset (default cifar10_sample, shipped)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the dataset lives (not needed for the shipped cifar10_sample)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="PRNG seed (default 0)")
     p.add_argument("--out", default="dkvb_demo", help="output folder (default ./dkvb_demo)")
+    _overrides(p)
     _common(p)
     p.set_defaults(fn=cmd_demo)
     return parser

@@ -19,7 +19,9 @@ import functools
 import hashlib
 import json
 import pathlib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -311,6 +313,102 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lda_adam": dict(values="trained", holdout_fraction=0.0),
     "paper": {**PAPER_RECIPE, "values": "trained", "holdout_fraction": 0.0},
 }
+
+
+def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as changes to :class:`ExperimentConfig` (for ``--set``).
+
+    VALUE is read as JSON when it parses (``6``, ``0.1``, ``[8, 16]``, ``null``, ``true``) and
+    as a bare string otherwise (``lda``); a single value given to a tuple field is a one-element
+    tuple. A later assignment of the same field wins. Ranges are left to ExperimentConfig.
+
+    Returns:
+      {field: value}, each value of the field's type (lists as tuples, ints widened to float).
+
+    Raises:
+      ValueError: an assignment without ``=``, a FIELD that ExperimentConfig lacks (the
+        message lists the valid fields), or a value of the wrong type for its field.
+    """
+    hints = typing.get_type_hints(ExperimentConfig)
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"{item!r} is not FIELD=VALUE (e.g. value_epochs=6).")
+        if name not in hints:
+            raise ValueError(
+                f"{name!r} is not an ExperimentConfig field; valid fields: {', '.join(hints)}."
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        hint = hints[name]
+        if _tuple_item(hint) is not None and not isinstance(value, list | tuple | None):
+            value = [value]
+        ok, value = _coerce(value, hint)
+        if not ok:
+            raise ValueError(
+                f"ExperimentConfig.{name} must be {_describe(hint)}, got {text!r} (from {item!r})."
+            )
+        changes[name] = value
+    return changes
+
+
+def _tuple_item(hint: Any) -> Any:
+    """The item type of a ``tuple[T, ...]`` hint, or of its non-None member; else None."""
+    for h in typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,):
+        if typing.get_origin(h) is tuple:
+            return typing.get_args(h)[0]
+    return None
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value`, parsed from JSON, is of type `hint`; the value as that type)."""
+    if isinstance(hint, types.UnionType):
+        for h in typing.get_args(hint):
+            ok, out = _coerce(value, h)
+            if ok:
+                return True, out
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint) and isinstance(value, str), value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        items = [_coerce(v, typing.get_args(hint)[0]) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if hint is bool:
+        return isinstance(value, bool), value
+    # JSON gives 6 for 6.0 and a bool is an int to Python: neither is a silent 1 or 1.0 here.
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {int: "ints, e.g. [1, 2]", str: 'strings, e.g. ["a", "b"]'}.get(
+            item, _describe(item)
+        )
+    return {bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
