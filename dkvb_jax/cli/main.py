@@ -33,7 +33,7 @@ from dkvb_jax import __version__
 from dkvb_jax.errors import InputError
 
 # ExperimentConfig's recipes (dkvb_jax.experiment.RECIPES), named here so that building the
-# parser imports no JAX; a test keeps the two equal.
+# parser needs no experiment module; a test keeps the two equal.
 RECIPE_CHOICES = ("certified", "default", "lda_adam", "paper")
 
 DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")

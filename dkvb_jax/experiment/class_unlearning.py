@@ -309,7 +309,7 @@ PAPER_RECIPE: dict[str, Any] = dict(
 RECIPES: dict[str, dict[str, Any]] = {
     "certified": {},
     "default": {},
-    # Issue 10's recipe: LDA and keys on every training row, values trained by Adam.
+    # LDA and keys on every training row, values trained by Adam (the previous default).
     "lda_adam": dict(values="trained", holdout_fraction=0.0),
     "paper": {**PAPER_RECIPE, "values": "trained", "holdout_fraction": 0.0},
 }
