@@ -472,10 +472,9 @@ def cmd_unlearn(args) -> int:
                                                      effect)  # fmt: skip
     elif classes is not None and args.method == "uva":
         if n is None:
-            sweep = sweep_uva(model, variables, fitted.usage, classes, emb.x_train, emb.y_train,
-                              [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096][
-                                  : 1 + int(np.log2(cfg.num_keys))])  # fmt: skip
-            n = sweep.smallest_n or max(sweep.ns)
+            n = _swept_n(args, "uva", info, emb, classes, cfg.num_keys,
+                         lambda grid, x, y: sweep_uva(model, variables, fitted.usage, classes, x,
+                                                      y, grid))  # fmt: skip
         new_vars, record = unlearn_via_activations(
             model, variables, n, usage=fitted.usage, classes=classes, eval_fn=effect
         )
@@ -483,9 +482,9 @@ def cmd_unlearn(args) -> int:
         mask = np.isin(emb.y_train, classes)
         forget_x = emb.x_train[mask][np.random.default_rng(0).permutation(int(mask.sum()))]
         if n is None:
-            grid = [g for g in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if g <= len(forget_x)]
-            sweep = sweep_uve(model, variables, forget_x, classes, emb.x_train, emb.y_train, grid)
-            n = sweep.smallest_n or max(sweep.ns)
+            n = _swept_n(args, "uve", info, emb, classes, len(forget_x),
+                         lambda grid, x, y: sweep_uve(model, variables, forget_x, classes, x, y,
+                                                      grid))  # fmt: skip
         new_vars, record = unlearn_via_examples(
             model, variables, forget_x[:n], classes=classes, eval_fn=effect
         )
@@ -526,6 +525,28 @@ def cmd_unlearn(args) -> int:
          f"record\n{_certificate_line(record)}\n{held_text}")  # fmt: skip
     _emit(args, payload, text)
     return 0
+
+
+def _swept_n(args, method: str, info: dict, emb, classes, upper: int, sweep) -> int:
+    """The smallest N of the fit's own grid that forgets the classes, on a bounded subset.
+
+    The sweep runs on at most ``sweep_max_examples`` forget and as many other training rows
+    (the fit's experiment config), so its cost does not grow with the training set.
+    """
+    from dkvb_jax.experiment import ExperimentConfig
+    from dkvb_jax.experiment.class_unlearning import sweep_subset
+
+    exp = ExperimentConfig.from_dict(info["experiment"]) if "experiment" in info else None
+    exp = exp or ExperimentConfig()
+    grid = [g for g in (exp.n_a_grid if method == "uva" else exp.n_e_grid) if g <= upper]
+    if not grid:
+        raise CLIError(f"the fit's {method} grid has no N <= {upper}; pass --n.")
+    x, y = sweep_subset(emb.x_train, emb.y_train, classes, exp.sweep_max_examples, exp.seed)
+    if not args.json:
+        print(f"sweeping {method} N over {grid} on {len(y):,} training rows ...",
+              file=sys.stderr, flush=True)  # fmt: skip
+    result = sweep(grid, x, y)
+    return result.smallest_n or max(result.ns)
 
 
 def _certificate_line(record) -> str:

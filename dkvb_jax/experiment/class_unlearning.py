@@ -506,8 +506,11 @@ def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: boo
     return bl.SCRUBConfig(stopping=stopping, progress=progress)
 
 
-def _sweep_subset(x, y, forget, limit: int, seed: int):
-    """At most `limit` forget-class rows and `limit` other rows, in their original order."""
+def sweep_subset(x, y, forget, limit: int, seed: int):
+    """At most `limit` forget-class rows and `limit` other rows, in their original order.
+
+    A sweep ranks each row's N+1 nearest keys, so its memory and time grow with the rows.
+    """
     rng = np.random.default_rng(seed)
     is_forget = np.isin(y, forget)
     keep = np.zeros(len(y), bool)
@@ -727,7 +730,7 @@ def run_class_unlearning(
 
     # --- sweeps: the smallest N reaching the target, then unlearning with it
     steps.set_postfix_str("sweeps")
-    sweep_x, sweep_y = _sweep_subset(
+    sweep_x, sweep_y = sweep_subset(
         *((x_tr, y_tr) if config.sweep_split == "train" else (x_te, y_te)),
         forget, config.sweep_max_examples, config.seed,
     )  # fmt: skip

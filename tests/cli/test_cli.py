@@ -299,3 +299,14 @@ def test_certified_model_forgets_examples_from_its_statistics(image_folder, tmp_
     code, _, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
                        str(held), "--no-progress")  # fmt: skip
     assert code == 2 and "held-out split" in err
+
+
+def test_unlearn_sweeps_the_fits_grid_on_a_bounded_subset(npz, tmp_path, capsys):
+    ckpt = str(tmp_path / "ckpt")
+    assert run(capsys, "fit", "--embeddings", npz, "--checkpoint", ckpt, *TINY, "--set",
+               "n_a_grid=[2,4]", "sweep_max_examples=30")[0] == 0  # fmt: skip
+    code, out, err = run(capsys, "unlearn", "--embeddings", npz, "--checkpoint", ckpt,
+                         "--classes", "1", "--method", "uva", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "sweeping uva N over [2, 4] on 60 training rows" in err
+    assert "uva (N=2)" in out or "uva (N=4)" in out
