@@ -127,7 +127,14 @@ def load_embeddings(args: argparse.Namespace, info: dict | None = None) -> Embed
         return _load_npz(npz)
     from dkvb_jax.embedding import embed_dataset
 
-    encoder = args.encoder or info.get("encoder") or "mobilenet_v1"
+    fitted_on = info.get("encoder")
+    if args.encoder and fitted_on and args.encoder != fitted_on:
+        # Checked before anything is encoded: a mismatch would only show after a full pass.
+        raise CLIError(
+            f"--encoder {args.encoder} does not match the checkpoint, which reads {fitted_on} "
+            f"embeddings; drop --encoder or pass --encoder {fitted_on}."
+        )
+    encoder = args.encoder or fitted_on or "mobilenet_v1"
     dataset = args.dataset or info.get("dataset") or "cifar10_sample"
     data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
     _check_names(encoder, dataset)

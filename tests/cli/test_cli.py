@@ -1,6 +1,7 @@
 """The dkvb command line on tiny synthetic embeddings: outputs, written files, and bad input."""
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -310,3 +311,15 @@ def test_unlearn_sweeps_the_fits_grid_on_a_bounded_subset(npz, tmp_path, capsys)
     assert code == 0, err
     assert "sweeping uva N over [2, 4] on 60 training rows" in err
     assert "uva (N=2)" in out or "uva (N=4)" in out
+
+
+def test_evaluate_refuses_another_encoder_before_encoding(image_folder, tmp_path, capsys):
+    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
+             "--no-progress"]  # fmt: skip
+    ckpt = str(tmp_path / "ckpt")
+    assert run(capsys, "fit", *image_folder, *small, "--checkpoint", ckpt)[0] == 0
+    other = [a if a != "cifar_resnet20" else "mobilenet_v1" for a in image_folder]
+    code, _, err = run(capsys, "evaluate", *other, "--checkpoint", ckpt, "--no-progress")
+    assert code == 2 and "reads cifar_resnet20 embeddings" in err
+    cache = pathlib.Path(image_folder[image_folder.index("--cache-dir") + 1])
+    assert not [p for p in cache.iterdir() if "mobilenet" in p.name]  # nothing was encoded
