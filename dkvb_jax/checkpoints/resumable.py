@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
+import sys
 from collections.abc import Callable
 
 import jax
@@ -129,9 +130,15 @@ def fit_values(
                 mgr, directory, identity, variables["params"], opt_state
             )
             variables = {**variables, "params": params}
+        if start and progress:
+            tqdm.write(
+                f"resuming value training from epoch {start} of {config.epochs} ({directory})",
+                file=sys.stderr,
+            )
         bar = tqdm(
-            range(start, config.epochs), desc="value training (resumable)", disable=not progress
-        )
+            range(start, config.epochs), desc="value training (resumable)", initial=start,
+            total=config.epochs, disable=not progress,
+        )  # fmt: skip
         for epoch in bar:
             if mesh is None:
                 params, opt_state, loss, acc = values_lib._train_epoch(

@@ -18,11 +18,13 @@ import hashlib
 import json
 import pathlib
 import shutil
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from dkvb_jax import checkpoints, exact
 from dkvb_jax.config import DKVBConfig
@@ -235,6 +237,8 @@ def fit_dkvb(
     keys_dir = None if ckpt is None else ckpt / "keys"
     if keys_dir is not None and checkpoints.list_steps(keys_dir):
         variables = checkpoints.restore_model(keys_dir, config=config).variables
+        if progress:
+            tqdm.write(f"resuming: keys restored from {keys_dir}", file=sys.stderr)
     else:
         if preprocess == "standardize":
             mu, sd = standardizer(key_data)

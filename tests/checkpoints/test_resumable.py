@@ -36,7 +36,7 @@ def _equal(a, b):
 
 
 @pytest.mark.parametrize("stop_after", [1, 3])
-def test_resume_equals_uninterrupted(tmp_path, problem, stop_after):
+def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, capsys):
     model, variables, x, y = problem
     key = jax.random.key(1)
     want, want_hist = training.train_values(
@@ -52,9 +52,13 @@ def test_resume_equals_uninterrupted(tmp_path, problem, stop_after):
         checkpoints.fit_values(model, variables, x, y, on_epoch_end=interrupt, **kwargs)
     seen = []
     got, hist = checkpoints.fit_values(
-        model, variables, x, y, on_epoch_end=lambda e, *_: seen.append(e), **kwargs
-    )
+        model, variables, x, y, on_epoch_end=lambda e, *_: seen.append(e),
+        **{**kwargs, "progress": True},
+    )  # fmt: skip
     assert seen == list(range(stop_after + 1, TRAIN.epochs + 1))
+    assert f"resuming value training from epoch {stop_after} of {TRAIN.epochs}" in (
+        capsys.readouterr().err
+    )
     assert _equal(got, want)
     assert hist == want_hist
 
