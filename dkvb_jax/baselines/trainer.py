@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.baselines.stopping import StoppingConfig, stop_reason
 from dkvb_jax.baselines.types import (
     ApplyFn,
@@ -313,7 +313,9 @@ def train_loop(
     forget_hist = [accs["forget"]] if "forget" in accs else None
     reason = None
 
-    bar = tqdm(range(1, stopping.max_epochs + 1), desc=method, disable=not progress, leave=False)
+    bar = progress_bar(
+        range(1, stopping.max_epochs + 1), desc=method, disable=not progress, leave=False
+    )
     for epoch in bar:
         opt_state = _set_lr(opt_state, lr_at_epoch(optimizer, epoch))
         key, epoch_key = jax.random.split(key)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
-import sys
 from collections.abc import Callable
 
 import jax
@@ -20,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from dkvb_jax import _validation, parallel
+from dkvb_jax._progress import note, progress_bar
 from dkvb_jax.checkpoints import _orbax
 from dkvb_jax.checkpoints._orbax import CheckpointError
 from dkvb_jax.model import DKVB
@@ -131,11 +130,8 @@ def fit_values(
             )
             variables = {**variables, "params": params}
         if start and progress:
-            tqdm.write(
-                f"resuming value training from epoch {start} of {config.epochs} ({directory})",
-                file=sys.stderr,
-            )
-        bar = tqdm(
+            note(f"resuming value training from epoch {start} of {config.epochs} ({directory})")
+        bar = progress_bar(
             range(start, config.epochs), desc="value training (resumable)", initial=start,
             total=config.epochs, disable=not progress,
         )  # fmt: skip

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.data.sources import Source
 
 FORMAT_VERSION = 1
@@ -212,7 +212,7 @@ def _build(encode_fn, source, path, key, *, batch_size, dtype, progress) -> Cach
     start, pos = time.perf_counter(), 0
     desc = f"encode {key['dataset']}/{key['split']} ({key['encoder']})"
     try:
-        with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
+        with progress_bar(total=n, desc=desc, unit="img", disable=not progress) as bar:
             batches = source.batches(
                 batch_size, drop_remainder=False, process_index=0, process_count=1
             )

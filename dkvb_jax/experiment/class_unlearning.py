@@ -27,10 +27,10 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from dkvb_jax import baselines as bl
 from dkvb_jax import exact
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.evaluation import (
     CostRecord,
@@ -651,7 +651,7 @@ def run_class_unlearning(
     num_classes = int(max(y_tr.max(), y_te.max())) + 1 if num_classes is None else num_classes
     key = jax.random.key(config.seed)
     k_fit, k_head, k_base, k_perm = jax.random.split(key, 4)
-    steps = tqdm(total=7, desc="class unlearning", disable=not progress)
+    steps = progress_bar(total=7, desc="class unlearning", disable=not progress)
 
     steps.set_postfix_str("fit DKVB")
     if fitted is None:

@@ -18,15 +18,14 @@ import hashlib
 import json
 import pathlib
 import shutil
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from dkvb_jax import checkpoints, exact
+from dkvb_jax._progress import note
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.data.registry import drawn_from
 from dkvb_jax.encoders.registry import encoder_provenance
@@ -238,7 +237,7 @@ def fit_dkvb(
     if keys_dir is not None and checkpoints.list_steps(keys_dir):
         variables = checkpoints.restore_model(keys_dir, config=config).variables
         if progress:
-            tqdm.write(f"resuming: keys restored from {keys_dir}", file=sys.stderr)
+            note(f"resuming: keys restored from {keys_dir}")
     else:
         if preprocess == "standardize":
             mu, sd = standardizer(key_data)

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from dkvb_jax import _batching, _validation
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.lookup import auto_chunk
 from dkvb_jax.parallel import mesh as mesh_lib
@@ -527,7 +527,7 @@ def train_values(
     opt_state = tx.init(variables["params"])
     y = jnp.asarray(y, jnp.int32)
     history = TrainHistory([], [], [])
-    for epoch_key in tqdm(
+    for epoch_key in progress_bar(
         jax.random.split(key, config.epochs), desc="value training (data-parallel)",
         disable=not progress,
     ):  # fmt: skip
@@ -633,7 +633,9 @@ def fit_keys(
 
     report = keys_lib.KeyInitReport([], [])
     rng = key_loop
-    epochs = tqdm(range(config.epochs), desc="key init (data-parallel)", disable=not progress)
+    epochs = progress_bar(
+        range(config.epochs), desc="key init (data-parallel)", disable=not progress
+    )
     for _ in epochs:
         err, n, used = 0.0, 0, jnp.zeros(keys.shape[:2], bool)
         for q, valid, rows in batches():

@@ -15,9 +15,9 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from dkvb_jax import _validation
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.lookup import nearest_keys
 
@@ -245,7 +245,8 @@ def fit_keys(
 
     report = KeyInitReport([], [])
     rng = key_loop
-    for _ in tqdm(range(config.epochs), desc="key init (EMA k-means)", disable=not progress):
+    epochs = progress_bar(range(config.epochs), desc="key init (EMA k-means)", disable=not progress)
+    for _ in epochs:
         err, n, used = 0.0, 0, jnp.zeros(keys.shape[:2], bool)
         for b in batches():
             rng, sub = jax.random.split(rng)

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from dkvb_jax import _batching, _validation
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.model import DKVB
 from dkvb_jax.training.codes import compute_codes
 from dkvb_jax.unlearning.masking import masked_pairs
@@ -275,7 +275,9 @@ def train_values(
     y = jnp.asarray(y, jnp.int32)
 
     history = TrainHistory([], [], [])
-    bar = tqdm(jax.random.split(key, config.epochs), desc="value training", disable=not progress)
+    bar = progress_bar(
+        jax.random.split(key, config.epochs), desc="value training", disable=not progress
+    )
     for epoch_key in bar:
         params, opt_state, loss, acc = _train_epoch(
             model, use_codes, tx, batch_size, config.label_smoothing,
