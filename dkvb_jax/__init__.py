@@ -4,7 +4,8 @@ A DKVB model keeps its knowledge in sparse, discrete key-value pairs; forgetting
 edit of the variables pytree that masks the pairs the forget data uses.
 
 Subpackages: `model`, `training`, `unlearning` (masking), `exact` (closed-form values, exact
-removal), `baselines`, `evaluation`, `encoders`, `data`, `parallel`, `checkpoints`, `cli`.
+removal), `provenance` (what each part was fitted on, and certificates), `baselines`,
+`evaluation`, `encoders`, `data`, `parallel`, `checkpoints`, `cli`.
 """
 
 from dkvb_jax import (
@@ -16,6 +17,7 @@ from dkvb_jax import (
     exact,
     model,
     parallel,
+    provenance,
     training,
     unlearning,
 )
@@ -23,6 +25,7 @@ from dkvb_jax.checkpoints import restore_model, save_model
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.encoders import Encoder, get_encoder, list_encoders, register_encoder
 from dkvb_jax.model import DKVB, Lookup, nearest_keys
+from dkvb_jax.provenance import Certificate, Provenance, Rows, certify
 from dkvb_jax.training import (
     KeyInitConfig,
     KeyInitReport,
@@ -51,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DKVB",
     "AuditRecord",
+    "Certificate",
     "DKVBConfig",
     "Encoder",
     "KeyInitConfig",
@@ -75,6 +79,10 @@ __all__ = [
     "model",
     "nearest_keys",
     "parallel",
+    "provenance",
+    "Provenance",
+    "Rows",
+    "certify",
     "quantisation_error",
     "register_encoder",
     "restore_model",

@@ -8,6 +8,7 @@ result.save('outputs/cifar10'); save_plots(result, 'outputs/cifar10')
 from dkvb_jax.experiment.class_unlearning import (
     BASELINE_NAMES,
     DKVB_METHODS,
+    RECIPES,
     ClassUnlearningResult,
     ExperimentConfig,
     LinearHeadModel,
@@ -31,10 +32,13 @@ from dkvb_jax.experiment.plots import (
     plot_sweep,
     save_plots,
 )
+from dkvb_jax.experiment.recipe import Fit, fit_from_config, holdout_rows
 
 __all__ = [
     "BASELINE_NAMES",
     "DKVB_METHODS",
+    "RECIPES",
+    "Fit",
     "ClassUnlearningResult",
     "ExperimentConfig",
     "FittedDKVB",
@@ -42,7 +46,9 @@ __all__ = [
     "best_learned_class",
     "build_model",
     "fit_dkvb",
+    "fit_from_config",
     "fit_head",
+    "holdout_rows",
     "fold_standardization",
     "load_fitted",
     "plot_accuracy_vs_cost",
