@@ -36,8 +36,11 @@ _HEADERS = (
     "MIA (%)",
     "wall s",
     "GFLOPs",
+    "reached DKVB forget acc",
     "cost vs DKVB",
 )
+FORGET_TOLERANCE = 0.01
+"""A row reaches the reference's forget accuracy when it is at most this much (1 point) above."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +168,21 @@ class ResultsTable:
     def methods(self) -> list[str]:
         return [r.method for r in self.rows]
 
+    def reached(self, row: ResultRow) -> bool | None:
+        """Whether a costed row forgot as much as the reference DKVB row (within
+        :data:`FORGET_TOLERANCE`); None for rows without a cost or forget accuracy."""
+        if self.reference is None or row.flops is None or row.forget_test_acc is None:
+            return None
+        ref = next(r for r in self.rows if r.method == self.reference)
+        if ref.forget_test_acc is None:
+            return None
+        return row.forget_test_acc <= ref.forget_test_acc + FORGET_TOLERANCE
+
     def relative_cost(self, row: ResultRow) -> float | None:
-        """``row.flops / reference.flops``, or None when either is missing or the reference is 0."""
-        if self.reference is None or row.flops is None:
+        """``row.flops / reference.flops``, or None when either is missing, the reference is 0,
+        or the row did not reach the reference's forget accuracy: a cost ratio is only
+        meaningful at equal forgetting."""
+        if self.reference is None or row.flops is None or self.reached(row) is False:
             return None
         ref = next(r for r in self.rows if r.method == self.reference)
         if not ref.flops:
@@ -184,6 +199,7 @@ class ResultsTable:
                 "mia": r.mia,
                 "wall_s": r.wall_s,
                 "gflops": None if r.flops is None else r.flops / 1e9,
+                "reached": self.reached(r),
                 "cost_vs_dkvb": self.relative_cost(r),
             }
             for r in self.rows
@@ -206,6 +222,7 @@ class ResultsTable:
                 pct(rec["mia"]),
                 num(rec["wall_s"], ".3f"),
                 num(rec["gflops"], ".4g"),
+                {None: "-", True: "yes", False: "no"}[rec["reached"]],
                 "-" if rec["cost_vs_dkvb"] is None else f"{rec['cost_vs_dkvb']:.3g}x",
             ]
             for rec in self.records()

@@ -149,7 +149,7 @@ def test_compare_writes_table_json_and_plots(npz, tmp_path, capsys):
     assert {"reference", "meta", "rows", "summary"} <= set(saved)
     for rec in saved["summary"]:
         assert set(rec) == {"method", "retain_test_acc", "forget_test_acc", "mia", "wall_s",
-                            "gflops", "cost_vs_dkvb"}  # fmt: skip
+                            "gflops", "reached", "cost_vs_dkvb"}  # fmt: skip
     assert len((out_dir / "results.csv").read_text().splitlines()) == 1 + len(saved["rows"])
     for png in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):
         assert (out_dir / f"{png}.png").stat().st_size > 1000

@@ -81,3 +81,22 @@ def test_table_rejects_duplicates_and_unknown_reference(tmp_path):
         ResultsTable.from_rows([ResultRow("a")], reference="DKVB-UvA")
     with pytest.raises(FileNotFoundError):
         ResultsTable.load_json(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "forget, reached, cost",
+    [(0.0, True, pytest.approx(90.0)), (0.01, True, pytest.approx(90.0)), (0.5, False, None)],
+    ids=["forgot-as-much", "within-tolerance", "forgot-less"],
+)
+def test_no_cost_ratio_for_a_row_that_did_not_forget_as_much(forget, reached, cost):
+    rows = [
+        ResultRow.from_results("DKVB-UvA", ACCS, cost=CostRecord("u", wall_s=0.1,
+                                                                 forward_flops=1e8)),  # fmt: skip
+        ResultRow.from_results("finetune", {**ACCS, "forget_test": forget},
+                               cost=CostRecord("f", wall_s=1.0, forward_flops=9e9)),  # fmt: skip
+    ]
+    table = ResultsTable.from_rows(rows)
+    rec = {r["method"]: r for r in table.records()}["finetune"]
+    assert rec["reached"] is reached and rec["cost_vs_dkvb"] == cost
+    line = next(s for s in table.to_markdown().splitlines() if s.startswith("| finetune"))
+    assert ("| yes " if reached else "| no ") in line and (("90x" in line) is reached)
