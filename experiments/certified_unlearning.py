@@ -426,8 +426,8 @@ def _load(encoder: str, data_dir, cache_dir):
 def _synthetic():
     from dkvb_jax.testing import clustered_embeddings
 
-    x, y = clustered_embeddings(0, 3000, num_classes=10, dim=32, noise=2.5)
-    xt, yt = clustered_embeddings(1, 1000, num_classes=10, dim=32, noise=2.5)
+    x, y = clustered_embeddings(0, 1500, num_classes=10, dim=32, noise=2.5)
+    xt, yt = clustered_embeddings(1, 500, num_classes=10, dim=32, noise=2.5)
     return x, y, xt, yt
 
 
