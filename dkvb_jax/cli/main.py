@@ -518,7 +518,8 @@ def cmd_unlearn(args) -> int:
         out, new, encoder=info.get("encoder"), run_info=info, purge_earlier=args.purge_earlier
     )
     purged_folders = [str(out / f) for f in resume_folders] if args.purge_earlier else []
-    held, held_text = _retention(pathlib.Path(args.checkpoint), out, step, purged_folders)
+    held, held_text = _retention(pathlib.Path(args.checkpoint), out, step, purged_folders,
+                                 usage_recounted=new_stats is not None)  # fmt: skip
     rec = json.loads(record.to_json())
     eff = rec.get("effect") or {}
     before, after = eff.get("before", {}), eff.get("after", {})
@@ -565,7 +566,8 @@ def _certificate_line(record) -> str:
 
 
 def _retention(
-    source: pathlib.Path, out: pathlib.Path, step: int, purged_folders: list[str]
+    source: pathlib.Path, out: pathlib.Path, step: int, purged_folders: list[str],
+    usage_recounted: bool = False,
 ) -> tuple[dict, str]:
     """What on disk still holds the forgotten data after saving `step` of `out`, and what a
     purge deleted: the JSON fields and the lines `dkvb unlearn` prints."""
@@ -584,7 +586,8 @@ def _retention(
             "folders": folders,
             # --out leaves the source folder as it was: every step of it predates the forgetting.
             "source_checkpoint": None if out == source else str(source),
-            "usage": str(out / USAGE_FILE),
+            # An exact removal recounts the histogram from the statistics without the rows.
+            "usage": None if usage_recounted else str(out / USAGE_FILE),
         },
     }
     lines = []
@@ -605,9 +608,10 @@ def _retention(
         )
     if not held and out == source:
         lines.append(f"no earlier step or resume state of {out} holds the forgotten data")
-    lines.append(
-        f"{out / USAGE_FILE} still counts the forgotten training examples (UvA reads it)"
-    )
+    if not usage_recounted:
+        lines.append(
+            f"{out / USAGE_FILE} still counts the forgotten training examples (UvA reads it)"
+        )
     return payload, "\n".join(lines)
 
 

@@ -297,6 +297,7 @@ def test_certified_model_forgets_examples_from_its_statistics(image_folder, tmp_
     payload = json.loads(out)
     assert payload["method"] == "exact" and payload["audit"]["certificate"]["certified"]
     assert payload["audit"]["forgotten_examples"] == [counted]
+    assert payload["still_holding"]["usage"] is None  # recounted without the forgotten row
     code, _, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
                        str(held), "--no-progress")  # fmt: skip
     assert code == 2 and "held-out split" in err
