@@ -629,7 +629,7 @@ def _exact_unlearn(fitted, info, emb, classes, rows_forget, effect):
     import numpy as np
 
     from dkvb_jax import exact
-    from dkvb_jax.provenance import Certificate
+    from dkvb_jax.provenance import Certificate, shown
     from dkvb_jax.unlearning.audit import make_record
 
     model, variables = fitted.model, fitted.variables
@@ -651,7 +651,7 @@ def _exact_unlearn(fitted, info, emb, classes, rows_forget, effect):
         counted = np.isin(rows_forget, np.asarray(stats.ids))
         if not counted.all():
             raise CLIError(
-                f"--examples {_first_ids(rows_forget[~counted])} are not counted in the model's "
+                f"--examples {shown(rows_forget[~counted])} are not counted in the model's "
                 "values: they are rows of the held-out split that fitted its preprocessing and "
                 "keys, or were forgotten already. Held-out rows can only be forgotten by "
                 "refitting the model without them."
@@ -667,11 +667,6 @@ def _exact_unlearn(fitted, info, emb, classes, rows_forget, effect):
         effect={"before": effect(variables), "after": effect(new_vars)},
     )  # fmt: skip
     return new_vars, record, new_stats
-
-
-def _first_ids(ids, limit: int = 10) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 def _usage_of(stats, cfg):
