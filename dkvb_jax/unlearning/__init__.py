@@ -1,7 +1,9 @@
 """Unlearning as a pure edit of the variables pytree: select pairs, mask them, audit the call.
 
 Array-level, jittable core: :mod:`selection` (which pairs), :mod:`masking` (apply a selection),
-:mod:`fast_eval` (evaluate many unlearned variants from codes computed once). Validated
+:mod:`fast_eval` (evaluate many unlearned variants from codes computed once). Methods as
+specs (what each needs and the pure edit it makes): :mod:`spec`, registered in :mod:`registry`;
+``unlearn(name, ...)`` runs any of them. Validated
 wrappers returning ``(new_variables, AuditRecord)``: :mod:`methods`. Sweeps over N: :mod:`sweep`.
 """
 
@@ -24,6 +26,7 @@ from dkvb_jax.unlearning.methods import (
     unlearn_via_activations,
     unlearn_via_examples,
 )
+from dkvb_jax.unlearning.registry import METHODS, get_method, masking_methods, register_method
 from dkvb_jax.unlearning.selection import (
     codes_selection,
     key_ranks,
@@ -32,10 +35,21 @@ from dkvb_jax.unlearning.selection import (
     psum_usage,
     retain_aware,
 )
+from dkvb_jax.unlearning.spec import ForgetData, SizeParam, UnlearningMethod, stack_sets
 from dkvb_jax.unlearning.sweep import SweepResult, sweep_uva, sweep_uve
+from dkvb_jax.unlearning.unlearn import unlearn
 
 __all__ = [
     "AuditRecord",
+    "ForgetData",
+    "METHODS",
+    "SizeParam",
+    "UnlearningMethod",
+    "get_method",
+    "masking_methods",
+    "register_method",
+    "stack_sets",
+    "unlearn",
     "RetainAware",
     "SweepResult",
     "accuracy_effect",

@@ -24,7 +24,7 @@ from dkvb_jax import _validation
 from dkvb_jax.errors import InputError, InputTypeError
 from dkvb_jax.model import DKVB
 from dkvb_jax.training import compute_codes, usage_from_codes
-from dkvb_jax.unlearning import _checks, masking
+from dkvb_jax.unlearning import _checks, masking, registry
 from dkvb_jax.unlearning import selection as sel_lib
 from dkvb_jax.unlearning.audit import AuditRecord, make_record
 
@@ -195,7 +195,9 @@ def unlearn_via_activations(
       eval_fn: maps variables to a metrics dict; recorded before and after in the audit.
 
     Returns:
-      (new variables, :class:`AuditRecord`).
+      (new variables, :class:`AuditRecord`); the record's method is the registered spec it
+      ran: ``uva`` (per-class top `n_a` from `usage`) or ``uva_pass`` (top `n_a` of the counts
+      pooled over `forget_x`).
 
     Raises:
       ValueError / TypeError (:class:`~dkvb_jax.errors.InputError`): bad arguments, named in
@@ -214,8 +216,9 @@ def unlearn_via_activations(
         classes = _checks.check_classes(classes, cfg.num_classes)
         _checks.check_histogram(usage, cfg, classes=classes)
         usage = jnp.asarray(usage)
-        # The classes are known here, so only their rows are ranked (mask_top_n_per_class ranks
-        # every class, as it must when the forget set is traced).
+        # registry.UVA's selection, with the classes known: only their rows are ranked (the
+        # spec ranks every class, as it must when the forget set is traced; at 1000 classes
+        # that is 1000 times the work).
         forget_rows = usage[jnp.asarray(classes)]
         selection = sel_lib.mask_top_n(forget_rows, n_a).any(axis=0)
         forget_counts = jnp.sum(forget_rows, axis=0)
@@ -227,8 +230,9 @@ def unlearn_via_activations(
         if classes is not None:
             classes = _checks.check_classes(classes, cfg.num_classes)
         idx, valid = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
+        stats = registry.CodesStats(idx, valid, jnp.ones(idx.shape[:1], bool), cfg.num_keys)
+        selection = registry.UVA_PASS.select(stats, n_a)
         forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
-        selection = sel_lib.mask_top_n(forget_counts, n_a)
         retain_counts = None
         if retain_aware is not None:
             if retain_x is None:
@@ -241,8 +245,9 @@ def unlearn_via_activations(
         selection, forget_counts, retain_counts, retain_aware
     )
     params = {"n_a": n_a, "source": source, "count_with_masks": count_with_masks, **extra}
+    name = registry.UVA.name if usage is not None else registry.UVA_PASS.name
     return _finish(
-        variables, selection, method="uva", params=params, mode=mode, hard=hard, rekey=rekey,
+        variables, selection, method=name, params=params, mode=mode, hard=hard, rekey=rekey,
         rng=rng, spared=spared, eval_fn=eval_fn, classes=classes,
     )  # fmt: skip
 
@@ -296,7 +301,8 @@ def unlearn_via_examples(
         n_e = _checks.check_n(n_e, idx.shape[0], "n_e", counts="forget examples")
         idx, valid = idx[:n_e], valid[:n_e]
     forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
-    selection = forget_counts > 0
+    stats = registry.CodesStats(idx, valid, jnp.ones(idx.shape[:1], bool), cfg.num_keys)
+    selection = registry.UVE.select(stats, idx.shape[0])
     retain_counts = None
     if retain_aware is not None:
         if (retain_x is None) == (retain_codes is None):

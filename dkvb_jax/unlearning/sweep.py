@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import _validation
+from dkvb_jax.errors import InputError
 from dkvb_jax.model import DKVB
-from dkvb_jax.training import compute_codes
 from dkvb_jax.unlearning import _checks, fast_eval, masking
-from dkvb_jax.unlearning import selection as sel_lib
+from dkvb_jax.unlearning.registry import get_method, masking_methods
+from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,7 @@ class SweepResult:
     """Accuracy along a sweep.
 
     Attributes:
-      method: ``uva`` or ``uve``.
+      method: the registered method's name (``uva``, ``uve``, ...).
       ns: the N values tried, increasing.
       forget_accuracy: validation accuracy on the forget classes, one per N.
       retain_accuracy: validation accuracy on the other classes, one per N.
@@ -56,27 +57,63 @@ def _check_ns(ns, upper: int, name: str, counts: str | None = None) -> list[int]
     return ns
 
 
-def _evaluate(method, model, variables, selections, val_x, val_y, classes, depth, ns, target,
-              mode) -> SweepResult:  # fmt: skip
-    """Accuracies of the variants `selections` `[1 + len(ns), ...]` (the first masks nothing)."""
-    pred = fast_eval.variant_predictions(model, variables, selections, val_x, depth, mode=mode)
-    forget = np.isin(np.asarray(val_y), classes)[:, None]
-    fs, rs = fast_eval.split_accuracies(pred, val_y, forget)
-    fs, rs = fs.tolist(), rs.tolist()
-    hit = [n for n, f in zip(ns, fs[1:], strict=True) if f <= target]
-    return SweepResult(method, ns, fs[1:], rs[1:], (fs[0], rs[0]), target, hit[0] if hit else None)
-
-
 def _check_request(model, variables, classes, val_x, val_y, mode):
-    """Checks shared by both sweeps; returns the class ids and a bool `[classes]` forget mask."""
+    """Checks shared by every sweep; returns the class ids."""
     cfg = model.config
     _checks.check_variables(cfg, variables)
     masking.check_mode(mode)
     classes = _checks.check_classes(classes, cfg.num_classes)
     _validation.check_embeddings(val_x, cfg.embed_dim, name="val_x", allow_tokens=False)
     _validation.check_labels(val_y, cfg.num_classes, n=val_x.shape[0], name="val_y")
-    forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
-    return classes, forget
+    return classes
+
+
+def sweep(
+    method: str | UnlearningMethod,
+    model: DKVB,
+    variables: dict,
+    data: ForgetData,
+    val_x,
+    val_y,
+    ns=None,
+    *,
+    target: float = 0.0,
+    mode: masking.MaskMode = "search",
+) -> SweepResult:
+    """Forget/retain validation accuracy of a masking method for every size in `ns`.
+
+    Validation codes are ranked once; the selections of all sizes are one `vmap` of the
+    method's `select` over N, and every variant is evaluated from the ranking.
+
+    Args:
+      method: a registered masking method's name or spec.
+      model, variables: the trained DKVB.
+      data: the forget request (its `classes` split the validation rows into forget / retain).
+      val_x, val_y: validation embeddings `[m, embed_dim]` and labels `[m]`.
+      ns: sizes to try; None: the method's default grid (clipped to what the request allows).
+      target: forget accuracy to reach.
+      mode: mask mode.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    if method.select is None:
+        raise InputError(f"{method.name} has no size to sweep; masking methods: "
+                         f"{', '.join(masking_methods())}.")  # fmt: skip
+    classes = _check_request(model, variables, data.classes, val_x, val_y, mode)
+    stats = method.statistics(model, variables, data)
+    upper = method.upper(model.config, stats)
+    if ns is None:
+        ns = [n for n in method.size.default_grid if n <= upper] or [upper]
+    ns = _check_ns(list(ns), upper, "ns", counts=method.size.counts)
+    # N = 0 (nothing masked) gives the baseline in the same pass.
+    selections = jax.vmap(method.select, in_axes=(None, 0))(stats, jnp.asarray([0, *ns]))
+    depth = method.lookup_depth(model.config, stats, max(ns))
+    pred = fast_eval.variant_predictions(model, variables, selections, val_x, depth, mode=mode)
+    forget = np.isin(np.asarray(val_y), classes)[:, None]
+    fs, rs = fast_eval.split_accuracies(pred, val_y, forget)
+    fs, rs = fs.tolist(), rs.tolist()
+    hit = [n for n, f in zip(ns, fs[1:], strict=True) if f <= target]
+    return SweepResult(method.name, ns, fs[1:], rs[1:], (fs[0], rs[0]), target,
+                       hit[0] if hit else None)  # fmt: skip
 
 
 def sweep_uva(
@@ -102,18 +139,8 @@ def sweep_uva(
       target: forget accuracy to reach.
       mode: mask mode.
     """
-    cfg = model.config
-    classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
-    _checks.check_histogram(usage, cfg, classes=classes)
-    ns = _check_ns(list(ns), cfg.num_keys, "ns")
-    usage = jnp.asarray(usage)
-    # N = 0 (nothing masked) gives the baseline in the same pass.
-    selections = jax.vmap(lambda n: sel_lib.mask_top_n_per_class(usage, forget, n))(
-        jnp.asarray([0, *ns])
-    )
-    depth = max(ns) * len(classes) + cfg.top_k
-    return _evaluate("uva", model, variables, selections, val_x, val_y, classes, depth, ns,
-                     target, mode)  # fmt: skip
+    data = ForgetData(classes=_as_classes(classes), usage=usage)
+    return sweep("uva", model, variables, data, val_x, val_y, ns, target=target, mode=mode)
 
 
 def sweep_uve(
@@ -136,15 +163,17 @@ def sweep_uve(
       Others as in :func:`sweep_uva`.
     """
     cfg = model.config
-    classes, forget = _check_request(model, variables, classes, val_x, val_y, mode)
     _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
-    ns = _check_ns(list(ns), forget_x.shape[0], "ns", counts="forget examples")
-    codes = compute_codes(model, masking.clear_masks(variables, ("search",)), forget_x[: max(ns)])
-    idx, valid = codes
-    rows = jnp.arange(idx.shape[0])
-    selections = jax.vmap(
-        lambda n: sel_lib.codes_selection(idx, valid, cfg.num_keys, weights=rows < n)
-    )(jnp.asarray([0, *ns]))
-    depth = max(ns) * cfg.top_k + cfg.top_k
-    return _evaluate("uve", model, variables, selections, val_x, val_y, classes, depth, ns,
-                     target, mode)  # fmt: skip
+    ns = list(ns)
+    ints = [int(n) for n in ns if isinstance(n, int | np.integer) and not isinstance(n, bool)]
+    if ints:  # only the first max(N_e) examples are ever used: code no more of them
+        forget_x = forget_x[: max(1, max(ints))]
+    data = ForgetData(classes=_as_classes(classes), forget_x=forget_x)
+    return sweep("uve", model, variables, data, val_x, val_y, ns, target=target, mode=mode)
+
+
+def _as_classes(classes):
+    """Class ids as given, as a tuple for :class:`ForgetData` (checked by the sweep)."""
+    if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
+        return (classes,)
+    return classes

@@ -1,0 +1,140 @@
+"""Unlearning methods as specs: what a method needs, and the pure edit it makes.
+
+An :class:`UnlearningMethod` is to this library what a ``GradientTransformation`` is to optax:
+a small record of functions. Its statistics step turns a request (:class:`ForgetData`: the
+forget classes or examples, and whatever the caller has: a stored histogram, codes, label
+statistics or embeddings) into a statistics pytree, on the host; everything after that is pure
+and jittable. A masking method's ``select(stats, n)`` gives the pairs to mask, bool
+`[codebooks, keys]`; it ``vmap``s over `n` (a sweep) and over forget sets (each method's
+``set_axes`` says which leaves carry the set). A method that edits values instead (exact
+unlearning) has ``select=None`` and its own ``edit``.
+
+Methods live in :data:`METHODS` (see :mod:`dkvb_jax.unlearning.registry`); sweeps, the library
+wrappers and the CLI iterate over it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dkvb_jax.model import DKVB
+from dkvb_jax.unlearning import masking
+
+Stats = Any
+Variables = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeParam:
+    """A method's size parameter: N_a keys per codebook, N_e forget examples, ...
+
+    Attributes:
+      name: the argument's name, e.g. ``'n_a'``.
+      description: what one unit of it is, for axis labels and help text.
+      default_grid: values a sweep tries unless told otherwise, increasing.
+      counts: what its upper bound counts when that is not the keys per codebook (e.g.
+        ``'forget examples'``), for error messages; None for keys.
+    """
+
+    name: str
+    description: str
+    default_grid: tuple[int, ...]
+    counts: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForgetData:
+    """What a caller knows about the data to forget; each method's statistics step takes its part.
+
+    Attributes:
+      classes: forget class ids, sorted and distinct (or None for example-level requests).
+      usage: stored per-class histogram `[classes, codebooks, keys]`.
+      codes: codes (indices, valid) `[n, codebooks, top_k]` of the forget examples, or of a
+        pool of examples (e.g. the training set) whose forget rows `example_ids` names; computed
+        on the model as trained (search mask cleared).
+      forget_x: forget embeddings `[n, embed_dim]`, for a data pass when `codes` is None.
+      label_stats: :class:`dkvb_jax.exact.LabelStats` of the model's closed-form values.
+      example_ids: forget example ids: rows of `codes`, or ids of `label_stats` for exact
+        removal.
+    """
+
+    classes: tuple[int, ...] | None = None
+    usage: jax.Array | None = None
+    codes: tuple[jax.Array, jax.Array] | None = None
+    forget_x: jax.Array | None = None
+    label_stats: Any = None
+    example_ids: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearningMethod:
+    """One unlearning method.
+
+    Attributes:
+      name: registry key, e.g. ``'uva'``.
+      label: display name in tables, plots and CLI output, e.g. ``'UvA'``.
+      summary: one line on what it masks or edits.
+      size: its size parameter, or None when it has none (exact removal).
+      statistics: ``(model, variables, data: ForgetData) -> stats``; host-side, may run a
+        data pass; raises :class:`~dkvb_jax.errors.InputError` when `data` lacks what it needs.
+      select: ``(stats, n) -> bool [codebooks, keys]``, pure and jittable; None for a method
+        that edits values rather than masking pairs.
+      edit: ``(variables, stats, n, mode) -> variables``, pure and jittable.
+      set_axes: ``stats -> in_axes`` pytree that vmaps `select`/`edit` over stacked forget sets
+        (see :func:`stack_sets`).
+      upper: ``(config, stats) -> int``, the largest valid `n`.
+      lookup_depth: ``(config, stats, n) -> int``, nearest keys per codebook an evaluation must
+        rank so that every input's fallback key is among them at size `n`
+        (:mod:`dkvb_jax.unlearning.fast_eval`).
+      exact: True when the result can be certified equal to refitting without the forget data
+        (given provenance); masking methods never are.
+    """
+
+    name: str
+    label: str
+    summary: str
+    size: SizeParam | None
+    statistics: Callable[[DKVB, Variables, ForgetData], Stats]
+    select: Callable[[Stats, Any], jax.Array] | None
+    edit: Callable[[Variables, Stats, Any, str], Variables]
+    set_axes: Callable[[Stats], Any]
+    upper: Callable[[Any, Stats], int]
+    lookup_depth: Callable[[Any, Stats, int], int] | None
+    exact: bool = False
+
+
+def masking_edit(select: Callable[[Stats, Any], jax.Array]):
+    """The `edit` of a masking method: apply its selection under the given mask mode."""
+
+    def edit(variables: Variables, stats: Stats, n, mode: str = "search") -> Variables:
+        return masking.apply_selection(variables, select(stats, n), mode)
+
+    return edit
+
+
+def stack_sets(method: UnlearningMethod, per_set: list[Stats]) -> Stats:
+    """Stacks the statistics of several forget sets along the axes `method.set_axes` marks.
+
+    Parts not marked (axis None, e.g. the histogram every set shares) are taken from the first.
+    """
+
+    def stack(axis, *parts):
+        if axis is None:
+            return parts[0]
+        return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs], axis), *parts)
+
+    axes = method.set_axes(per_set[0])
+    return jax.tree.map(stack, axes, *per_set, is_leaf=lambda x: x is None)
+
+
+def select_over_sets(method: UnlearningMethod, stacked: Stats, n) -> jax.Array:
+    """`method.select` for every stacked forget set: bool `[sets, codebooks, keys]`."""
+    if method.select is None:
+        raise ValueError(f"{method.name} edits values; it has no pair selection.")
+    return jax.vmap(method.select, in_axes=(method.set_axes(stacked), None))(stacked, n)

@@ -1,0 +1,171 @@
+"""One contract over every registered unlearning method (in the spirit of optax's tests).
+
+Each method, given the statistics of a forget request on a small clustered model, must be pure,
+leave every leaf it does not own bit-identical, be idempotent, give the same result jitted and
+eager, vmap over its size and over forget sets exactly as a loop does, round-trip its audit
+record through JSON, and forget a class whose data sits in its own clusters.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dkvb_jax import exact
+from dkvb_jax.unlearning import METHODS, AuditRecord, ForgetData, stack_sets, unlearn
+from dkvb_jax.unlearning.spec import select_over_sets
+
+FORGET, OTHER = 2, 4
+SETS = (2, 4)  # forget sets for the vmap-over-sets check: class 2 alone, class 4 alone
+
+
+@pytest.fixture(scope="module")
+def problem(trained):
+    """The trained model, with closed-form values and statistics for the exact method."""
+    model = trained.model
+    v_exact, label_stats = exact.fit_exact(model, trained.v, trained.codes, trained.y)
+    return trained, jax.tree.map(np.asarray, v_exact), label_stats
+
+
+def _variables(method, problem):
+    trained, v_exact, _ = problem
+    return v_exact if method.exact else trained.v
+
+
+def _data(method, problem, cls):
+    """Class `cls` as a request: the histogram, the training codes and rows, the statistics."""
+    trained, _, label_stats = problem
+    rows = None if method.exact else np.flatnonzero(trained.y == cls)
+    return ForgetData(classes=(cls,), usage=trained.usage, codes=trained.codes, example_ids=rows,
+                      label_stats=label_stats)  # fmt: skip
+
+
+def _size(method, model, stats):
+    if method.size is None:
+        return None
+    return min(method.size.default_grid[len(method.size.default_grid) // 2],
+               method.upper(model.config, stats))  # fmt: skip
+
+
+def _setup(name, problem, cls=FORGET):
+    method = METHODS[name]
+    model = problem[0].model
+    variables = _variables(method, problem)
+    stats = method.statistics(model, variables, _data(method, problem, cls))
+    return method, model, variables, stats, _size(method, model, stats)
+
+
+def _same(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
+
+
+names = pytest.mark.parametrize("name", sorted(METHODS))
+
+
+@names
+def test_pure_and_untouched_leaves_bit_identical(name, problem):
+    method, model, variables, stats, n = _setup(name, problem)
+    before = jax.tree.map(np.copy, variables)
+    new = method.edit(variables, stats, n, "search")
+    assert _same(variables, before), "the input variables were modified"
+    owned = {"params/values"} if method.exact else {"mask/search"}
+    flat_new = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(new)}
+    for path, x in jax.tree_util.tree_leaves_with_path(variables):
+        key = jax.tree_util.keystr(path)
+        if not any(all(part in key for part in o.split("/")) for o in owned):
+            np.testing.assert_array_equal(flat_new[key], x, err_msg=key)
+
+
+@names
+def test_idempotent(name, problem):
+    method, model, variables, stats, n = _setup(name, problem)
+    once = method.edit(variables, stats, n, "search")
+    assert _same(method.edit(once, stats, n, "search"), once)
+
+
+@names
+def test_jit_equals_eager(name, problem):
+    method, model, variables, stats, n = _setup(name, problem)
+    eager = method.edit(variables, stats, n, "search")
+    jitted = jax.jit(method.edit, static_argnums=3)(variables, stats, n, "search")
+    assert _same(eager, jitted)
+
+
+@names
+def test_vmap_over_sizes_equals_loop(name, problem):
+    method, model, variables, stats, n = _setup(name, problem)
+    if method.select is None:
+        pytest.skip(f"{name} has no size to sweep")
+    grid = [g for g in method.size.default_grid if g <= method.upper(model.config, stats)][:3]
+    swept = jax.vmap(method.select, in_axes=(None, 0))(stats, jnp.asarray(grid))
+    for i, g in enumerate(grid):
+        np.testing.assert_array_equal(swept[i], method.select(stats, g))
+
+
+@names
+def test_vmap_over_forget_sets_equals_loop(name, problem):
+    method = METHODS[name]
+    model = problem[0].model
+    variables = _variables(method, problem)
+    per_set = [method.statistics(model, variables, _data(method, problem, c)) for c in SETS]
+    n = min(_size(method, model, s) or 0 for s in per_set) or None
+    stacked = stack_sets(method, per_set)
+    if method.select is not None:
+        batched = select_over_sets(method, stacked, n)
+        for i, s in enumerate(per_set):
+            np.testing.assert_array_equal(batched[i], method.select(s, n))
+    else:
+        edit = jax.vmap(method.edit, in_axes=(None, method.set_axes(stacked), None, None))
+        batched = edit(variables, stacked, n, "search")
+        for i, s in enumerate(per_set):
+            single = method.edit(variables, s, n, "search")
+            assert _same(jax.tree.map(lambda x, i=i: x[i], batched), single)
+
+
+@names
+def test_audit_record_round_trips(name, problem):
+    method, model, variables, stats, n = _setup(name, problem)
+    new, record = unlearn(name, model, variables, _data(method, problem, FORGET), n)
+    assert AuditRecord.from_json(record.to_json()) == record
+    assert record.forgotten_classes == [FORGET]
+    assert record.certified is False or method.exact
+
+
+@names
+def test_forgets_a_clustered_class(name, problem):
+    trained = problem[0]
+    method, model, variables, stats, _ = _setup(name, problem)
+    upper = method.upper(model.config, stats) if method.size else None
+    n = None if method.size is None else max(g for g in method.size.default_grid if g <= upper)
+    new = method.edit(variables, stats, n, "search")
+    pred = np.asarray(model.apply(new, trained.xt).argmax(-1))
+    forget = trained.yt == FORGET
+    assert (pred[forget] == FORGET).mean() <= 0.05
+    assert (pred[~forget] == trained.yt[~forget]).mean() >= 0.9
+
+
+def test_registry_refuses_a_taken_name():
+    from dkvb_jax.unlearning import register_method
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(dataclasses.replace(METHODS["uva"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("uva", lambda t: {"usage": t.usage, "classes": (FORGET,)}),
+     ("uva_pass", lambda t: {"forget_x": t.x[t.y == FORGET], "classes": (FORGET,)})],
+)  # fmt: skip
+def test_named_wrapper_runs_the_registered_spec(name, kwargs, problem):
+    """unlearn_via_activations' two sources are the two UvA specs, pair for pair."""
+    from dkvb_jax.unlearning import unlearn_via_activations
+
+    trained = problem[0]
+    method, model, variables, stats, n = _setup(name, problem)
+    new, record = unlearn_via_activations(model, variables, n, **kwargs(trained))
+    assert record.method == name
+    np.testing.assert_array_equal(
+        new["mask"]["search"], method.edit(variables, stats, n)["mask"]["search"]
+    )
