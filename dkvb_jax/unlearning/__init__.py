@@ -35,8 +35,14 @@ from dkvb_jax.unlearning.selection import (
     psum_usage,
     retain_aware,
 )
-from dkvb_jax.unlearning.spec import ForgetData, SizeParam, UnlearningMethod, stack_sets
-from dkvb_jax.unlearning.sweep import SweepResult, sweep_uva, sweep_uve
+from dkvb_jax.unlearning.spec import (
+    ForgetData,
+    SizeParam,
+    UnlearningMethod,
+    masking_edit,
+    stack_sets,
+)
+from dkvb_jax.unlearning.sweep import SweepResult, sweep, sweep_uva, sweep_uve
 from dkvb_jax.unlearning.unlearn import unlearn
 
 __all__ = [
@@ -46,9 +52,11 @@ __all__ = [
     "SizeParam",
     "UnlearningMethod",
     "get_method",
+    "masking_edit",
     "masking_methods",
     "register_method",
     "stack_sets",
+    "sweep",
     "unlearn",
     "RetainAware",
     "SweepResult",

@@ -7,6 +7,8 @@ record through JSON, and forget a class whose data sits in its own clusters.
 """
 
 import dataclasses
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +63,21 @@ def _same(a, b):
     return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b)))
 
 
-names = pytest.mark.parametrize("name", sorted(METHODS))
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+README_METHOD = "uva_purity"  # registered by the README's "Extending dkvb_jax" example
+
+
+@pytest.fixture(scope="module", autouse=True)
+def readme_method():
+    """Runs the README's method example, so the contract covers it too; unregisters it after."""
+    section = README.read_text().split("## Extending dkvb_jax", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
+    yield
+    METHODS.pop(README_METHOD)
+
+
+names = pytest.mark.parametrize("name", [*sorted(METHODS), README_METHOD])
 
 
 @names
