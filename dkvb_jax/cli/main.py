@@ -31,6 +31,7 @@ from typing import Any
 
 from dkvb_jax import __version__
 from dkvb_jax.errors import InputError
+from dkvb_jax.unlearning.registry import METHODS
 
 # ExperimentConfig's recipes (dkvb_jax.experiment.RECIPES), named here so that building the
 # parser needs no experiment module; a test keeps the two equal.
@@ -38,7 +39,6 @@ RECIPE_CHOICES = ("certified", "default", "lda_adam", "paper")
 
 DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")
 DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
-METHODS = ("uva", "uve", "exact")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
 _PACKAGE_DIR = os.path.realpath(pathlib.Path(__file__).parents[1])
@@ -441,14 +441,7 @@ def cmd_unlearn(args) -> int:
 
     from dkvb_jax.experiment import load_fitted, save_fitted
     from dkvb_jax.experiment.fitting import FittedDKVB, earlier_state
-    from dkvb_jax.unlearning import (
-        accuracy_effect,
-        forget_examples,
-        sweep_uva,
-        sweep_uve,
-        unlearn_via_activations,
-        unlearn_via_examples,
-    )
+    from dkvb_jax.unlearning import accuracy_effect, get_method, sweep, unlearn
 
     if (args.classes is None) == (args.examples is None):
         raise CLIError("give exactly one of --classes or --examples.")
@@ -474,35 +467,27 @@ def cmd_unlearn(args) -> int:
     start = time.perf_counter()
     n = args.n
     new_stats = None  # masking changes the codes, so label statistics no longer apply
-    if args.method == "exact":
+    method = get_method(args.method)
+    request = "classes" if classes is not None else "examples"
+    if request not in method.requests:
+        able = [m.name for m in METHODS.values() if request in m.requests]
+        raise CLIError(f"--method {method.name} {method.summary}: it cannot forget {request}; "
+                       f"use one of {', '.join(able)}.")  # fmt: skip
+    if method.exact:
         new_vars, record, new_stats = _exact_unlearn(fitted, info, emb, classes, rows_forget,
                                                      effect)  # fmt: skip
-    elif classes is not None and args.method == "uva":
-        if n is None:
-            n = _swept_n(args, "uva", info, emb, classes, cfg.num_keys,
-                         lambda grid, x, y: sweep_uva(model, variables, fitted.usage, classes, x,
-                                                      y, grid))  # fmt: skip
-        new_vars, record = unlearn_via_activations(
-            model, variables, n, usage=fitted.usage, classes=classes, eval_fn=effect
-        )
-    elif classes is not None:
-        mask = np.isin(emb.y_train, classes)
-        forget_x = emb.x_train[mask][np.random.default_rng(0).permutation(int(mask.sum()))]
-        if n is None:
-            n = _swept_n(args, "uve", info, emb, classes, len(forget_x),
-                         lambda grid, x, y: sweep_uve(model, variables, forget_x, classes, x, y,
-                                                      grid))  # fmt: skip
-        new_vars, record = unlearn_via_examples(
-            model, variables, forget_x[:n], classes=classes, eval_fn=effect
-        )
     else:
-        if args.method == "uva":
-            raise CLIError(
-                "--method uva forgets classes (it masks each class's most-used keys); for "
-                "--examples use --method uve or exact."
-            )
-        ids = rows_forget.tolist()
-        new_vars, record = forget_examples(model, variables, ids, x=emb.x_train, eval_fn=effect)
+        data = _forget_data(fitted, emb, classes, rows_forget)
+        if n is None and classes is not None:
+            n = _swept_n(args, method, info, emb, classes,
+                         lambda grid, x, y: sweep(method, model, variables, data, x, y, grid,
+                                                  clip=True))  # fmt: skip
+        elif n is None:  # examples: no class split to sweep against
+            if method.size.counts is None:
+                raise CLIError(f"--method {method.name} on --examples needs --n "
+                               f"({method.size.description}).")  # fmt: skip
+            n = len(rows_forget)
+        new_vars, record = unlearn(method, model, variables, data, n, eval_fn=effect)
     secs = time.perf_counter() - start
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.checkpoint)
     if out != pathlib.Path(args.checkpoint):
@@ -535,7 +520,21 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def _swept_n(args, method: str, info: dict, emb, classes, upper: int, sweep) -> int:
+def _forget_data(fitted, emb, classes, rows_forget):
+    """The request as the registered methods take it: the histogram, and the forget rows."""
+    import numpy as np
+
+    from dkvb_jax.unlearning import ForgetData
+
+    if classes is not None:  # a class's rows in a fixed shuffled order: UvE uses the first N_e
+        mask = np.isin(emb.y_train, classes)
+        order = np.random.default_rng(0).permutation(int(mask.sum()))
+        return ForgetData(classes=tuple(classes), usage=fitted.usage,
+                          forget_x=emb.x_train[mask][order])  # fmt: skip
+    return ForgetData(forget_x=emb.x_train[rows_forget], example_ids=rows_forget)
+
+
+def _swept_n(args, method, info: dict, emb, classes, sweep) -> int:
     """The smallest N of the fit's own grid that forgets the classes, on a bounded subset.
 
     The sweep runs on at most ``sweep_max_examples`` forget and as many other training rows
@@ -546,13 +545,11 @@ def _swept_n(args, method: str, info: dict, emb, classes, upper: int, sweep) -> 
 
     exp = ExperimentConfig.from_dict(info["experiment"]) if "experiment" in info else None
     exp = exp or ExperimentConfig()
-    grid = [g for g in (exp.n_a_grid if method == "uva" else exp.n_e_grid) if g <= upper]
-    if not grid:
-        raise CLIError(f"the fit's {method} grid has no N <= {upper}; pass --n.")
+    grid = list(exp.grid(method.name))
     x, y = sweep_subset(emb.x_train, emb.y_train, classes, exp.sweep_max_examples, exp.seed)
     if not args.json:
-        print(f"sweeping {method} N over {grid} on {len(y):,} training rows ...",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(f"sweeping {method.label} {method.size.name} over {grid} on {len(y):,} training "
+              "rows ...", file=sys.stderr, flush=True)  # fmt: skip
     result = sweep(grid, x, y)
     return result.smallest_n or max(result.ns)
 
@@ -566,7 +563,10 @@ def _certificate_line(record) -> str:
 
 
 def _retention(
-    source: pathlib.Path, out: pathlib.Path, step: int, purged_folders: list[str],
+    source: pathlib.Path,
+    out: pathlib.Path,
+    step: int,
+    purged_folders: list[str],
     usage_recounted: bool = False,
 ) -> tuple[dict, str]:
     """What on disk still holds the forgotten data after saving `step` of `out`, and what a
@@ -905,10 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'dkvb fit'")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids to forget")
     p.add_argument("--examples", default=None, help="training example ids: 1,2,3 or @file")
-    p.add_argument("--method", default=None, choices=METHODS,
-                   help="exact (subtract label counts; the default for models with closed-form "
-                   "values), uva (classes: mask the top-N keys; the default otherwise) or uve "
-                   "(mask the keys of N examples)")  # fmt: skip
+    p.add_argument("--method", default=None, choices=tuple(METHODS),
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+                   + " (default: exact for models with closed-form values, else uva)")  # fmt: skip
     p.add_argument("--n", type=int, default=None,
                    help="N_a or N_e; default: the smallest N giving forget train accuracy 0")  # fmt: skip
     p.add_argument("--out", default=None,

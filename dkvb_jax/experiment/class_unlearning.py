@@ -275,6 +275,12 @@ class ExperimentConfig:
             num_keys=self.num_keys, key_dim=self.key_dim, top_k=self.top_k,
         )  # fmt: skip
 
+    def grid(self, method: str) -> tuple[int, ...]:
+        """The sizes a sweep of the registered masking `method` tries (its ``<size>_grid``)."""
+        from dkvb_jax.unlearning import get_method
+
+        return getattr(self, f"{get_method(method).size.name}_grid")
+
     def stats_config(self) -> exact.StatsConfig:
         return exact.StatsConfig(rank_weights=self.rank_weights)
 
@@ -781,7 +787,12 @@ def run_class_unlearning(
         estimator = exact.EstimatorConfig(alpha=config.exact_alpha)
         with Timer() as t:
             v_cf, stats = exact.fit_exact(
-                model, variables, x_tr, y_tr, train_ids, provenance=fitted.provenance,
+                model,
+                variables,
+                x_tr,
+                y_tr,
+                train_ids,
+                provenance=fitted.provenance,
                 estimator=estimator,
             )
             jax.block_until_ready(v_cf)

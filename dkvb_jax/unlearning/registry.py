@@ -98,8 +98,13 @@ class ExactStats:
 
 def _histogram_stats(model: DKVB, variables: dict, data: ForgetData) -> HistogramStats:
     cfg = model.config
-    if data.usage is None or data.classes is None:
-        raise InputError("UvA from the histogram needs the stored usage and the forget classes.")
+    if data.classes is None:
+        raise InputError(
+            "uva masks each forget class's most-retrieved keys from the stored histogram: it "
+            "forgets classes; for examples use uve or exact."
+        )
+    if data.usage is None:
+        raise InputError("uva needs the stored per-class usage histogram (key_usage).")
     classes = _checks.check_classes(data.classes, cfg.num_classes)
     _checks.check_histogram(data.usage, cfg, classes=classes)
     forget = jnp.zeros((cfg.num_classes,), bool).at[jnp.asarray(classes)].set(True)
@@ -117,9 +122,9 @@ def _codes_stats(model: DKVB, variables: dict, data: ForgetData) -> CodesStats:
     else:
         idx, valid = (jnp.asarray(a) for a in data.codes)
     member = np.ones(idx.shape[0], bool)
-    if data.example_ids is not None:  # codes of a pool (e.g. the training set) and its forget rows
-        ids = _checks.check_example_ids(data.example_ids, idx.shape[0])
-        member = np.isin(np.arange(idx.shape[0]), ids)
+    if data.rows is not None:  # codes of a pool (e.g. the training set) and its forget rows
+        rows = _checks.check_example_ids(data.rows, idx.shape[0], name="rows")
+        member = np.isin(np.arange(idx.shape[0]), rows)
     return CodesStats(idx, valid, jnp.asarray(member), cfg.num_keys)
 
 
@@ -187,6 +192,7 @@ UVA = register_method(
         set_axes=lambda s: HistogramStats(usage=None, forget=0),
         upper=lambda cfg, s: cfg.num_keys,
         lookup_depth=lambda cfg, s, n: n * int(np.asarray(s.forget).sum(-1).max()) + cfg.top_k,
+        requests=("classes",),
     )
 )
 

@@ -56,12 +56,14 @@ class ForgetData:
       classes: forget class ids, sorted and distinct (or None for example-level requests).
       usage: stored per-class histogram `[classes, codebooks, keys]`.
       codes: codes (indices, valid) `[n, codebooks, top_k]` of the forget examples, or of a
-        pool of examples (e.g. the training set) whose forget rows `example_ids` names; computed
-        on the model as trained (search mask cleared).
+        pool of examples (e.g. the training set) whose forget rows `rows` names; computed on the
+        model as trained (search mask cleared).
       forget_x: forget embeddings `[n, embed_dim]`, for a data pass when `codes` is None.
       label_stats: :class:`dkvb_jax.exact.LabelStats` of the model's closed-form values.
-      example_ids: forget example ids: rows of `codes`, or ids of `label_stats` for exact
-        removal.
+      rows: the forget rows of `codes` / `forget_x` when those hold a larger pool (UvE uses the
+        first N_e of them in pool order); None: every row is a forget example.
+      example_ids: ids of the forget examples, recorded in the audit; for exact removal, the
+        ids of `label_stats` to remove.
     """
 
     classes: tuple[int, ...] | None = None
@@ -69,6 +71,7 @@ class ForgetData:
     codes: tuple[jax.Array, jax.Array] | None = None
     forget_x: jax.Array | None = None
     label_stats: Any = None
+    rows: np.ndarray | None = None
     example_ids: np.ndarray | None = None
 
 
@@ -94,6 +97,7 @@ class UnlearningMethod:
         (:mod:`dkvb_jax.unlearning.fast_eval`).
       exact: True when the result can be certified equal to refitting without the forget data
         (given provenance); masking methods never are.
+      requests: what it can forget: ``'classes'``, ``'examples'`` or both.
     """
 
     name: str
@@ -107,6 +111,7 @@ class UnlearningMethod:
     upper: Callable[[Any, Stats], int]
     lookup_depth: Callable[[Any, Stats, int], int] | None
     exact: bool = False
+    requests: tuple[str, ...] = ("classes", "examples")
 
 
 def masking_edit(select: Callable[[Stats, Any], jax.Array]):

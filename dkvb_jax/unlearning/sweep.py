@@ -79,6 +79,7 @@ def sweep(
     *,
     target: float = 0.0,
     mode: masking.MaskMode = "search",
+    clip: bool = False,
 ) -> SweepResult:
     """Forget/retain validation accuracy of a masking method for every size in `ns`.
 
@@ -93,6 +94,9 @@ def sweep(
       ns: sizes to try; None: the method's default grid (clipped to what the request allows).
       target: forget accuracy to reach.
       mode: mask mode.
+      clip: drop sizes above what the request allows (e.g. a config's grid, shared by
+        classes of different sizes) instead of refusing them; the largest allowed size is
+        tried in their place.
     """
     method = get_method(method) if isinstance(method, str) else method
     if method.select is None:
@@ -102,7 +106,9 @@ def sweep(
     stats = method.statistics(model, variables, data)
     upper = method.upper(model.config, stats)
     if ns is None:
-        ns = [n for n in method.size.default_grid if n <= upper] or [upper]
+        ns, clip = method.size.default_grid, True
+    if clip:
+        ns = [n for n in ns if n <= upper] or [upper]
     ns = _check_ns(list(ns), upper, "ns", counts=method.size.counts)
     # N = 0 (nothing masked) gives the baseline in the same pass.
     selections = jax.vmap(method.select, in_axes=(None, 0))(stats, jnp.asarray([0, *ns]))

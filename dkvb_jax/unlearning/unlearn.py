@@ -8,6 +8,8 @@ The method's statistics step, its pure edit and the audit record, for any entry 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
 from dkvb_jax.errors import InputError
@@ -37,6 +39,7 @@ def unlearn(
     n: int | None = None,
     *,
     mode: masking.MaskMode = "search",
+    eval_fn: Callable[[dict], dict] | None = None,
 ) -> tuple[dict, AuditRecord]:
     """Unlearns `data` with `method`: its statistics, its edit, and the audit record.
 
@@ -48,6 +51,7 @@ def unlearn(
         missing.
       n: the method's size (N_a, N_e); None for exact removal.
       mode: mask mode of a masking method (``search`` or ``readout``).
+      eval_fn: maps variables to a metrics dict, recorded before and after in the audit.
 
     Returns:
       (new variables, :class:`AuditRecord`). An exact removal's record carries the certificate
@@ -58,8 +62,13 @@ def unlearn(
     method = get_method(method) if isinstance(method, str) else method
     _checks.check_variables(model.config, variables)
     masking.check_mode(mode)
+    if eval_fn is not None and not callable(eval_fn):
+        raise InputError(f"eval_fn must map variables to a dict, got {type(eval_fn).__name__}.")
     if method.exact:
-        return _exact(method, variables, data)
+        new, record = _exact(method, variables, data)
+        if eval_fn is not None:
+            record = record.with_effect({"before": eval_fn(variables), "after": eval_fn(new)})
+        return new, record
     stats = method.statistics(model, variables, data)
     n = check_size(method, model, stats, n)
     new = jax.jit(method.edit, static_argnums=3)(variables, stats, n, mode)
@@ -70,6 +79,7 @@ def unlearn(
         after=new,
         forgotten_classes=data.classes,
         forgotten_examples=None if data.example_ids is None else list(data.example_ids),
+        effect=None if eval_fn is None else {"before": eval_fn(variables), "after": eval_fn(new)},
     )
     return new, record
 

@@ -310,7 +310,7 @@ def test_unlearn_sweeps_the_fits_grid_on_a_bounded_subset(npz, tmp_path, capsys)
     code, out, err = run(capsys, "unlearn", "--embeddings", npz, "--checkpoint", ckpt,
                          "--classes", "1", "--method", "uva", "--no-progress")  # fmt: skip
     assert code == 0, err
-    assert "sweeping uva N over [2, 4] on 60 training rows" in err
+    assert "sweeping UvA n_a over [2, 4] on 60 training rows" in err
     assert "uva (N=2)" in out or "uva (N=4)" in out
 
 

@@ -40,7 +40,7 @@ def _data(method, problem, cls):
     """Class `cls` as a request: the histogram, the training codes and rows, the statistics."""
     trained, _, label_stats = problem
     rows = None if method.exact else np.flatnonzero(trained.y == cls)
-    return ForgetData(classes=(cls,), usage=trained.usage, codes=trained.codes, example_ids=rows,
+    return ForgetData(classes=(cls,), usage=trained.usage, codes=trained.codes, rows=rows,
                       label_stats=label_stats)  # fmt: skip
 
 
