@@ -104,6 +104,7 @@ def _local_stats(queries, weights, keys):
     return counts, sums, (dist * weights[:, None]).sum()
 
 
+@functools.partial(jax.jit, static_argnames=("mesh",))
 def _batch_stats(queries, weights, keys, mesh: Mesh | None = None):
     """One batch's k-means statistics (jittable).
 

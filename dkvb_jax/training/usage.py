@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +30,8 @@ def _histogram(indices, valid, num_keys, labels, num_classes, weights):
     return jnp.zeros((num_classes, num_codebooks, num_keys), jnp.int32).at[lab, cb, safe].add(w)
 
 
+# Jitted, so that eager calls compile the shard_map once per shape instead of running it op by op.
+@functools.partial(jax.jit, static_argnames=("num_keys", "num_classes", "mesh"))
 def _sharded_histogram(indices, valid, num_keys, labels, num_classes, weights, mesh):
     if weights is None:
         weights = jnp.ones(indices.shape[:1], jnp.int32)
