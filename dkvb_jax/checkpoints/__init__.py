@@ -1,4 +1,5 @@
-"""Durable models: orbax checkpoints of a DKVB model and its audit trail, resumable training."""
+"""Durable models: orbax checkpoints of a DKVB model and its audit trail; per-epoch training
+checkpoints (:mod:`dkvb_jax.checkpoints.resumable`) for resumable value training."""
 
 from dkvb_jax.checkpoints._orbax import CheckpointError
 from dkvb_jax.checkpoints.model import (
@@ -9,12 +10,10 @@ from dkvb_jax.checkpoints.model import (
     restore_model,
     save_model,
 )
-from dkvb_jax.checkpoints.resumable import fit_values
 
 __all__ = [
     "CheckpointError",
     "ModelCheckpoint",
-    "fit_values",
     "list_steps",
     "purge_steps",
     "read_meta",

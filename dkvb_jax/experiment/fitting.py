@@ -271,15 +271,10 @@ def fit_dkvb(
         )  # fmt: skip
         history = None
         provenance = stats.provenance
-    elif ckpt is None:
+    else:
         variables, history = train_values(
             model, variables, x, y, key=k_values, config=value_config, eval_data=eval_data,
-            progress=progress,
-        )  # fmt: skip
-    else:
-        variables, history = checkpoints.fit_values(
-            model, variables, x, y, key=k_values, directory=ckpt / "values",
-            config=value_config, eval_data=eval_data, progress=progress,
+            progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "values",
         )  # fmt: skip
     usage = key_usage(model, variables, x, y)
     fitted = FittedDKVB(

@@ -1,17 +1,11 @@
-"""Data- and codebook-parallel execution over a device mesh, and multi-host input assembly."""
+"""Device meshes and shardings, and multi-host input assembly (:mod:`.distributed`).
 
-from dkvb_jax.parallel.data_parallel import (
-    EvalResult,
-    codes,
-    ema_batch_stats,
-    ema_step,
-    evaluate,
-    fit_keys,
-    key_usage,
-    train_epoch,
-    train_values,
-    usage_from_codes,
-)
+The data passes themselves live with their algorithms and take `mesh=` (keyword-only; None runs
+on one device): :func:`dkvb_jax.training.compute_codes`, :func:`~dkvb_jax.training.key_usage`,
+:func:`~dkvb_jax.training.usage_from_codes`, :func:`~dkvb_jax.training.evaluate`,
+:func:`~dkvb_jax.training.fit_keys` and :func:`~dkvb_jax.training.train_values`.
+"""
+
 from dkvb_jax.parallel.mesh import (
     CODEBOOK,
     DATA,
@@ -30,24 +24,14 @@ from dkvb_jax.parallel.mesh import (
 __all__ = [
     "CODEBOOK",
     "DATA",
-    "EvalResult",
     "batch_sharding",
     "codebook_size",
-    "codes",
     "data_codebook_mesh",
     "data_mesh",
     "data_size",
-    "ema_batch_stats",
-    "ema_step",
-    "evaluate",
-    "fit_keys",
-    "key_usage",
     "pad_rows",
     "place_variables",
     "replicated",
     "shard_batch",
-    "train_epoch",
-    "train_values",
-    "usage_from_codes",
     "variables_shardings",
 ]

@@ -1,6 +1,8 @@
-"""Training a DKVB model: key initialisation, value training, codes and key-usage counting."""
+"""Training a DKVB model and its data passes: key initialisation, value training, codes,
+key-usage counting and evaluation. Each takes `mesh=None` (one device) or a device mesh."""
 
 from dkvb_jax.training.codes import compute_codes
+from dkvb_jax.training.evaluate import EvalResult, evaluate
 from dkvb_jax.training.keys import KeyInitConfig, KeyInitReport, fit_keys, quantisation_error
 from dkvb_jax.training.usage import key_usage, usage_from_codes
 from dkvb_jax.training.values import (
@@ -11,11 +13,13 @@ from dkvb_jax.training.values import (
 )
 
 __all__ = [
+    "EvalResult",
     "KeyInitConfig",
     "KeyInitReport",
     "TrainHistory",
     "ValueTrainConfig",
     "compute_codes",
+    "evaluate",
     "fit_keys",
     "key_usage",
     "quantisation_error",

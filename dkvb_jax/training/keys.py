@@ -9,17 +9,23 @@ pitfall of public implementations).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dkvb_jax import _validation
 from dkvb_jax._progress import progress_bar
+from dkvb_jax.errors import InputTypeError
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.lookup import nearest_keys
+from dkvb_jax.parallel.mesh import DATA
+from dkvb_jax.training import _rows
 
 Batches = np.ndarray | Sequence[np.ndarray] | Callable[[], Iterable[np.ndarray]]
 
@@ -87,8 +93,7 @@ def _assign(queries: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     return res.indices[..., 0], res.distances[..., 0]
 
 
-def _batch_stats(queries, weights, keys):
-    """One-hot counts `[codebooks, keys]` and sums `[codebooks, keys, key_dim]` of a batch."""
+def _local_stats(queries, weights, keys):
     idx, dist = _assign(queries, keys)  # [batch, codebooks]
     num_codebooks, num_keys, key_dim = keys.shape
     # Scatter-adds, not a one-hot [batch, codebooks, keys] tensor (1 GiB at the paper setting).
@@ -97,6 +102,33 @@ def _batch_stats(queries, weights, keys):
     sums = jnp.zeros((num_codebooks, num_keys, key_dim), queries.dtype)
     sums = sums.at[cb, idx].add(queries * weights[:, None, None])
     return counts, sums, (dist * weights[:, None]).sum()
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _batch_stats(queries, weights, keys, mesh: Mesh | None = None):
+    """One batch's k-means statistics (jittable).
+
+    Args:
+      queries: `[batch, codebooks, key_dim]`.
+      weights: `[batch]` example weights (0 for padding).
+      keys: `[codebooks, keys, key_dim]`.
+      mesh: assign each device's share of the rows of the ``'data'`` axis and sum the
+        statistics over it; None computes them on one device.
+
+    Returns:
+      counts `[codebooks, keys]`, sums `[codebooks, keys, key_dim]` and the weighted squared
+      quantisation error (scalar), replicated on a mesh.
+    """
+    if mesh is None:
+        return _local_stats(queries, weights, keys)
+    queries, weights = _rows.pad_to_mesh(mesh, queries, weights)  # padding rows weigh 0
+
+    def local(q, w, k):
+        return jax.lax.psum(_local_stats(q, w, k), DATA)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(DATA), P(DATA), P()), out_specs=P())(
+        queries, weights, keys
+    )
 
 
 def ema_update(
@@ -110,7 +142,7 @@ def ema_update(
     epsilon: float,
     dead_threshold: float,
 ) -> EMAState:
-    """The EMA k-means update from one batch's statistics (pure; data-parallel code reuses it).
+    """The EMA k-means update from one batch's statistics (pure).
 
     Args:
       state: running statistics.
@@ -141,9 +173,14 @@ def ema_update(
     return EMAState(keys, new_sums, smoothed)
 
 
-@jax.jit
-def _ema_step(state: EMAState, queries, weights, rng, decay, epsilon, dead_threshold):
-    counts, sums, sq_err = _batch_stats(queries, weights, state.keys)
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _ema_step(state: EMAState, queries, weights, rng, decay, epsilon, dead_threshold, mesh=None):
+    """One EMA k-means step; on a mesh only the statistics are split over ``'data'``.
+
+    The update and the dead-key re-seeding (drawn from the whole batch) run on the summed,
+    replicated statistics, so a mesh changes the result only by float summation order.
+    """
+    counts, sums, sq_err = _batch_stats(queries, weights, state.keys, mesh)
     state = ema_update(state, counts, sums, queries, weights, rng, decay, epsilon, dead_threshold)
     return state, sq_err, counts
 
@@ -186,6 +223,25 @@ def _epoch_batches(data: Batches, batch_size: int, rng: np.random.Generator) -> 
         yield from data
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _queries(model: DKVB, variables: dict, x: jax.Array) -> jax.Array:
+    return model.apply(variables, x, method=DKVB.queries)
+
+
+def _array_rows(data: Batches, valid, mesh: Mesh | None, embed_dim: int) -> Batches:
+    """`data`'s real rows when it is one array (see :func:`_rows.real_rows`); else `data`."""
+    if isinstance(data, np.ndarray | jax.Array):
+        if valid is not None or not _rows.is_host_readable(data):
+            _rows.check_embeddings(data, embed_dim, mesh)
+        return _rows.real_rows(valid, mesh, data)[0]
+    if valid is not None:
+        raise InputTypeError(
+            "fit_keys: valid marks the rows of an array `data` [n, embed_dim]; with a "
+            f"sequence or callable of batches ({type(data).__name__}), yield real rows only."
+        )
+    return data
+
+
 def fit_keys(
     model: DKVB,
     variables: dict,
@@ -194,28 +250,38 @@ def fit_keys(
     key: jax.Array,
     config: KeyInitConfig = KeyInitConfig(),
     progress: bool = True,
+    mesh: Mesh | None = None,
+    valid: np.ndarray | jax.Array | None = None,
 ) -> tuple[dict, KeyInitReport]:
     """Fits the keys of every codebook by EMA k-means on unlabelled embeddings.
+
+    On a mesh each batch's queries are computed on its device shards and the k-means counts
+    and sums are summed over the ``'data'`` axis; shuffling, seeding, updates and re-seeding
+    are those of one device, so the keys equal the one-device keys up to float summation order.
 
     Args:
       model: The DKVB module.
       variables: Its variables; only ``frozen/keys`` changes.
-      data: Embeddings `[n, embed_dim]`, a sequence of batches, or a callable returning a fresh
-        iterable of batches `[b, embed_dim]` for each epoch.
+      data: Embeddings `[n, embed_dim]` (host arrays, or global arrays split over ``'data'``),
+        a sequence of batches, or a callable returning a fresh iterable of batches
+        `[b, embed_dim]` for each epoch.
       key: PRNG key (seeding, re-seeding, shuffling).
       config: k-means settings.
       progress: Show a progress bar over epochs.
+      mesh: split every batch over this mesh's ``'data'`` axis; None runs on one device.
+      valid: optional bool `[n]` marking the real rows of an array `data`; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        pull the keys towards example 0. The keys are then fitted on exactly the real rows.
 
     Returns:
-      New variables with fitted keys, and a per-epoch :class:`KeyInitReport`.
+      New variables with fitted keys (replicated on a mesh), and a per-epoch
+      :class:`KeyInitReport`.
     """
     cfg = model.config
+    data = _array_rows(data, valid, mesh, cfg.embed_dim)
     key_seed, key_loop = jax.random.split(key)
     shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_loop)).ravel())
-
-    @jax.jit
-    def to_queries(v, x):
-        return model.apply(v, x, method=DKVB.queries)
+    variables = _rows.replicate(variables, mesh)
 
     def batches():
         n_seen = 0
@@ -225,7 +291,9 @@ def fit_keys(
                 b, cfg.embed_dim, name="key-init batch", allow_tokens=False
             )
             n_seen += len(b)
-            yield b
+            # Queries of the padded, split batch, cut back to its real rows.
+            q = _queries(model, variables, _rows.place(b, mesh))
+            yield q if q.shape[0] == len(b) else q[: len(b)]
         if n_seen == 0:
             raise ValueError(
                 "fit_keys got an empty dataset: pass at least one batch of embeddings."
@@ -233,7 +301,7 @@ def fit_keys(
 
     keys = variables["frozen"]["keys"]
     if config.seeding != "random":
-        first = to_queries(variables, jnp.asarray(next(iter(batches()))))
+        first = next(iter(batches()))
         if config.seeding == "sample":
             pick = jax.random.choice(key_seed, first.shape[0], (cfg.num_keys,), replace=True)
             keys = jnp.swapaxes(first[pick], 0, 1)
@@ -241,19 +309,18 @@ def fit_keys(
             keys = _kmeans_plus_plus(key_seed, first, cfg.num_keys)
     # Start from "every key holds one average share" so early steps do not divide by ~0.
     counts = jnp.ones(keys.shape[:2], jnp.float32)
-    state = EMAState(keys=keys, sums=keys * counts[..., None], counts=counts)
+    state = _rows.replicate(EMAState(keys=keys, sums=keys * counts[..., None], counts=counts), mesh)
 
     report = KeyInitReport([], [])
     rng = key_loop
     epochs = progress_bar(range(config.epochs), desc="key init (EMA k-means)", disable=not progress)
     for _ in epochs:
         err, n, used = 0.0, 0, jnp.zeros(keys.shape[:2], bool)
-        for b in batches():
+        for q in batches():
             rng, sub = jax.random.split(rng)
-            q = to_queries(variables, jnp.asarray(b))
             w = jnp.ones((q.shape[0],), q.dtype)
             state, sq, batch_counts = _ema_step(
-                state, q, w, sub, config.decay, config.epsilon, config.dead_threshold
+                state, q, w, sub, config.decay, config.epsilon, config.dead_threshold, mesh
             )
             err += float(sq)
             n += q.shape[0]

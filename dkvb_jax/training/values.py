@@ -4,25 +4,35 @@ Each epoch is one jitted `lax.scan` over shuffled, padded minibatches. Unless th
 learned, the inputs' codes are computed once up front: with frozen keys and fixed masks they
 are exactly what every step would recompute, and a step becomes a gather and a scatter-add.
 
-Every value-training step (here, in :mod:`dkvb_jax.parallel` and in
-:mod:`dkvb_jax.checkpoints`) goes through :func:`optimizer_step`, which keeps the values of
-masked pairs bit-unchanged, so training after unlearning never moves what was switched off.
+One driver, :func:`train_values`, serves one device and a device mesh (each minibatch split
+over ``'data'``), with optional per-epoch checkpoints to resume from. Every step goes through
+:func:`optimizer_step`, which keeps the values of masked pairs bit-unchanged, so training after
+unlearning never moves what was switched off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dkvb_jax import _batching, _validation
-from dkvb_jax._progress import progress_bar
+from dkvb_jax._progress import note, progress_bar
+from dkvb_jax.checkpoints.resumable import EpochCheckpoints, run_identity
+from dkvb_jax.errors import InputError
 from dkvb_jax.model import DKVB
+from dkvb_jax.parallel import mesh as mesh_lib
+from dkvb_jax.parallel.mesh import DATA
+from dkvb_jax.training import _rows
 from dkvb_jax.training.codes import compute_codes
 from dkvb_jax.unlearning.masking import masked_pairs
 
@@ -162,27 +172,69 @@ def _forward(model: DKVB, use_codes: bool):
     return lambda v, inputs: model.apply(v, inputs[0])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "use_codes", "tx", "batch_size", "smoothing"))
-def _train_epoch(model, use_codes, tx, batch_size, smoothing, variables, opt_state, inputs, y, rng):
-    forward = _forward(model, use_codes)
+def _loss_and_grads(forward, smoothing, axis, variables, params, inputs, y, w):
+    """Mean loss, its gradient and the correct count of one batch (`w`: bool `[batch]`).
+
+    With `axis` (inside `shard_map`) the batch is one device's share: each device divides its
+    weighted loss sum by the *global* weight, so the `psum` of the gradients is exactly the
+    gradient of the global mean loss, whatever the split (padding rows have weight 0). Without
+    it the same code is the plain one-device mean.
+    """
+
+    def total(t):
+        return t if axis is None else jax.lax.psum(t, axis)
+
+    total_w = jnp.maximum(total(w.astype(jnp.float32).sum()), 1.0)
+
+    def loss_fn(p):
+        logits = forward({**variables, "params": p}, inputs)
+        losses = smoothed_cross_entropy(logits, y, smoothing)
+        return jnp.sum(losses * w.astype(losses.dtype)) / total_w, logits
+
+    if axis is not None:
+        # Differentiate w.r.t. a per-device copy: the gradient of a replicated input would be
+        # summed over devices implicitly; marking it varying keeps the one psum explicit.
+        params = jax.lax.pcast(params, axis, to="varying")
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return total((loss, grads, jnp.sum((logits.argmax(-1) == y) & w)))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "use_codes", "tx", "batch_size", "smoothing", "mesh")
+)
+def _train_epoch(
+    model, use_codes, tx, batch_size, smoothing, mesh, variables, opt_state, inputs, y, rng
+):
+    """One epoch: a `lax.scan` over shuffled, padded minibatches of `(inputs, y)` `[n, ...]`.
+
+    On a mesh each minibatch is split over ``'data'`` (`batch_size` divisible by its size);
+    the shuffle, padding and update order are those of one device, so the same `rng` gives the
+    same parameters up to float summation order.
+
+    Returns:
+      `(params, opt_state, mean loss, accuracy)` over the epoch.
+    """
     n = y.shape[0]
     perm = jax.random.permutation(rng, n)
     batched = [_batching.pad_to_batches(a[perm], batch_size)[0] for a in (*inputs, y)]
     weights = _batching.pad_to_batches(jnp.ones((n,)), batch_size)[1]
+    frozen = {k: v for k, v in variables.items() if k != "params"}
+    grads_fn = functools.partial(_loss_and_grads, _forward(model, use_codes), smoothing)
+    if mesh is None:
+        grads_fn = functools.partial(grads_fn, None)
+    else:
+        split = NamedSharding(mesh, P(None, DATA))
+        batched, weights = jax.lax.with_sharding_constraint((batched, weights), split)
+        specs = (P(), P(), P(DATA), P(DATA), P(DATA))
+        grads_fn = jax.shard_map(
+            functools.partial(grads_fn, DATA), mesh=mesh, in_specs=specs, out_specs=P()
+        )
 
     def step(carry, batch):
         params, opt_state = carry
         *xb, yb, wb = batch
-
-        def loss_fn(p):
-            logits = forward({**variables, "params": p}, tuple(xb))
-            losses = smoothed_cross_entropy(logits, yb, smoothing)
-            w = wb.astype(losses.dtype)
-            return jnp.sum(losses * w) / jnp.maximum(w.sum(), 1.0), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state = optimizer_step(tx, grads, opt_state, params, variables)
-        correct = jnp.sum((logits.argmax(-1) == yb) & wb)
+        loss, grads, correct = grads_fn(frozen, params, tuple(xb), yb, wb)
+        params, opt_state = optimizer_step(tx, grads, opt_state, params, frozen)
         return (params, opt_state), (loss * wb.sum(), correct)
 
     (params, opt_state), (losses, correct) = jax.lax.scan(
@@ -198,10 +250,11 @@ def _accuracy(model, use_codes, variables, inputs, y, batch_size=1024):
     return jnp.mean(pred == y)
 
 
-def eval_fn(model: DKVB, variables: dict, eval_data, use_codes: bool):
+def _eval_fn(model: DKVB, variables: dict, eval_data, use_codes: bool, mesh: Mesh | None):
     """Validates `(x_eval, y_eval)` once and returns `variables -> accuracy` (None without data).
 
     Codes of the evaluation inputs are computed once: keys and masks do not change in training.
+    On a mesh they are replicated next to the (replicated) variables.
     """
     if eval_data is None:
         return None
@@ -209,12 +262,12 @@ def eval_fn(model: DKVB, variables: dict, eval_data, use_codes: bool):
     xe, ye = eval_data
     _validation.check_embeddings(xe, cfg.embed_dim, name="eval embeddings", allow_tokens=False)
     _validation.check_labels(ye, cfg.num_classes, n=xe.shape[0], name="eval labels")
-    inputs = compute_codes(model, variables, xe) if use_codes else (jnp.asarray(xe),)
-    ye = jnp.asarray(ye)
+    inputs = compute_codes(model, variables, xe, mesh=mesh) if use_codes else (jnp.asarray(xe),)
+    inputs, ye = _rows.replicate((inputs, jnp.asarray(ye)), mesh)
     return lambda v: float(_accuracy(model, use_codes, v, inputs, ye))
 
 
-def record_epoch(history: TrainHistory, loss, acc, variables, evaluate, config) -> None:
+def _record_epoch(history: TrainHistory, loss, acc, variables, evaluate, config) -> None:
     """Appends one epoch's metrics; stops with a clear error when the loss is not finite."""
     loss = float(loss)
     if not np.isfinite(loss):
@@ -228,6 +281,18 @@ def record_epoch(history: TrainHistory, loss, acc, variables, evaluate, config) 
         history.eval_accuracy.append(evaluate(variables))
 
 
+def _batch_size(config: ValueTrainConfig, n: int, mesh: Mesh | None) -> int:
+    batch_size = min(config.batch_size, n)
+    size = 1 if mesh is None else mesh_lib.data_size(mesh)
+    if batch_size % size:
+        raise InputError(
+            f"batch size {batch_size} (ValueTrainConfig.batch_size={config.batch_size}, n={n}) "
+            f"must be divisible by the {size} devices of the mesh's 'data' axis so every device "
+            "gets an equal share of each step; pick a multiple of the data-axis size."
+        )
+    return batch_size
+
+
 def train_values(
     model: DKVB,
     variables: dict,
@@ -238,6 +303,11 @@ def train_values(
     config: ValueTrainConfig = ValueTrainConfig(),
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    valid: np.ndarray | jax.Array | None = None,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    max_to_keep: int = 3,
+    on_epoch_end: Callable[[int, dict, TrainHistory], None] | None = None,
 ) -> tuple[dict, TrainHistory]:
     """Trains the values (and decoder/learned-splitter weights) with labels; keys stay frozen.
 
@@ -248,42 +318,80 @@ def train_values(
     back to their next-nearest active keys, and training on them writes the class into those
     keys' values. So continue training on retained data only.
 
+    On a mesh every minibatch is split over the ``'data'`` axis and the gradients summed over
+    it: the result equals the one-device result up to float summation order. With
+    `checkpoint_dir` each epoch is checkpointed, and a run interrupted and called again on the
+    same directory resumes after its latest complete epoch and ends bit-identical to an
+    uninterrupted one; a directory written by another run (model, training config, data,
+    initial variables or key) is refused.
+
     Args:
       model: The DKVB module.
       variables: Its variables (keys already fitted).
-      x: embeddings `[n, embed_dim]`.
+      x: embeddings `[n, embed_dim]` (host arrays, or global arrays split over ``'data'``).
       y: int labels `[n]`.
       key: PRNG key for shuffling; the same key gives the same result.
       config: Optimisation settings.
       eval_data: optional `(x_eval, y_eval)` whose accuracy is reported per epoch.
       progress: Show a progress bar over epochs.
+      mesh: split every minibatch over this mesh's ``'data'`` axis (`config.batch_size` must
+        be divisible by its size); None trains on one device.
+      valid: optional bool `[n]` marking real rows; pass the one from
+        :func:`dkvb_jax.parallel.distributed.global_batch`, whose padding rows would otherwise
+        be trained on as extra copies of example 0. Training then runs on exactly the real rows.
+      checkpoint_dir: checkpoint ``params``, the optimiser state and the history here after
+        every epoch, and resume from the latest checkpoint of this same run.
+      max_to_keep: how many of the newest epoch checkpoints to keep.
+      on_epoch_end: called as `on_epoch_end(epoch, variables, history)` after each epoch (and
+        its checkpoint) is complete; `epoch` counts from 1.
 
     Returns:
-      New variables (only ``params`` changed) and the per-epoch :class:`TrainHistory`.
+      New variables (only ``params`` changed; replicated on a mesh) and the per-epoch
+      :class:`TrainHistory` (restored epochs included).
+
+    Raises:
+      CheckpointError: `checkpoint_dir` holds checkpoints of a different run, or a corrupt one.
     """
     cfg = model.config
-    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _rows.check_embeddings(x, cfg.embed_dim, mesh)
+    x, y = _rows.real_rows(valid, mesh, x, y)
     _validation.check_labels(y, cfg.num_classes, n=x.shape[0])
-    use_codes = cfg.splitter != "learned"
-    inputs = compute_codes(model, variables, x) if use_codes else (jnp.asarray(x),)
-    evaluate = eval_fn(model, variables, eval_data, use_codes)
-
+    _validation.check_positive_int(max_to_keep, "max_to_keep")
     n = x.shape[0]
-    batch_size = min(config.batch_size, n)
+    batch_size = _batch_size(config, n, mesh)
+    identity = None if checkpoint_dir is None else run_identity(model, variables, x, y, key, config)
+    variables = _rows.replicate(variables, mesh)
+    use_codes = cfg.splitter != "learned"
+    inputs = compute_codes(model, variables, x, mesh=mesh) if use_codes else (jnp.asarray(x),)
+    evaluate = _eval_fn(model, variables, eval_data, use_codes, mesh)
     tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
-    opt_state = tx.init(variables["params"])
+    # On a mesh scalars such as the step count would start on one device; a restore takes its
+    # shardings from this state, so all of it goes where the epoch runs.
+    opt_state = _rows.replicate(tx.init(variables["params"]), mesh)
     y = jnp.asarray(y, jnp.int32)
+    epoch_keys = jax.random.split(key, config.epochs)
 
-    history = TrainHistory([], [], [])
-    bar = progress_bar(
-        jax.random.split(key, config.epochs), desc="value training", disable=not progress
-    )
-    for epoch_key in bar:
-        params, opt_state, loss, acc = _train_epoch(
-            model, use_codes, tx, batch_size, config.label_smoothing,
-            variables, opt_state, inputs, y, epoch_key,
-        )  # fmt: skip
+    with EpochCheckpoints(checkpoint_dir, identity, max_to_keep=max_to_keep) as ckpt:
+        start, params, opt_state, saved = ckpt.restore(variables["params"], opt_state)
+        history = TrainHistory([], [], []) if saved is None else TrainHistory(**saved)
         variables = {**variables, "params": params}
-        record_epoch(history, loss, acc, variables, evaluate, config)
-        bar.set_postfix(loss=f"{history.loss[-1]:.4f}", acc=f"{history.accuracy[-1]:.3f}")
+        if start and progress:
+            note(
+                f"resuming value training from epoch {start} of {config.epochs} ({checkpoint_dir})"
+            )
+        bar = progress_bar(
+            range(start, config.epochs), desc="value training", initial=start,
+            total=config.epochs, disable=not progress,
+        )  # fmt: skip
+        for epoch in bar:
+            params, opt_state, loss, acc = _train_epoch(
+                model, use_codes, tx, batch_size, config.label_smoothing, mesh,
+                variables, opt_state, inputs, y, epoch_keys[epoch],
+            )  # fmt: skip
+            variables = {**variables, "params": params}
+            _record_epoch(history, loss, acc, variables, evaluate, config)
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}", acc=f"{history.accuracy[-1]:.3f}")
+            ckpt.save(epoch + 1, params, opt_state, history._asdict())
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, variables, history)
     return variables, history

@@ -72,7 +72,7 @@ def worker(args: argparse.Namespace) -> dict:
 
         def epoch(v, s, codes, y):
             return values_lib._train_epoch(
-                model, True, tx, args.batch, 0.1, v, s, codes, y, jax.random.key(4)
+                model, True, tx, args.batch, 0.1, None, v, s, codes, y, jax.random.key(4)
             )
 
         t = time_call(epoch, variables, opt_state, codes, y, repeats=args.repeats)

@@ -2,7 +2,7 @@
 
 Each device count runs in its own subprocess, because the number of CPU devices
 (``jax_num_cpu_devices``) must be set before JAX starts. A subprocess builds a synthetic DKVB
-model, evaluates a fixed set of embeddings with :func:`dkvb_jax.parallel.evaluate` over a
+model, evaluates a fixed set of embeddings with :func:`dkvb_jax.training.evaluate` over a
 ``data`` mesh, and reports examples per second (median of ``--repeats`` timed runs after a
 compiling warm-up). It also checks that the accuracy equals the one-device accuracy.
 
@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> dict:
         jax.config.update("jax_num_cpu_devices", args.devices)
     import numpy as np
 
-    from dkvb_jax import parallel
+    from dkvb_jax import parallel, training
     from dkvb_jax.config import DKVBConfig
     from dkvb_jax.model import DKVB
 
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> dict:
     variables = parallel.place_variables(variables, mesh)
 
     def run():
-        result = parallel.evaluate(model, variables, x, mesh, y, batch_size=args.batch_size)
+        result = training.evaluate(model, variables, x, y, mesh=mesh, batch_size=args.batch_size)
         result.logits.block_until_ready()
         return result
 

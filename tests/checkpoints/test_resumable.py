@@ -1,4 +1,6 @@
-"""Resumable value training: an interrupted then resumed run equals an uninterrupted one."""
+"""Resumable value training: an interrupted then resumed run equals an uninterrupted one.
+
+`training.train_values(checkpoint_dir=...)`, on one device and on a mesh."""
 
 import dataclasses
 
@@ -35,23 +37,32 @@ def _equal(a, b):
     )
 
 
+def _mesh(name):
+    if name is None:
+        return None
+    if jax.device_count() < 8:
+        pytest.skip("needs the 8 forced CPU devices of tests/conftest.py")
+    return parallel.data_mesh(8)
+
+
+@pytest.mark.parametrize("mesh", [None, "data8"], ids=["one-device", "data8"])
 @pytest.mark.parametrize("stop_after", [1, 3])
-def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, capsys):
+def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, mesh, capsys):
     model, variables, x, y = problem
-    key = jax.random.key(1)
-    want, want_hist = training.train_values(
-        model, variables, x, y, key=key, config=TRAIN, eval_data=(x, y), progress=False
+    kwargs = dict(
+        key=jax.random.key(1), config=TRAIN, eval_data=(x, y), mesh=_mesh(mesh), progress=False
     )
+    want, want_hist = training.train_values(model, variables, x, y, **kwargs)
 
     def interrupt(epoch, *_):
         if epoch == stop_after:
             raise Interrupted
 
-    kwargs = dict(key=key, directory=tmp_path, config=TRAIN, eval_data=(x, y), progress=False)
+    kwargs["checkpoint_dir"] = tmp_path
     with pytest.raises(Interrupted):
-        checkpoints.fit_values(model, variables, x, y, on_epoch_end=interrupt, **kwargs)
+        training.train_values(model, variables, x, y, on_epoch_end=interrupt, **kwargs)
     seen = []
-    got, hist = checkpoints.fit_values(
+    got, hist = training.train_values(
         model, variables, x, y, on_epoch_end=lambda e, *_: seen.append(e),
         **{**kwargs, "progress": True},
     )  # fmt: skip
@@ -65,8 +76,8 @@ def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, capsys):
 
 def test_keeps_only_the_last_checkpoints(tmp_path, problem):
     model, variables, x, y = problem
-    checkpoints.fit_values(
-        model, variables, x, y, key=jax.random.key(1), directory=tmp_path, config=TRAIN,
+    training.train_values(
+        model, variables, x, y, key=jax.random.key(1), checkpoint_dir=tmp_path, config=TRAIN,
         max_to_keep=2, progress=False,
     )  # fmt: skip
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [3, 4]
@@ -90,26 +101,9 @@ def _raise(*_):
 )
 def test_resume_of_a_different_run_is_refused(tmp_path, problem, change, field):
     model, variables, x, y = problem
-    kwargs = dict(key=jax.random.key(1), directory=tmp_path, config=TRAIN, progress=False)
+    kwargs = dict(key=jax.random.key(1), checkpoint_dir=tmp_path, config=TRAIN, progress=False)
     with pytest.raises(Interrupted):
-        checkpoints.fit_values(model, variables, x, y, on_epoch_end=_raise, **kwargs)
+        training.train_values(model, variables, x, y, on_epoch_end=_raise, **kwargs)
     kwargs, y = change(kwargs, y)
     with pytest.raises(checkpoints.CheckpointError, match=f"differs in: .*{field}"):
-        checkpoints.fit_values(model, variables, x, y, **kwargs)
-
-
-def test_data_parallel_resume_equals_uninterrupted_data_parallel_run(tmp_path, problem):
-    if jax.device_count() < 8:
-        pytest.skip("needs the 8 forced CPU devices of tests/conftest.py")
-    model, variables, x, y = problem
-    mesh = parallel.data_mesh(8)
-    key = jax.random.key(1)
-    want, want_hist = parallel.train_values(
-        model, variables, x, y, mesh, key=key, config=TRAIN, progress=False
-    )
-    kwargs = dict(key=key, directory=tmp_path, config=TRAIN, mesh=mesh, progress=False)
-    with pytest.raises(Interrupted):
-        checkpoints.fit_values(model, variables, x, y, on_epoch_end=_raise, **kwargs)
-    got, hist = checkpoints.fit_values(model, variables, x, y, **kwargs)
-    assert _equal(got, want)
-    assert (hist.loss, hist.accuracy) == (want_hist.loss, want_hist.accuracy)
+        training.train_values(model, variables, x, y, **kwargs)

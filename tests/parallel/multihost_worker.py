@@ -17,7 +17,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 import numpy as np  # noqa: E402
 
-from dkvb_jax import parallel  # noqa: E402
+from dkvb_jax import parallel, training  # noqa: E402
 from dkvb_jax.parallel import distributed  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,26 +29,26 @@ def main(address: str, num_processes: int, process_id: int, out: str) -> None:
     model, variables, x, y = tiny_problem()
     mesh = parallel.data_mesh()
     gx, valid, gy = distributed.global_batch(x, mesh, labels=y)
-    usage = parallel.key_usage(model, variables, gx, mesh, gy, valid=valid)
-    result = parallel.evaluate(model, variables, gx, mesh, gy, valid=valid, batch_size=4)
-    trained, _ = parallel.train_values(
+    usage = training.key_usage(model, variables, gx, gy, mesh=mesh, valid=valid)
+    result = training.evaluate(model, variables, gx, gy, mesh=mesh, valid=valid, batch_size=4)
+    trained, _ = training.train_values(
         model,
         variables,
         gx,
         gy,
-        mesh,
         key=jax.random.key(7),
         config=VALUES,
+        mesh=mesh,
         valid=valid,
         progress=False,
     )
-    fitted, _ = parallel.fit_keys(
+    fitted, _ = training.fit_keys(
         model,
         variables,
         gx,
-        mesh,
         key=jax.random.key(4),
         config=KEYS,
+        mesh=mesh,
         valid=valid,
         progress=False,
     )

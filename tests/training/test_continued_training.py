@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 
-from dkvb_jax import DKVB, DKVBConfig, checkpoints, parallel, training  # noqa: E402
+from dkvb_jax import DKVB, DKVBConfig, parallel, training  # noqa: E402
 from dkvb_jax.testing import clustered_embeddings  # noqa: E402
 from dkvb_jax.training import values as values_lib  # noqa: E402
 from dkvb_jax.unlearning import forget_classes, masked_pairs  # noqa: E402
@@ -52,7 +52,9 @@ def pretrained(fitted):
     for name, make in OPTIMISERS.items():
         tx = make()
         state = tx.init(variables["params"])
-        params, state, _, _ = _core_epoch(model, tx, variables, state, inputs, y, jax.random.key(2))
+        params, state, _, _ = _epoch(
+            None, model, tx, variables, state, inputs, y, jax.random.key(2)
+        )
         out[name] = (tx, {**variables, "params": params}, state)
     return out
 
@@ -72,21 +74,20 @@ def _check_masked_unchanged(before, after):
     assert not np.array_equal(old[~masked], new[~masked]), "unmasked values did not train"
 
 
-def _core_epoch(model, tx, variables, state, inputs, y, rng):
-    return values_lib._train_epoch(model, True, tx, BATCH, 0.1, variables, state, inputs, y, rng)
+def _epoch(mesh, model, tx, variables, state, inputs, y, rng):
+    """The trainer's epoch, on one device or replicated over a mesh."""
+    if mesh is not None:
+        variables, state = jax.device_put((variables, state), parallel.replicated(mesh))
+    return values_lib._train_epoch(
+        model, True, tx, BATCH, 0.1, mesh, variables, state, inputs, y, rng
+    )
 
 
-def _parallel_epoch(model, tx, variables, state, inputs, y, rng):
-    mesh = parallel.data_mesh(8)
-    variables, state = jax.device_put((variables, state), parallel.replicated(mesh))
-    return parallel.train_epoch(model, True, tx, BATCH, 0.1, mesh, variables, state, inputs, y, rng)
-
-
-@pytest.mark.parametrize("epoch_fn", [_core_epoch, _parallel_epoch], ids=["core", "parallel"])
+@pytest.mark.parametrize("mesh", [None, 8], ids=["one-device", "data8"])
 @pytest.mark.parametrize("optimiser", list(OPTIMISERS))
 @pytest.mark.parametrize("mode, hard", UNLEARNING)
 def test_carried_optimiser_state_never_moves_masked_pairs(
-    fitted, pretrained, epoch_fn, optimiser, mode, hard
+    fitted, pretrained, mesh, optimiser, mode, hard
 ):
     """The state from before unlearning (Adam moments, momentum) and weight decay are masked."""
     model, _, (x, y), _ = fitted
@@ -96,31 +97,33 @@ def test_carried_optimiser_state_never_moves_masked_pairs(
         masked = np.asarray(masked_pairs(forgotten))
         assert not np.asarray(forgotten["params"]["values"])[masked].any()
     inputs = training.compute_codes(model, forgotten, x)
-    params = epoch_fn(model, tx, forgotten, state, inputs, jnp.asarray(y), jax.random.key(3))[0]
+    mesh = None if mesh is None else parallel.data_mesh(mesh)
+    params = _epoch(mesh, model, tx, forgotten, state, inputs, jnp.asarray(y), jax.random.key(3))[0]
     _check_masked_unchanged(forgotten, {**forgotten, "params": params})
 
 
-def _continue(driver, model, variables, x, y, config, directory):
-    """Value training by one of the library's drivers, all from the same key."""
-    kwargs = dict(key=jax.random.key(4), config=config, progress=False)
-    if driver == "train_values":
-        return training.train_values(model, variables, x, y, **kwargs)
-    if driver == "parallel":
-        return parallel.train_values(model, variables, x, y, parallel.data_mesh(8), **kwargs)
-    return checkpoints.fit_values(model, variables, x, y, directory=directory, **kwargs)
+# The trainer's settings: one device, a mesh, per-epoch checkpoints.
+SETTINGS = {
+    "one-device": lambda tmp_path: {},
+    "data8": lambda tmp_path: {"mesh": parallel.data_mesh(8)},
+    "checkpointed": lambda tmp_path: {"checkpoint_dir": tmp_path},
+}
 
 
-@pytest.mark.parametrize("driver", ["train_values", "parallel", "fit_values"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("mode, hard", UNLEARNING)
 def test_adamw_after_unlearning_never_moves_masked_pairs(
-    fitted, pretrained, driver, mode, hard, tmp_path
+    fitted, pretrained, setting, mode, hard, tmp_path
 ):
     model, _, (x, y), _ = fitted
     forgotten = _forget_class_0(model, pretrained["adam"][1], (x, y), mode, hard)
     config = training.ValueTrainConfig(
         epochs=2, batch_size=BATCH, optimizer="adam", learning_rate=0.05, weight_decay=0.1
     )
-    trained, _ = _continue(driver, model, forgotten, x, y, config, tmp_path)
+    kwargs = dict(key=jax.random.key(4), config=config, progress=False)
+    trained, _ = training.train_values(
+        model, forgotten, x, y, **kwargs, **SETTINGS[setting](tmp_path)
+    )
     _check_masked_unchanged(forgotten, trained)
 
 
