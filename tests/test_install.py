@@ -27,8 +27,12 @@ NOT_ON_IMPORT = (
 )
 
 
-def test_import_dkvb_jax_pulls_in_no_optional_package():
-    probe = "import sys, dkvb_jax; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+# The package, and what `dkvb --help` loads (the command line and the experiment pipeline).
+@pytest.mark.parametrize("modules", ["dkvb_jax", "dkvb_jax.cli.main, dkvb_jax.experiment"])
+def test_import_pulls_in_no_optional_package(modules):
+    probe = (
+        f"import sys, {modules}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(out.stdout.split())
     assert "dkvb_jax" in loaded
