@@ -1,6 +1,6 @@
 """Builds notebooks/quickstart.ipynb from the cells below, executed, so readers see its outputs.
 
-    python notebooks/make_quickstart.py             # build and execute (about a minute on CPU)
+    python notebooks/make_quickstart.py             # build and execute it (CPU)
     python notebooks/make_quickstart.py --no-execute
 
 The notebook is generated, not hand-edited, so it stays reviewable as code and reproducible;
