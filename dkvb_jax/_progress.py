@@ -8,9 +8,16 @@ bars, and no intermediate refreshes, only the bar's start and its final state.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # In a notebook without ipywidgets, tqdm.auto warns and then falls back to the text bar;
+    # that fallback is what a reader needs, the warning (on `import dkvb_jax`) is noise.
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 _NOTEBOOK = tqdm.__module__.startswith("tqdm.notebook")
 

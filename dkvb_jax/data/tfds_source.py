@@ -28,6 +28,7 @@ import numpy as np
 
 from dkvb_jax.data import images as images_lib
 from dkvb_jax.data.sources import ImageSource
+from dkvb_jax.errors import InputError
 
 Backend = Literal["auto", "data_source", "tf"]
 BACKENDS: tuple[str, ...] = ("auto", "data_source", "tf")
@@ -44,6 +45,19 @@ MANUAL_DOWNLOAD: frozenset[str] = frozenset({"imagenet2012"})
 def tensorflow_available() -> bool:
     """Whether TensorFlow can be imported (needed only by the ``tf`` backend)."""
     return importlib.util.find_spec("tensorflow") is not None
+
+
+def _import_tfds(name: str) -> Any:
+    """The `tensorflow_datasets` module: an optional extra, so its absence is a clear error."""
+    try:
+        import tensorflow_datasets as tfds
+    except ModuleNotFoundError as e:
+        raise InputError(
+            f"dataset {name!r} is read through tensorflow-datasets, which is not installed: "
+            "pip install 'dkvb_jax[tfds]' (CIFAR-10 can also be read from a folder holding "
+            "cifar10-jpeg.zip: --data-dir)."
+        ) from e
+    return tfds
 
 
 def _resolve_split(name: str, split: str) -> str:
@@ -70,6 +84,7 @@ class TfdsSource(ImageSource):
         ValueError: unknown dataset, split or backend, or the dataset has no image/label feature.
         FileNotFoundError: imagenet2012's manual files are missing.
         ImportError: the ``tf`` backend was asked for without TensorFlow.
+        InputError: tensorflow-datasets is not installed (the ``tfds`` extra).
     """
 
     def __init__(
@@ -96,7 +111,7 @@ class TfdsSource(ImageSource):
         self._kwargs = dict(
             data_dir=None if data_dir is None else os.fspath(data_dir),
             download=download,
-            download_and_prepare_kwargs=self._prepare_kwargs(manual_dir),
+            download_and_prepare_kwargs=self._prepare_kwargs(name, manual_dir),
         )
         self.backend = backend
         if backend in ("auto", "data_source"):
@@ -123,16 +138,16 @@ class TfdsSource(ImageSource):
         super().__init__(features[label_key].names, image_size)
 
     @staticmethod
-    def _prepare_kwargs(manual_dir) -> dict[str, Any]:
+    def _prepare_kwargs(name: str, manual_dir) -> dict[str, Any]:
         if manual_dir is None:
             return {}
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds(name)
 
         return {"download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
 
     def _call(self, fn, **kwargs):
         """Runs a tfds entry point, translating its errors into ones that say what to do."""
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds(self.name)
 
         try:
             return fn(self.name, split=self.split, **self._kwargs, **kwargs)
@@ -152,7 +167,7 @@ class TfdsSource(ImageSource):
             raise ValueError(f"Unknown split {self.split!r} for tfds dataset {self.name!r}.") from e
 
     def _open_data_source(self):
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds(self.name)
 
         ds = self._call(tfds.data_source)
         return ds, ds.dataset_info
@@ -160,7 +175,7 @@ class TfdsSource(ImageSource):
     def _load_with_tf(self):
         if not tensorflow_available():
             raise ImportError("backend='tf' needs tensorflow: pip install tensorflow-cpu.")
-        import tensorflow_datasets as tfds
+        tfds = _import_tfds(self.name)
 
         ds, info = self._call(tfds.load, with_info=True)
         records = [

@@ -2,7 +2,8 @@
 
 These file formats are read into `dict[str, np.ndarray]`:
 
-* `.safetensors`, through the safetensors NumPy API (bfloat16 is read through `ml_dtypes`).
+* `.safetensors`, through the safetensors NumPy API when it is installed (the `safetensors`
+  extra), otherwise directly (bfloat16 is read through `ml_dtypes`).
 * The zip format `torch.save` has written since PyTorch 1.6 (`.pt`, `.pth`, `.bin`), with
   weights-only semantics and without importing torch: the pickle in `<archive>/data.pkl` is read
   by a restricted unpickler that admits only the tensor-rebuild functions, storage types, dtypes
@@ -117,10 +118,13 @@ def load_safetensors(path: PathLike) -> StateDict:
       FileNotFoundError: no file at `path`.
       ValueError: the file is truncated or its header is corrupt.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     path = _check_file(path)
+    try:
+        # An optional extra: the format is simple enough to read directly without it.
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ModuleNotFoundError:
+        return _read_safetensors_raw(path)
     try:
         return load_file(path)
     except SafetensorError as e:

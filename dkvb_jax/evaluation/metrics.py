@@ -6,6 +6,7 @@ All passes are jitted and batched with ``lax.map`` over fixed-size padded batche
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -114,14 +115,15 @@ def per_example_loss(
 ) -> np.ndarray:
     """Cross-entropy of each example, [n] float32 (the membership-inference feature)."""
     validate_split(x, y, "per_example_loss input")
+    return np.asarray(_losses(apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size))
 
-    def fn(apply_fn, v, x, y, bs):
-        return optax.softmax_cross_entropy_with_integer_labels(_logits(apply_fn, v, x, bs), y)
 
-    return np.asarray(
-        jax.jit(fn, static_argnums=(0, 4))(
-            apply_fn, variables, jnp.asarray(x), jnp.asarray(y), batch_size
-        )
+# Module level, so that a second call with the same shapes reuses the compiled program (a
+# function defined inside per_example_loss was a new one to jit, and compiled, on every call).
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _losses(apply_fn, variables, x, y, batch_size):
+    return optax.softmax_cross_entropy_with_integer_labels(
+        _logits(apply_fn, variables, x, batch_size), y
     )
 
 

@@ -25,14 +25,20 @@ from dkvb_jax.experiment.fitting import (
     save_fitted,
     standardizer,
 )
-from dkvb_jax.experiment.plots import (
-    plot_accuracy_vs_cost,
-    plot_mean_sweep,
-    plot_per_class,
-    plot_sweep,
-    save_plots,
-)
 from dkvb_jax.experiment.recipe import Fit, fit_from_config, holdout_rows
+
+# The plots load matplotlib (about a second): imported on first use, so `dkvb --help` and code
+# that never plots do not pay for it.
+_PLOTS = ("plot_accuracy_vs_cost", "plot_mean_sweep", "plot_per_class", "plot_sweep", "save_plots")
+
+
+def __getattr__(name: str):
+    if name in _PLOTS:
+        from dkvb_jax.experiment import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BASELINE_NAMES",

@@ -253,18 +253,37 @@ def image_folder(tmp_path_factory):
             str(root / "imgs"), "--cache-dir", str(root / "cache")]  # fmt: skip
 
 
+SMALL = "--codebooks 4 --keys 8 --key-dim 4 --key-epochs 1 --value-epochs 1 --no-progress".split()
+
+
+@pytest.fixture(scope="module")
+def certified_fit(image_folder, tmp_path_factory):
+    """One fit of the certified recipe on the image folder; each test unlearns from a copy."""
+    ckpt = tmp_path_factory.mktemp("certified") / "ckpt"
+    argv = ["fit", *image_folder, *SMALL, "--recipe", "certified", "--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    return ckpt
+
+
+def _fit(image_folder, certified_fit, tmp_path, capsys, recipe="certified") -> str:
+    ckpt = tmp_path / "ckpt"
+    if recipe == "certified":
+        shutil.copytree(certified_fit, ckpt)
+    else:
+        argv = ["fit", *image_folder, *SMALL, "--recipe", recipe, "--checkpoint", str(ckpt)]
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+    return str(ckpt)
+
+
 @pytest.mark.parametrize(
     "recipe, certified, named",
     [("certified", True, ()), ("paper", False, ("the preprocess (", "the keys ("))],
 )
-def test_unlearn_certificate_comes_from_what_the_fit_recorded(image_folder, tmp_path, capsys,
-                                                               recipe, certified, named):  # fmt: skip
-    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
-             "--value-epochs", "1", "--no-progress"]  # fmt: skip
-    ckpt = str(tmp_path / "ckpt")
-    code, _, err = run(capsys, "fit", *image_folder, *small, "--recipe", recipe, "--checkpoint",
-                       ckpt)  # fmt: skip
-    assert code == 0, err
+def test_unlearn_certificate_comes_from_what_the_fit_recorded(
+    image_folder, certified_fit, tmp_path, capsys, recipe, certified, named
+):
+    ckpt = _fit(image_folder, certified_fit, tmp_path, capsys, recipe)
     code, out, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "1",
                          "--method", "exact", "--no-progress")  # fmt: skip
     assert code == 0, err
@@ -279,12 +298,10 @@ def test_unlearn_certificate_comes_from_what_the_fit_recorded(image_folder, tmp_
     assert exit_.value.code == 2 and "--keys-independent" in capsys.readouterr().err
 
 
-def test_certified_model_forgets_examples_from_its_statistics(image_folder, tmp_path, capsys):
-    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
-             "--no-progress"]  # fmt: skip
-    ckpt = str(tmp_path / "ckpt")
-    assert run(capsys, "fit", *image_folder, *small, "--recipe", "certified", "--checkpoint",
-               ckpt)[0] == 0  # fmt: skip
+def test_certified_model_forgets_examples_from_its_statistics(
+    image_folder, certified_fit, tmp_path, capsys
+):
+    ckpt = _fit(image_folder, certified_fit, tmp_path, capsys)
     settings = json.loads((tmp_path / "ckpt" / "run.json").read_text())["fit_settings"]
     assert settings["values"] == "EstimatorConfig"
     (held_rows,) = load_fitted(ckpt)[0].provenance.part("preprocess").rows
@@ -314,11 +331,10 @@ def test_unlearn_sweeps_the_fits_grid_on_a_bounded_subset(npz, tmp_path, capsys)
     assert "uva (N=2)" in out or "uva (N=4)" in out
 
 
-def test_evaluate_refuses_another_encoder_before_encoding(image_folder, tmp_path, capsys):
-    small = ["--codebooks", "4", "--keys", "8", "--key-dim", "4", "--key-epochs", "1",
-             "--no-progress"]  # fmt: skip
-    ckpt = str(tmp_path / "ckpt")
-    assert run(capsys, "fit", *image_folder, *small, "--checkpoint", ckpt)[0] == 0
+def test_evaluate_refuses_another_encoder_before_encoding(
+    image_folder, certified_fit, tmp_path, capsys
+):
+    ckpt = _fit(image_folder, certified_fit, tmp_path, capsys)
     other = [a if a != "cifar_resnet20" else "mobilenet_v1" for a in image_folder]
     code, _, err = run(capsys, "evaluate", *other, "--checkpoint", ckpt, "--no-progress")
     assert code == 2 and "reads cifar_resnet20 embeddings" in err

@@ -1,5 +1,8 @@
 """Accuracy, per-class accuracy, losses and splits against NumPy brute force."""
 
+import logging
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,6 +53,19 @@ def test_per_example_loss_is_cross_entropy():
     np.testing.assert_allclose(
         per_example_loss(apply_fn, VARS, x, y, batch_size=4), expected, rtol=1e-4
     )
+
+
+def test_per_example_loss_compiles_once_per_shape(caplog):
+    # Membership inference calls it for every row of a results table: a compilation per call
+    # was most of its cost.
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(9, 5)).astype(np.float32), rng.integers(0, 3, 9).astype(np.int32)
+    per_example_loss(apply_fn, VARS, x, y, batch_size=4)
+    other = {"params": {"w": jnp.asarray(W[::-1].copy())}}  # other values, same shapes
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+        per_example_loss(apply_fn, other, x[::-1].copy(), y, batch_size=4)
+    compiled = [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()]
+    assert not compiled, compiled
 
 
 def test_deltas():
