@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import clip
 from dkvb_jax.encoders import state_dict as sd
@@ -172,7 +173,7 @@ def checkpoints(tmp_path_factory):
         if v["text"]:
             state.update(text_tower_state(np.random.default_rng(1)))
         path = root / f"{name}.{v['fmt']}"
-        sd.save_torch_zip(state, path) if v["fmt"] == "pt" else save_file(state, str(path))
+        save_torch_zip(state, path) if v["fmt"] == "pt" else save_file(state, str(path))
         # The reference sees exactly the stored values (fp16-rounded where stored as fp16).
         out[name] = (path, {k: a.astype(v["dtype"]) for k, a in visual.items()}, state)
     return out

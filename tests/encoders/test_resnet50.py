@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import resnet50 as rn
 from dkvb_jax.encoders import state_dict as sd
@@ -158,7 +159,7 @@ def checkpoints(tmp_path_factory):
 
     state = torchvision_state_dict(TINY)
     root = tmp_path_factory.mktemp("resnet")
-    sd.save_torch_zip(state, root / "tiny.pt")
+    save_torch_zip(state, root / "tiny.pt")
     save_file(state, str(root / "tiny.safetensors"))
     return state, {"pt": root / "tiny.pt", "safetensors": root / "tiny.safetensors"}
 
@@ -287,7 +288,7 @@ def test_registered_in_get_encoder(checkpoints):
 
 def test_headless_checkpoint_loads_and_refuses_logits(checkpoints, tmp_path):
     state = {k: v for k, v in checkpoints[0].items() if not k.startswith("fc.")}
-    sd.save_torch_zip(state, tmp_path / "headless.pt")
+    save_torch_zip(state, tmp_path / "headless.pt")
     module, variables, _, embed_dim, _ = rn.resnet50_encoder(tmp_path / "headless.pt", config=TINY)
     x = jnp.zeros((1, 32, 32, 3))
     assert "fc" not in variables["params"]
