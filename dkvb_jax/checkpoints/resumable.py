@@ -10,7 +10,6 @@ A directory written for another model, training setting, dataset or key is refus
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pathlib
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from dkvb_jax import _validation, parallel
+from dkvb_jax._fingerprint import arrays_sha256
 from dkvb_jax._progress import note, progress_bar
 from dkvb_jax.checkpoints import _orbax
 from dkvb_jax.checkpoints._orbax import CheckpointError
@@ -33,24 +33,17 @@ FORMAT = "dkvb_jax.fit_values"
 ITEMS = ("state", "meta")
 
 
-def _fingerprint(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _run_identity(model, variables, x, y, key, config) -> dict:
     """What must match for a resume to continue the same run."""
     return {
         "model_config": model.config.to_dict(),
         "train_config": dataclasses.asdict(config),
-        "data": _fingerprint(x, y),
-        "frozen_and_mask": _fingerprint(*jax.tree.leaves((variables["frozen"], variables["mask"]))),
-        "initial_params": _fingerprint(*jax.tree.leaves(variables["params"])),
-        "key": _fingerprint(jax.random.key_data(key)),
+        "data": arrays_sha256(x, y),
+        "frozen_and_mask": arrays_sha256(
+            *jax.tree.leaves((variables["frozen"], variables["mask"]))
+        ),
+        "initial_params": arrays_sha256(*jax.tree.leaves(variables["params"])),
+        "key": arrays_sha256(jax.random.key_data(key)),
     }
 
 

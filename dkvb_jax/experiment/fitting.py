@@ -14,7 +14,6 @@ preprocessing state besides its own variables.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 import shutil
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import checkpoints, exact
+from dkvb_jax._fingerprint import arrays_sha256
 from dkvb_jax._progress import note
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.data.registry import drawn_from
@@ -214,7 +214,7 @@ def fit_dkvb(
         record={
             "dataset": dataset,
             "encoder": encoder,
-            "ids": None if ids is None else data_fingerprint(np.asarray(ids)),
+            "ids": None if ids is None else arrays_sha256(np.asarray(ids)),
             "key_rows": None if key_rows is None else key_rows.digest,
             "preprocess_rows": None if preprocess_rows is None else preprocess_rows.digest,
         },
@@ -223,7 +223,7 @@ def fit_dkvb(
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     run_info = {
         **(run_info or {}),
-        "data_fingerprint": data_fingerprint(x, y, key_data),
+        "data_fingerprint": arrays_sha256(x, y, key_data),
         SETTINGS: settings,
     }
     if ckpt is not None:
@@ -432,16 +432,6 @@ def _load_stats(path: pathlib.Path, step: int, variables: dict, provenance) -> L
     return stats
 
 
-def data_fingerprint(*arrays) -> str:
-    """sha256 of arrays (dtype, shape, bytes): identifies the data a checkpoint was fitted on."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def fit_settings(
     config: DKVBConfig,
     x: np.ndarray,
@@ -471,13 +461,13 @@ def fit_settings(
         "value_config": dataclasses.asdict(value_config),
         "preprocess": preprocess,
         "key": key_json,
-        "data": data_fingerprint(np.asarray(x, np.float32), np.asarray(y)),
-        "key_data": data_fingerprint(np.asarray(key_data, np.float32)),
+        "data": arrays_sha256(np.asarray(x, np.float32), np.asarray(y)),
+        "key_data": arrays_sha256(np.asarray(key_data, np.float32)),
         "values": type(value_config).__name__,
         "stats_config": None if stats_config is None else dataclasses.asdict(stats_config),
         "preprocess_data": None
         if preprocess_data is None
-        else data_fingerprint(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
+        else arrays_sha256(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
         # What the provenance record is built from (it is derived from these and the above).
         "record": record,
     }
