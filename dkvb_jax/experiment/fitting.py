@@ -32,7 +32,7 @@ from dkvb_jax.encoders.registry import encoder_provenance
 from dkvb_jax.exact import EstimatorConfig, LabelStats, StatsConfig
 from dkvb_jax.exact.statistics import fingerprint as exact_fingerprint
 from dkvb_jax.model import DKVB
-from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
+from dkvb_jax.model.preprocess import KINDS, Affine, Kind, fit_affine, fold_affine
 from dkvb_jax.provenance import UNNAMED, Part, Provenance, Rows
 from dkvb_jax.training import (
     KeyInitConfig,
@@ -91,28 +91,6 @@ def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float64)
     mu, sd = x.mean(0), x.std(0)
     return mu.astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
-
-
-def fold_standardization(variables: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
-    """Variables that read raw `x` as the given ones read `(x - mu) / sd` (see module docstring).
-
-    Only the random-projection splitter has a projection to fold into.
-    """
-    frozen = variables["frozen"]
-    if "projection" not in frozen:
-        raise ValueError(
-            "fold_standardization needs the random_projection splitter (a 'projection' to fold "
-            "the standardisation into); use ExperimentConfig(preprocess='none') with other "
-            "splitters."
-        )
-    proj = jnp.asarray(frozen["projection"])
-    shift = jnp.einsum("D,Dcd->cd", jnp.asarray(mu / sd), proj, precision="highest")
-    new_frozen = {
-        **frozen,
-        "projection": proj / jnp.asarray(sd)[:, None, None],
-        "keys": frozen["keys"] + shift[:, None, :],
-    }
-    return {**variables, "frozen": new_frozen}
 
 
 def build_model(config: DKVBConfig, key: jax.Array) -> tuple[DKVB, dict]:
@@ -245,7 +223,8 @@ def fit_dkvb(
                 model, variables, (key_data - mu) / sd, key=k_keys, config=key_config,
                 progress=progress,
             )  # fmt: skip
-            variables = fold_standardization(variables, mu, sd)
+            # The diagonal case of the affine fold: (x - mu) * (1 / sd).
+            variables = fold_affine(variables, Affine(mu, (1.0 / sd).astype(np.float32)))
         else:
             if preprocess != "none":
                 # Folded first: the keys are then fitted on the model's own queries.
