@@ -6,10 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from dkvb_jax.cli.main import METHODS as CLI_METHODS
 from dkvb_jax.cli.main import RECIPE_CHOICES
 from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
 from dkvb_jax.experiment import (
+    DKVB_METHODS,
     ExperimentConfig,
     best_learned_class,
     fit_dkvb,
@@ -223,6 +225,7 @@ def test_config_recipes():
         "trained", 0.0, "adam")  # fmt: skip
     assert (paper.values, paper.holdout_fraction) == ("trained", 0.0)
     assert set(RECIPE_CHOICES) == set(RECIPES)
+    assert CLI_METHODS == DKVB_METHODS
     vc = paper.value_config()
     assert (paper.preprocess, paper.top_k, paper.num_keys) == ("standardize", 1, 64)
     assert (vc.optimizer, vc.learning_rate, vc.label_smoothing, vc.clip_norm) == (
