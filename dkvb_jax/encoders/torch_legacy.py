@@ -25,7 +25,7 @@ import numpy as np
 from dkvb_jax.encoders import _torch_pickle
 from dkvb_jax.encoders._torch_pickle import StorageRef, UnsafePickleError
 
-__all__ = ["MAGIC_NUMBER", "PROTOCOL_VERSION", "UnsafePickleError", "load_legacy"]
+__all__ = ["UnsafePickleError", "load_legacy"]
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
