@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-Part = str | bytes | bytearray | memoryview | np.ndarray | Any
+# A string (hashed as UTF-8), bytes-like, or an array (NumPy or JAX).
+Part = Any
 
 
 def _bytes(part: Part) -> bytes | bytearray | memoryview | np.ndarray:
