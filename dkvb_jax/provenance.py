@@ -14,11 +14,12 @@ alone; a caller can take a certificate away (:meth:`Certificate.withdrawn`), nev
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from dkvb_jax import _fingerprint
 
 PARTS: tuple[str, ...] = ("encoder", "preprocess", "keys", "values")
 # Namespace of labelled rows the caller did not name: comparable with nothing else.
@@ -80,9 +81,9 @@ class Rows:
 
     @property
     def digest(self) -> str:
-        h = hashlib.sha256(f"{self.dataset}|{self.labels}|".encode())
-        h.update(b"all" if self.ids is None else self.ids.tobytes())
-        return h.hexdigest()
+        return _fingerprint.sha256(
+            f"{self.dataset}|{self.labels}|", b"all" if self.ids is None else self.ids
+        )
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Rows) and self.digest == other.digest

@@ -49,6 +49,7 @@ from dkvb_jax.training import (
     train_values,
 )
 from dkvb_jax.unlearning import fast_eval
+from dkvb_jax.unlearning.masking import MASK_MODES
 
 DEFAULT_RECIPES = pathlib.Path(__file__).parent / "configs" / "model_quality.json"
 
@@ -500,7 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-n-uva", type=int, default=256, help="largest N_a tried (doubling grid)")
     p.add_argument("--max-n-uve", type=int, default=256, help="largest N_e tried (doubling grid)")
     p.add_argument("--no-unlearning", action="store_true")
-    p.add_argument("--mask-mode", choices=["search", "readout"], default="search",
+    p.add_argument("--mask-mode", choices=MASK_MODES, default="search",
                    help="how UvA/UvE mask the selected pairs")  # fmt: skip
     p.add_argument("--synthetic", action="store_true", help="small synthetic data (smoke test)")
     p.add_argument("--seed", type=int, default=0)

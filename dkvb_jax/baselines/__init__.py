@@ -3,11 +3,11 @@
 Every baseline is a pure function
 ``(apply_fn, variables, data, config, *, key) -> (new_variables, CostRecord, Trajectory)`` that
 trains only ``variables['params']`` with optax and returns every other collection unchanged, so it
-runs on a linear/MLP head as well as on a DKVB model's values.
+runs on a classifier head as well as on a DKVB model's values.
 """
 
 from dkvb_jax.baselines.finetune import FineTuneConfig, finetune
-from dkvb_jax.baselines.heads import LinearHead, MLPHead, params_initializer
+from dkvb_jax.baselines.heads import LinearHead, params_initializer
 from dkvb_jax.baselines.neggrad import NegGradConfig, neggrad
 from dkvb_jax.baselines.retrain import RetrainConfig, retrain
 from dkvb_jax.baselines.scrub import SCRUBConfig, scrub
@@ -27,7 +27,6 @@ __all__ = [
     "BASELINES",
     "FineTuneConfig",
     "LinearHead",
-    "MLPHead",
     "NegGradConfig",
     "NonFiniteLossError",
     "OptimizerConfig",

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from dkvb_jax.baselines.stopping import StoppingConfig
-from dkvb_jax.baselines.trainer import OptimizerConfig, ce_phase, merge_params, train_loop
+from dkvb_jax.baselines.trainer import TrainConfig, ce_phase, merge_params, train_loop
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
@@ -22,37 +22,26 @@ __all__ = ["RetrainConfig", "retrain"]
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrainConfig:
-    """Retrain-from-scratch oracle.
+class RetrainConfig(TrainConfig):
+    """Retrain-from-scratch oracle: `TrainConfig`'s training, from fresh parameters.
 
     Attributes:
+      epochs, batch_size, optimizer: as in `TrainConfig` (the epochs are fixed: the oracle has
+        no forget accuracy to stop on).
+      progress: show a progress bar (on by default here).
       init_fn: ``key -> fresh params`` with the structure of ``variables['params']``; e.g.
         ``heads.params_initializer(LinearHead(10), embed_dim)``, or for DKVB values
         ``lambda key: jax.tree.map(jnp.zeros_like, variables['params'])``. Required.
-      epochs: training epochs (fixed: the oracle has no forget accuracy to stop on).
-      batch_size: minibatch size.
-      optimizer: optimizer config.
-      progress: show a progress bar.
     """
 
-    init_fn: Callable[[jax.Array], Any] | None = dataclasses.field(default=None, compare=False)
-    epochs: int = 30
-    batch_size: int = 256
-    optimizer: OptimizerConfig = OptimizerConfig(
-        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4
-    )
     progress: bool = True
+    init_fn: Callable[[jax.Array], Any] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.init_fn is not None and not callable(self.init_fn):
             raise TypeError(
                 f"RetrainConfig.init_fn must be callable (key -> params), got {type(self.init_fn).__name__}."
-            )
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"RetrainConfig.epochs must be an int >= 1, got {self.epochs!r}.")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(
-                f"RetrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}."
             )
 
 

@@ -35,7 +35,7 @@ from dkvb_jax.baselines.trainer import (
 from dkvb_jax.baselines.types import ApplyFn, Trajectory, UnlearningData, validate_unlearning_data
 from dkvb_jax.evaluation.cost import CostRecord
 
-__all__ = ["SCRUBConfig", "scrub", "scrub_losses"]
+__all__ = ["SCRUBConfig", "scrub"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -384,12 +384,11 @@ class TrainConfig:
     progress: bool = False
 
     def __post_init__(self):
+        name = type(self).__name__  # RetrainConfig shares these fields
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"TrainConfig.epochs must be an int >= 1, got {self.epochs!r}.")
+            raise ValueError(f"{name}.epochs must be an int >= 1, got {self.epochs!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(
-                f"TrainConfig.batch_size must be an int >= 1, got {self.batch_size!r}."
-            )
+            raise ValueError(f"{name}.batch_size must be an int >= 1, got {self.batch_size!r}.")
 
 
 def ce_loss(apply_fn: ApplyFn) -> LossFn:

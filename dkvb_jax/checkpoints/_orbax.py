@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import pathlib
@@ -27,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+
+from dkvb_jax import _fingerprint
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Step s is written into `<directory>/.dkvb-stage-<s>/s` (not a step name, so orbax ignores
@@ -126,7 +127,7 @@ def checksums(tree: Any) -> dict[str, dict] | None:
         out[path] = {
             "shape": list(arr.shape),
             "dtype": arr.dtype.str,
-            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+            "sha256": _fingerprint.sha256(arr),
         }
     return out
 
@@ -249,18 +250,13 @@ def move_into_place(new: pathlib.Path, target: pathlib.Path) -> None:
     os.rename(new, target)
 
 
-def _file_digest(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_file_list(step_dir: pathlib.Path) -> None:
     root = step_dir / "variables"
     files = {
-        str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _file_digest(p)}
+        str(p.relative_to(step_dir)): {
+            "size": p.stat().st_size,
+            "sha256": _fingerprint.file_sha256(p),
+        }
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
@@ -291,7 +287,7 @@ def check_files(step_dir: pathlib.Path, *, digests: bool) -> None:
             problem = "is missing"
         elif path.stat().st_size != want["size"]:
             problem = f"has {path.stat().st_size} bytes, {want['size']} were saved"
-        elif digests and _file_digest(path) != want["sha256"]:
+        elif digests and _fingerprint.file_sha256(path) != want["sha256"]:
             problem = "has changed since it was saved (sha256 differs)"
         else:
             continue

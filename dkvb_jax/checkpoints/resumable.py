@@ -11,29 +11,19 @@ trainer's.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pathlib
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from dkvb_jax._fingerprint import arrays_sha256
 from dkvb_jax.checkpoints import _orbax
 from dkvb_jax.checkpoints._orbax import CheckpointError
 
 # Kept from when resumable training was `fit_values`, so its directories still resume.
 FORMAT = "dkvb_jax.fit_values"
 ITEMS = ("state", "meta")
-
-
-def _fingerprint(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def run_identity(model, variables: dict, x, y, key: jax.Array, config) -> dict:
@@ -49,10 +39,12 @@ def run_identity(model, variables: dict, x, y, key: jax.Array, config) -> dict:
     return {
         "model_config": model.config.to_dict(),
         "train_config": dataclasses.asdict(config),
-        "data": _fingerprint(x, y),
-        "frozen_and_mask": _fingerprint(*jax.tree.leaves((variables["frozen"], variables["mask"]))),
-        "initial_params": _fingerprint(*jax.tree.leaves(variables["params"])),
-        "key": _fingerprint(jax.random.key_data(key)),
+        "data": arrays_sha256(x, y),
+        "frozen_and_mask": arrays_sha256(
+            *jax.tree.leaves((variables["frozen"], variables["mask"]))
+        ),
+        "initial_params": arrays_sha256(*jax.tree.leaves(variables["params"])),
+        "key": arrays_sha256(jax.random.key_data(key)),
     }
 
 

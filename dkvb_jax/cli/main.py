@@ -30,15 +30,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from dkvb_jax import __version__
+from dkvb_jax.data.registry import DATASETS
+from dkvb_jax.embedding import DEFAULT_CACHE_DIR
 from dkvb_jax.errors import InputError
+from dkvb_jax.model.preprocess import KINDS
 from dkvb_jax.unlearning.registry import METHODS
 
 # ExperimentConfig's recipes (dkvb_jax.experiment.RECIPES), named here so that building the
 # parser needs no experiment module; a test keeps the two equal.
 RECIPE_CHOICES = ("certified", "default", "lda_adam", "paper")
 
-DEFAULT_CACHE = os.environ.get("DKVB_CACHE_DIR", "~/.cache/dkvb_jax")
-DATASETS = ("cifar10_sample", "cifar10", "cifar100", "imagenet2012", "folder")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
 _PACKAGE_DIR = os.path.realpath(pathlib.Path(__file__).parents[1])
@@ -788,7 +789,7 @@ def cmd_demo(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE,
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                    help="embedding cache (default: $DKVB_CACHE_DIR or ~/.cache/dkvb_jax)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -835,7 +836,7 @@ def _model(p: argparse.ArgumentParser) -> None:
                    "exact), lda_adam (LDA and keys on every row, Adam-trained values) or paper "
                    "(standardised inputs, SGD); default (the same as certified) unless a "
                    "--config file names one")  # fmt: skip
-    p.add_argument("--preprocess", choices=["lda", "standardize", "pca_whiten", "none"],
+    p.add_argument("--preprocess", choices=KINDS,
                    default=None,
                    help="input map folded into the projection (default: the recipe's)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=None, help="keys retrieved per codebook (1)")

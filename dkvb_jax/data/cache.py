@@ -22,7 +22,6 @@ bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from dkvb_jax import _fingerprint
 from dkvb_jax._progress import progress_bar
 from dkvb_jax.data.sources import Source
 
@@ -85,7 +85,7 @@ def cache_path(
 ) -> pathlib.Path:
     """The folder of the cache entry for this key (readable prefix + hash of the exact key)."""
     key = _key(encoder_name, dataset_name, split, preprocessing_tag)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = _fingerprint.json_sha256(key, length=12)
     readable = "-".join(
         re.sub(r"[^A-Za-z0-9_.]+", "_", key[k])
         for k in ("dataset", "split", "encoder", "preprocessing")
@@ -103,14 +103,6 @@ def _key(encoder_name, dataset_name, split, preprocessing_tag) -> dict[str, str]
     return key
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_replace(tmp: pathlib.Path, final: pathlib.Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -123,7 +115,7 @@ def _read_npy(file: pathlib.Path, sha256: str | None) -> np.ndarray:
     with open(file, "rb") as f:
         if f.readinto(data) != len(data):
             raise ValueError(f"{file.name} changed size while being read")
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    if sha256 is not None and _fingerprint.sha256(data) != sha256:
         raise ValueError(f"{file.name} does not match its sha256 in the manifest")
     header = io.BytesIO(data[:4096])
     version = np.lib.format.read_magic(header)
@@ -251,7 +243,10 @@ def _build(encode_fn, source, path, key, *, batch_size, dtype, progress) -> Cach
         del emb, labels, ids, arr  # Close the memmaps before hashing and moving the files.
         files = {}
         for name in _ARRAYS:
-            files[name] = {"sha256": _sha256(tmp[name]), "bytes": tmp[name].stat().st_size}
+            files[name] = {
+                "sha256": _fingerprint.file_sha256(tmp[name]),
+                "bytes": tmp[name].stat().st_size,
+            }
             _fsync_replace(tmp[name], path / f"{name}.npy")
         manifest = dict(
             format_version=FORMAT_VERSION,

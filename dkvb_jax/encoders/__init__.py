@@ -17,7 +17,6 @@ from dkvb_jax.encoders.registry import (
     list_encoders,
     register_encoder,
 )
-from dkvb_jax.encoders.torch_legacy import load_legacy as load_torch_legacy
 
 __all__ = [
     "CifarResNet",
@@ -30,7 +29,6 @@ __all__ = [
     "list_encoders",
     "load_cifar_resnet",
     "load_mobilenet_v1",
-    "load_torch_legacy",
     "encoder_provenance",
     "register_encoder",
 ]

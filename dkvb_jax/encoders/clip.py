@@ -13,8 +13,8 @@ torch), Hugging Face `transformers` `CLIPVisionModel` names (`vision_model.*`), 
 variants with extra parts (attention pooling, patch dropout, `ls_1` layer scale): those fail with
 the list of unexpected keys.
 
-    module, variables, preprocess, embed_dim, input_size = clip_vit_b32_encoder('ViT-B-32.safetensors')
-    z = module.apply(variables, preprocess(images_uint8))   # [batch, 512]
+    encoder = clip_vit_b32_encoder('ViT-B-32.safetensors')
+    z = encoder.embed(images_uint8)   # [batch, 512]
 
 Registered as `get_encoder('clip_vit_b32', path=...)` in `dkvb_jax.encoders.registry`.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 
 from dkvb_jax.encoders import state_dict as sd
 from dkvb_jax.encoders._center_crop import CLIP_MEAN, CLIP_STD, make_preprocess
+from dkvb_jax.encoders.registry import Encoder, register_encoder
 
 __all__ = [
     "CLIPVisionConfig",
@@ -240,7 +240,7 @@ def load_clip_visual(
 
 def clip_vit_b32_encoder(
     checkpoint_path: str | os.PathLike[str], *, config: CLIPVisionConfig = CLIP_VIT_B32
-) -> tuple[CLIPVisionTransformer, dict[str, Any], Callable[[Any], jax.Array], int, int]:
+) -> Encoder:
     """The registry factory for OpenAI CLIP ViT-B/32's image tower.
 
     Args:
@@ -249,14 +249,22 @@ def clip_vit_b32_encoder(
       config: override the architecture (defaults to ViT-B/32 at 224 px).
 
     Returns:
-      `(module, variables, preprocess_fn, embed_dim, input_size)`: `module.apply(variables,
-      preprocess_fn(images))` maps `[batch, h, w, 3]` pixels in [0, 255] to `[batch, 512]`.
-      `preprocess_fn` resizes the shorter side to 224 (bicubic), center-crops 224 and applies
-      CLIP's mean/std.
+      The `Encoder` 'clip_vit_b32': `embed` maps `[batch, h, w, 3]` pixels in [0, 255] to
+      `[batch, 512]`; its `preprocess` resizes the shorter side to 224 (bicubic), center-crops
+      224 and applies CLIP's mean/std.
     """
     module, variables = load_clip_visual(checkpoint_path, config)
     preprocess = make_preprocess(config.image_size, CLIP_MEAN, CLIP_STD, "bicubic")
-    return module, variables, preprocess, config.output_dim, config.image_size
+    return Encoder(
+        "clip_vit_b32",
+        config.image_size,
+        config.output_dim,
+        preprocess,
+        module.apply,
+        variables,
+        f"CLIP ViT image tower (OpenAI layout); shorter side to {config.image_size} (bicubic), "
+        "center crop, CLIP mean/std",
+    )
 
 
 def _registry_factory(
@@ -274,8 +282,6 @@ def _registry_factory(
 def _register() -> None:
     # The registry imports this module as a plugin; registering here keeps the name next to the
     # code it names.
-    from dkvb_jax.encoders.registry import register_encoder
-
     register_encoder("clip_vit_b32", _registry_factory, trained_on=("openai_clip/webimagetext",))
 
 

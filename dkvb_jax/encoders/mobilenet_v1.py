@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dkvb_jax.encoders import _images, _weights
+from dkvb_jax.encoders import _images, _tflite, _weights
 
 INPUT_SIZE = 224
 EMBED_DIM = 1024
@@ -198,6 +199,76 @@ def dequantize(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return jax.tree.map(jnp.asarray, variables)
 
 
+# Weight tensors are named e.g. 'MobilenetV1/MobilenetV1/Conv2d_3_depthwise/depthwise_Fold;...'
+# and biases 'MobilenetV1/MobilenetV1/Conv2d_3_depthwise/BatchNorm_Fold/bias'.
+_LAYER = r"^MobilenetV1/MobilenetV1/(Conv2d_\d+(?:_depthwise|_pointwise)?)/"
+_KERNEL_RE = re.compile(_LAYER + r"[^;]*_Fold;.*weights_quant")
+_BIAS_RE = re.compile(_LAYER + r"BatchNorm_Fold/bias$")
+
+
+def read_tflite(tflite_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Reads the quantised weights of the MobileNetV1 TFLite model.
+
+    Args:
+      tflite_path: the `.tflite` embedding extractor (uint8 weights, int32 biases).
+
+    Returns:
+      Flat arrays for `dequantize`: per layer `{name}/kernel` uint8 in Flax layout
+      `[kh, kw, in / groups, out]`, `{name}/kernel_scale`, `{name}/kernel_zero_point`,
+      `{name}/bias` int32 `[out]` and `{name}/bias_scale`; the activation scale shared by all
+      uint8 activations (`activation_scale`); and `__format__`.
+    """
+    path = pathlib.Path(tflite_path)
+    interpreter = _tflite.interpreter(path)
+    flat: dict[str, np.ndarray] = {"__format__": np.array(FORMAT)}
+    details = interpreter.get_tensor_details()
+    input_index = interpreter.get_input_details()[0]["index"]
+    act_scales = {
+        _tflite.scalar_quant(d)[0]
+        for d in details
+        if d["index"] != input_index and d["dtype"] == np.uint8 and "Relu6" in d["name"]
+    }
+    if len(act_scales) != 1:
+        raise ValueError(
+            f"tflite_path: expected one activation scale shared by all ReLU6 outputs, "
+            f"got {sorted(act_scales)}."
+        )
+    flat["activation_scale"] = np.float32(act_scales.pop())
+    for d in details:
+        if (m := _KERNEL_RE.match(d["name"])) is not None:
+            name = m.group(1)
+            if d["dtype"] != np.uint8:
+                raise ValueError(f"{name}: expected uint8 weights, got {d['dtype']}.")
+            w = interpreter.get_tensor(d["index"])
+            # TFLite conv kernels are [out, kh, kw, in]; depthwise are [1, kh, kw, channels].
+            kernel = (
+                w[0][:, :, None, :]
+                if name.endswith("_depthwise")
+                else np.transpose(w, (1, 2, 3, 0))
+            )
+            scale, zp = _tflite.scalar_quant(d)
+            flat[f"{name}/kernel"] = np.ascontiguousarray(kernel)
+            flat[f"{name}/kernel_scale"] = scale
+            flat[f"{name}/kernel_zero_point"] = zp
+        elif (m := _BIAS_RE.match(d["name"])) is not None:
+            name = m.group(1)
+            if d["dtype"] != np.int32:
+                raise ValueError(f"{name}: expected int32 bias, got {d['dtype']}.")
+            scale, _ = _tflite.scalar_quant(d)
+            flat[f"{name}/bias"] = interpreter.get_tensor(d["index"]).copy()
+            flat[f"{name}/bias_scale"] = scale
+    found = {k.split("/")[0] for k in flat if "/" in k}
+    missing = [n for n in layer_names() if n not in found]
+    if missing:
+        raise ValueError(
+            f"tflite_path: {str(path)!r} is not the MobileNetV1 1.0 embedding "
+            f"extractor: no weights for layers {missing[:5]}."
+        )
+    # Shape check against the Flax module before anything is written.
+    dequantize(flat)
+    return flat
+
+
 def load_mobilenet_v1(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -218,9 +289,7 @@ def load_mobilenet_v1(
     if path is None:
         flat = _weights.load_npz(_weights.asset_path(WEIGHTS_FILE), what="MobileNetV1 weights")
     elif pathlib.Path(path).suffix == ".tflite":
-        from dkvb_jax.encoders import tflite_convert
-
-        flat = tflite_convert.read_mobilenet_v1_tflite(path)
+        flat = read_tflite(path)
     else:
         flat = _weights.load_npz(path, what="MobileNetV1 weights")
     variables = dequantize(flat)

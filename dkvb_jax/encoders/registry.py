@@ -209,14 +209,12 @@ def register_encoder(
     overwrite: bool = False,
     trained_on: Sequence[str] | None = None,
 ) -> None:
-    """Registers `factory(**kwargs)` under `name`.
-
-    The factory returns an `Encoder`, or a tuple `(module, variables, preprocess, embed_dim,
-    input_size)` that is wrapped with `encoder_from_module`.
+    """Registers `factory(**kwargs) -> Encoder` under `name`.
 
     Args:
       name: the registry name.
-      factory: builds the encoder.
+      factory: builds the `Encoder` (e.g. with `encoder_from_module`); `get_encoder(name,
+        **kwargs)` calls it.
       overwrite: replace an existing registration.
       trained_on: the datasets its weights were trained on, as ``"<dataset>/<split>"`` row
         namespaces (e.g. ``("imagenet2012/train",)``); ``()`` for an encoder trained on no data.
@@ -287,22 +285,13 @@ def get_encoder(name: str | Encoder = DEFAULT_ENCODER, **kwargs: Any) -> Encoder
     if name not in _FACTORIES:
         raise ValueError(f"name: unknown encoder {name!r}; known encoders: {sorted(_FACTORIES)}.")
     built = _FACTORIES[name](**kwargs)
-    if isinstance(built, Encoder):
-        return built
-    if isinstance(built, tuple) and len(built) == 5:
-        module, variables, preprocess, embed_dim, input_size = built
-        return encoder_from_module(
-            module,
-            variables,
-            name=name,
-            input_size=input_size,
-            preprocess=preprocess,
-            embed_dim=embed_dim,
+    if not isinstance(built, Encoder):
+        raise TypeError(
+            f"encoder factory for {name!r} returned {type(built).__name__}; expected an "
+            "Encoder: wrap a Flax module and its variables with encoder_from_module, or a "
+            "function with encoder_from_function."
         )
-    raise TypeError(
-        f"encoder factory for {name!r} returned {type(built).__name__}; expected an "
-        "Encoder or (module, variables, preprocess, embed_dim, input_size)."
-    )
+    return built
 
 
 # Built-in encoders. Factories import lazily so `import dkvb_jax` stays cheap.

@@ -6,9 +6,10 @@ conv weights OIHW -> HWIO, BatchNorm weight/bias -> params scale/bias, running_m
 batch_stats mean/var (`num_batches_tracked` is ignored). Blocks are torchvision's v1.5 Bottleneck
 (stride on the 3x3 conv). BatchNorm always uses the running statistics: the encoder is frozen.
 
-    module, variables, preprocess, embed_dim, input_size = resnet50_encoder('resnet50.pth')
-    z = module.apply(variables, preprocess(images_uint8))                    # [batch, 2048]
-    logits = module.apply(variables, preprocess(images_uint8), logits=True)  # [batch, 1000]
+    encoder = resnet50_encoder('resnet50.pth')
+    z = encoder.embed(images_uint8)                                           # [batch, 2048]
+    module, variables = load_resnet('resnet50.pth')
+    logits = module.apply(variables, encoder.preprocess(images_uint8), logits=True)  # [batch, 1000]
 
 Registered as `get_encoder('resnet50', path='resnet50.pth')` in `dkvb_jax.encoders.registry`.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from dkvb_jax.encoders import state_dict as sd
 from dkvb_jax.encoders._center_crop import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
+from dkvb_jax.encoders.registry import Encoder, register_encoder
 
 __all__ = [
     "ResNetConfig",
@@ -201,7 +202,7 @@ def load_resnet(
 
 def resnet50_encoder(
     checkpoint_path: str | os.PathLike[str], *, config: ResNetConfig | None = None
-) -> tuple[ResNet, dict[str, Any], Callable[[Any], jax.Array], int, int]:
+) -> Encoder:
     """The registry factory for torchvision's ImageNet ResNet-50.
 
     Args:
@@ -211,10 +212,9 @@ def resnet50_encoder(
         the file (0 when it has no `fc`).
 
     Returns:
-      `(module, variables, preprocess_fn, embed_dim, input_size)`: `module.apply(variables,
-      preprocess_fn(images))` maps `[batch, h, w, 3]` pixels in [0, 255] to `[batch, 2048]`.
-      `preprocess_fn` resizes the shorter side to 224, center-crops 224 and applies ImageNet
-      mean/std.
+      The `Encoder` 'resnet50': `embed` maps `[batch, h, w, 3]` pixels in [0, 255] to
+      `[batch, 2048]`; its `preprocess` resizes the shorter side to 224, center-crops 224 and
+      applies ImageNet mean/std.
     """
     state = sd.load_state_dict(checkpoint_path)
     fc = state.get("fc.weight")
@@ -223,7 +223,16 @@ def resnet50_encoder(
     )
     variables = convert_resnet(state, config)
     preprocess = make_preprocess(config.image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
-    return ResNet(config), variables, preprocess, config.embed_dim, config.image_size
+    return Encoder(
+        "resnet50",
+        config.image_size,
+        config.embed_dim,
+        preprocess,
+        ResNet(config).apply,
+        variables,
+        f"torchvision ResNet{_depth_name(config)} (ImageNet); shorter side to "
+        f"{config.image_size} (bilinear), center crop, ImageNet mean/std",
+    )
 
 
 def _depth_name(config: ResNetConfig) -> str:
@@ -245,8 +254,6 @@ def _registry_factory(
 def _register() -> None:
     # The registry imports this module as a plugin; registering here keeps the name next to the
     # code it names.
-    from dkvb_jax.encoders.registry import register_encoder
-
     register_encoder("resnet50", _registry_factory, trained_on=("imagenet2012/train",))
 
 

@@ -6,10 +6,12 @@ These file formats are read into `dict[str, np.ndarray]`:
   extra), otherwise directly (bfloat16 is read through `ml_dtypes`).
 * The zip format `torch.save` has written since PyTorch 1.6 (`.pt`, `.pth`, `.bin`), with
   weights-only semantics and without importing torch: the pickle in `<archive>/data.pkl` is read
-  by a restricted unpickler that admits only the tensor-rebuild functions, storage types, dtypes
-  and `OrderedDict`; anything else (`os.system`, a model class, a TorchScript module) is refused
-  before it is called. Tensor bytes come from the archive's `data/<key>` entries.
-* The legacy (pre-1.6) `torch.save` format, through `dkvb_jax.encoders.torch_legacy`.
+  by the restricted unpickler of `dkvb_jax.encoders._torch_pickle`, which admits only the
+  tensor-rebuild functions, storage types, dtypes and `OrderedDict`; anything else (`os.system`,
+  a model class, a TorchScript module) is refused before it is called. Tensor bytes come from the
+  archive's `data/<key>` entries.
+* The legacy (pre-1.6) `torch.save` format, through `dkvb_jax.encoders.torch_legacy` (the same
+  unpickler).
 
 `torch_to_flax` then fills a Flax variables tree from such a dict one-to-one: every Flax leaf must
 be found with the right shape and every source key must be used (or explicitly ignored), else a
@@ -18,7 +20,6 @@ be found with the right shape and every source key must be used (or explicitly i
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 import os
@@ -35,7 +36,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from dkvb_jax.encoders import _weights
+from dkvb_jax.encoders import _torch_pickle
 
 StateDict = dict[str, np.ndarray]
 PathLike = str | os.PathLike[str]
@@ -46,11 +47,9 @@ __all__ = [
     "load_state_dict",
     "load_safetensors",
     "load_torch_zip",
-    "save_torch_zip",
     "torch_to_flax",
     "flax_leaf_to_torch_key",
     "init_shapes",
-    "write_torch_zip_raw",
 ]
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -184,15 +183,10 @@ def load_torch_zip(path: PathLike) -> dict[str, Any]:
                     f"MAX_PICKLE_BYTES={MAX_PICKLE_BYTES}; a state dict's pickle holds names and "
                     "shapes only (the tensors are separate entries): the file is corrupt or hostile."
                 )
-            unpickler = _WeightsOnlyUnpickler(io.BytesIO(zf.read(pkl[0])), zf, prefix, path)
-            try:
-                return unpickler.load()
-            except (pickle.UnpicklingError, ValueError):
-                raise
-            except Exception as e:  # a malformed pickle fails in arbitrary ways
-                raise pickle.UnpicklingError(
-                    f"malformed data.pkl ({type(e).__name__}: {e}); the file is corrupt"
-                ) from e
+            obj = _torch_pickle.load(io.BytesIO(zf.read(pkl[0])))
+            refs = _torch_pickle.storage_refs(obj)
+            storages = {key: _read_zip_storage(zf, prefix, ref) for key, ref in refs.items()}
+            return _torch_pickle.materialise(obj, storages, str(path))
     except (zipfile.BadZipFile, EOFError, struct.error, zipfile.LargeZipFile) as e:
         raise ValueError(
             f"checkpoint {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); "
@@ -200,6 +194,35 @@ def load_torch_zip(path: PathLike) -> dict[str, Any]:
         ) from e
     except pickle.UnpicklingError as e:
         raise ValueError(f"checkpoint {str(path)!r}: {e}") from e
+
+
+def _read_zip_storage(
+    zf: zipfile.ZipFile, prefix: str, ref: _torch_pickle.StorageRef
+) -> np.ndarray:
+    """The elements of one storage, from the archive entry `<prefix>data/<key>`."""
+    entry = f"{prefix}data/{ref.key}"
+    try:
+        info = zf.getinfo(entry)
+    except KeyError:
+        raise pickle.UnpicklingError(
+            f"storage entry {entry!r} is missing: the file is truncated or corrupt"
+        ) from None
+    # Sizes are compared from the zip directory before reading: the read is then bounded by what
+    # the pickle declares, however well the entry compresses.
+    want = ref.numel * ref.dtype.itemsize
+    if info.file_size != want:
+        raise pickle.UnpicklingError(_storage_size_message(entry, info.file_size, ref))
+    raw = zf.read(info)
+    if len(raw) != want:
+        raise pickle.UnpicklingError(_storage_size_message(entry, len(raw), ref))
+    return np.frombuffer(raw, ref.dtype)
+
+
+def _storage_size_message(entry: str, size: int, ref: _torch_pickle.StorageRef) -> str:
+    return (
+        f"storage {entry!r} has {size} bytes, expected {ref.numel} x {ref.dtype.itemsize}: "
+        "the file is truncated or corrupt"
+    )
 
 
 def _check_file(path: PathLike) -> pathlib.Path:
@@ -279,274 +302,6 @@ def _read_safetensors_raw(path: pathlib.Path) -> StateDict:
             f"checkpoint {str(path)!r} is not a readable .safetensors file ({e}); it may be "
             "truncated or corrupt: download or export it again."
         ) from e
-
-
-# --------------------------------------------------------------------------------------------
-# The restricted unpickler.
-
-
-class _StorageType:
-    """Stands in for `torch.FloatStorage` etc.: only remembers the element dtype."""
-
-    def __init__(self, name: str, dtype: Any):
-        self.name, self.dtype = name, np.dtype(dtype)
-
-    def __repr__(self) -> str:
-        return f"torch.{self.name}"
-
-
-class _TorchType:
-    """Stands in for `torch.Tensor` / `torch.nn.Parameter` in `_rebuild_from_type_v2`."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
-_STORAGE_DTYPES = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,
-}
-_TORCH_DTYPES = {
-    "float64": np.float64,
-    "double": np.float64,
-    "float32": np.float32,
-    "float": np.float32,
-    "float16": np.float16,
-    "half": np.float16,
-    "bfloat16": ml_dtypes.bfloat16,
-    "int64": np.int64,
-    "long": np.int64,
-    "int32": np.int32,
-    "int": np.int32,
-    "int16": np.int16,
-    "int8": np.int8,
-    "uint8": np.uint8,
-    "bool": np.bool_,
-}
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    array = storage  # a 1-D array of the storage's dtype, from persistent_load
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    storage_offset = int(storage_offset)
-    _weights.check_tensor_view(size, stride, storage_offset, array.size)
-    view = np.lib.stride_tricks.as_strided(
-        array[storage_offset:] if array.size else array,
-        shape=size,
-        strides=tuple(s * array.itemsize for s in stride),
-        writeable=False,
-    )
-    return np.array(view)  # own the memory, drop the view of the whole storage
-
-
-def _rebuild_tensor_v2(
-    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
-):
-    del requires_grad, backward_hooks, metadata
-    return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v3(
-    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
-):
-    del requires_grad, backward_hooks, metadata
-    if not isinstance(dtype, np.dtype):
-        raise pickle.UnpicklingError(f"_rebuild_tensor_v3 got a non-dtype {dtype!r}")
-    return _rebuild_tensor(storage.view(dtype), storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    del requires_grad, backward_hooks, state
-    if not isinstance(data, np.ndarray):
-        raise pickle.UnpicklingError(f"_rebuild_parameter got {type(data).__name__}, not a tensor")
-    return data
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    del state  # Python attributes set on a tensor subclass: not weights.
-    if not isinstance(new_type, _TorchType) or func not in _REBUILD_FUNCTIONS:
-        raise pickle.UnpicklingError(f"refusing to rebuild a tensor of type {new_type!r}")
-    return func(*args)
-
-
-_REBUILD_FUNCTIONS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch", "Tensor"): _TorchType("Tensor"),
-    ("torch._tensor", "Tensor"): _TorchType("Tensor"),
-    ("torch.nn.parameter", "Parameter"): _TorchType("Parameter"),
-    ("torch", "Size"): tuple,
-    **{("torch", n): _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()},
-    ("torch.storage", "UntypedStorage"): _StorageType("UntypedStorage", np.uint8),
-    **{("torch", n): np.dtype(d) for n, d in _TORCH_DTYPES.items()},
-}
-
-
-class _WeightsOnlyUnpickler(pickle._Unpickler):  # the Python implementation: BUILD is overridable
-    """Unpickles tensors, dicts and scalars; refuses every other global and BUILD on non-dicts."""
-
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def __init__(self, file, zf: zipfile.ZipFile, prefix: str, path: pathlib.Path):
-        super().__init__(file)
-        self._zf, self._prefix, self._path = zf, prefix, path
-        self._storages: dict[str, np.ndarray] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load '{module}.{name}': only plain tensors and dicts are read "
-                "(weights-only). Save model.state_dict() rather than a model or other objects."
-            ) from None
-
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        if not (
-            isinstance(pid, tuple)
-            and len(pid) == 5
-            and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)
-        ):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        if key not in self._storages:
-            entry = f"{self._prefix}data/{key}"
-            try:
-                info = self._zf.getinfo(entry)
-            except KeyError:
-                raise pickle.UnpicklingError(
-                    f"storage entry {entry!r} is missing: the file is truncated or corrupt"
-                ) from None
-            dtype = storage_type.dtype
-            # Sizes are compared from the zip directory before reading: the read is then
-            # bounded by what the pickle declares, however well the entry compresses.
-            want = int(numel) * dtype.itemsize
-            if info.file_size != want:
-                raise pickle.UnpicklingError(
-                    f"storage {entry!r} has {info.file_size} bytes, expected {numel} x "
-                    f"{dtype.itemsize}: the file is truncated or corrupt"
-                )
-            raw = self._zf.read(info)
-            if len(raw) != want:
-                raise pickle.UnpicklingError(
-                    f"storage {entry!r} has {len(raw)} bytes, expected {numel} x "
-                    f"{dtype.itemsize}: the file is truncated or corrupt"
-                )
-            self._storages[key] = np.frombuffer(raw, dtype)
-        return self._storages[key]
-
-    def load_build(self) -> None:
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        # Only OrderedDict state (the `_metadata` torch attaches to state dicts) is accepted, and
-        # dropped: setting attributes on anything else is how pickles run code.
-        if not (isinstance(inst, collections.OrderedDict) and isinstance(state, dict)):
-            raise pickle.UnpicklingError(
-                f"refusing to set state on a {type(inst).__name__} (weights-only)"
-            )
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-
-# --------------------------------------------------------------------------------------------
-# Writing (fixtures, and torch-free export).
-
-
-def save_torch_zip(state_dict: Mapping[str, np.ndarray], path: PathLike) -> None:
-    """Writes `{name: array}` in zip-format `torch.save` layout, without torch.
-
-    The file holds an `OrderedDict` of contiguous tensors, one storage each, and loads with
-    `torch.load(path, weights_only=True)` as well as with `load_state_dict`. Entries are stored
-    uncompressed and 64-byte aligned, as torch writes them.
-
-    Args:
-      state_dict: names to arrays (float64/32/16, bfloat16, int64/32/16/8, uint8, bool).
-      path: the output file; its stem names the archive folder, as with torch.
-    """
-    tensors = {}
-    storages = {}
-    for i, (name, value) in enumerate(state_dict.items()):
-        value = np.asarray(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-        strides = tuple(s // value.itemsize for s in value.strides) if value.ndim else ()
-        tensors[name] = (str(i), 0, value.shape, strides)
-        storages[str(i)] = value.reshape(-1)
-    write_torch_zip_raw(tensors, storages, path)
-
-
-def write_torch_zip_raw(
-    tensors: Mapping[str, tuple[str, int, tuple[int, ...], tuple[int, ...]]],
-    storages: Mapping[str, np.ndarray],
-    path: PathLike,
-) -> None:
-    """Writes a torch zip archive whose tensors are views `(storage_key, offset, size, stride)`.
-
-    Lets tests build what torch writes for shared storage, offsets and non-contiguous strides.
-    """
-    storage_names = {np.dtype(d): n for n, d in _STORAGE_DTYPES.items() if n != "UntypedStorage"}
-    out = bytearray(b"\x80\x02")  # PROTO 2
-    out += _global("collections", "OrderedDict") + b")R"  # EMPTY_TUPLE REDUCE
-    out += b"("  # MARK
-    for name, (key, offset, size, stride) in tensors.items():
-        storage = storages[key]
-        out += _unicode(name)
-        out += _global("torch._utils", "_rebuild_tensor_v2") + b"("  # MARK for the args tuple
-        out += b"(" + _unicode("storage") + _global("torch", storage_names[storage.dtype])
-        out += _unicode(key) + _unicode("cpu") + _int(storage.size) + b"tQ"  # TUPLE BINPERSID
-        out += _int(offset)
-        out += b"(" + b"".join(_int(s) for s in size) + b"t"
-        out += b"(" + b"".join(_int(s) for s in stride) + b"t"
-        out += b"\x89"  # NEWFALSE (requires_grad)
-        out += _global("collections", "OrderedDict") + b")R"  # backward_hooks
-        out += b"tR"  # TUPLE REDUCE
-    out += b"u."  # SETITEMS STOP
-    stem = pathlib.Path(path).stem or "archive"
-    records = [(f"{stem}/data.pkl", bytes(out)), (f"{stem}/byteorder", b"little")]
-    records += [
-        (f"{stem}/data/{k}", np.asarray(v, order="C").tobytes()) for k, v in storages.items()
-    ]
-    records += [(f"{stem}/version", b"3\n")]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in records:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            # torch aligns each record's data to 64 bytes with padding in an extra field 'FB'.
-            start = zf.fp.tell() + 30 + len(name.encode()) + 4
-            pad = (-start) % 64
-            info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
-            zf.writestr(info, data)
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _unicode(s: str) -> bytes:
-    b = s.encode("utf-8")
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(n: int) -> bytes:
-    n = int(n)
-    if -(2**31) <= n < 2**31:
-        return b"J" + struct.pack("<i", n)  # BININT
-    b = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(b)]) + b  # LONG1
 
 
 # --------------------------------------------------------------------------------------------

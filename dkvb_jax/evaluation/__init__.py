@@ -15,7 +15,6 @@ from dkvb_jax.evaluation.metrics import (
     evaluate_unlearning,
     per_class_accuracy,
     per_example_loss,
-    predict_logits,
 )
 from dkvb_jax.evaluation.mia import MIAResult, membership_inference, mia_attack
 from dkvb_jax.evaluation.table import METHOD_ORDER, ResultRow, ResultsTable
@@ -38,6 +37,5 @@ __all__ = [
     "mia_attack",
     "per_class_accuracy",
     "per_example_loss",
-    "predict_logits",
     "step_flops",
 ]

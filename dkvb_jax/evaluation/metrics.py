@@ -26,7 +26,6 @@ __all__ = [
     "evaluate_unlearning",
     "per_class_accuracy",
     "per_example_loss",
-    "predict_logits",
 ]
 
 SPLITS = ("retain_train", "forget_train", "retain_test", "forget_test")
@@ -40,13 +39,6 @@ def _logits(
 
 def _correct(apply_fn, variables, x, y, batch_size):
     return jnp.argmax(_logits(apply_fn, variables, x, batch_size), axis=-1) == y
-
-
-def predict_logits(
-    apply_fn: ApplyFn, variables: Mapping[str, Any], x: jax.Array, *, batch_size: int = 1024
-) -> jax.Array:
-    """Logits [n, num_classes] for embeddings ``x`` [n, dim]."""
-    return jax.jit(_logits, static_argnums=(0, 3))(apply_fn, variables, jnp.asarray(x), batch_size)
 
 
 def accuracy(

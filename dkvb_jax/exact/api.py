@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import time
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dkvb_jax import _validation
+from dkvb_jax import _fingerprint, _validation
 from dkvb_jax.errors import InputError, InputTypeError
 from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
 from dkvb_jax.exact.statistics import (
@@ -33,7 +32,7 @@ from dkvb_jax.exact.statistics import (
     subtract_rows,
 )
 from dkvb_jax.model import DKVB
-from dkvb_jax.provenance import Certificate, Part, Provenance, Rows, certify
+from dkvb_jax.provenance import Certificate, Part, Provenance, Rows, certify, shown
 from dkvb_jax.training.codes import compute_codes
 from dkvb_jax.unlearning.audit import AuditRecord, make_record
 
@@ -114,11 +113,6 @@ def _as_ids(ids, n: int | None, name: str = "ids") -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def _first(ids: np.ndarray, limit: int = 20) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
-
-
 def _codes_of(model: DKVB, variables: dict, data: Data, batch_size: int) -> np.ndarray:
     """int32 codes `[n, codebooks, top_k]` (-1 invalid) from embeddings or precomputed codes."""
     cfg = model.config
@@ -182,7 +176,7 @@ def _with_values(variables: dict, values: jax.Array) -> dict:
 
 
 def _counts_hash(counts: jax.Array) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(counts)).tobytes()).hexdigest()[:16]
+    return _fingerprint.sha256(counts, length=16)
 
 
 def _record(method, cert, ids, classes, estimator, before, after, c0, c1, t0):
@@ -250,7 +244,7 @@ def fit_exact(
     ids = _as_ids(np.arange(n) if ids is None else ids, n)
     uniq, cnt = np.unique(ids, return_counts=True)
     if (cnt > 1).any():
-        raise ValueError(f"ids must be unique; repeated: {_first(uniq[cnt > 1])}.")
+        raise ValueError(f"ids must be unique; repeated: {shown(uniq[cnt > 1])}.")
     if provenance is not None:
         if not isinstance(provenance, Provenance):
             raise TypeError(
@@ -304,11 +298,11 @@ def add_examples(
     ids = _as_ids(ids, n)
     uniq, cnt = np.unique(ids, return_counts=True)
     if (cnt > 1).any():
-        raise ValueError(f"ids must be unique; repeated: {_first(uniq[cnt > 1])}.")
+        raise ValueError(f"ids must be unique; repeated: {shown(uniq[cnt > 1])}.")
     clash = np.intersect1d(ids, np.asarray(stats.ids))
     if clash.size:
         raise ValueError(
-            f"add_examples: ids {_first(clash)} are already counted; remove them first or give "
+            f"add_examples: ids {shown(clash)} are already counted; remove them first or give "
             "new ids."
         )
     labels = np.asarray(labels, np.int32)
@@ -386,7 +380,7 @@ def remove_examples(
     missing = ids[~found]
     if missing.size:
         raise ValueError(
-            f"remove_examples: ids {_first(missing)} are not counted in the statistics (never "
+            f"remove_examples: ids {shown(missing)} are not counted in the statistics (never "
             "added, or already removed); removing them would make counts negative. Nothing was "
             "changed."
         )
@@ -397,7 +391,7 @@ def remove_examples(
     )
     if int(counts.min()) < 0:  # impossible for stored rows; guards a corrupted LabelStats
         raise ValueError(
-            f"remove_examples: counts went negative removing ids {_first(ids)}; the statistics do "
+            f"remove_examples: counts went negative removing ids {shown(ids)}; the statistics do "
             "not match their code store (corrupted state). Refit with fit_exact."
         )
     keep = np.ones(store.size, bool)

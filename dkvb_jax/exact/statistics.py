@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dkvb_jax import _fingerprint
 from dkvb_jax.provenance import Provenance
 
 
@@ -153,17 +154,12 @@ def subtract_rows(stats_counts: jax.Array, codes: jax.Array, labels: jax.Array,
 
 def fingerprint(variables: dict) -> str:
     """Hash of what the codes depend on: keys, projection (if any) and search mask."""
-    import hashlib
-
-    h = hashlib.sha256()
+    parts = []
     frozen = variables["frozen"]
     for name in sorted(frozen):
         a = np.asarray(frozen[name])
-        h.update(name.encode() + str(a.shape).encode() + str(a.dtype).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    mask = np.asarray(variables["mask"]["search"])
-    h.update(b"search" + np.packbits(mask).tobytes())
+        parts += [f"{name}{a.shape}{a.dtype}", a]
+    parts += ["search", np.packbits(np.asarray(variables["mask"]["search"]))]
     if "splitter" in variables.get("params", {}):
-        for leaf in jax.tree_util.tree_leaves(variables["params"]["splitter"]):
-            h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()[:16]
+        parts += jax.tree_util.tree_leaves(variables["params"]["splitter"])
+    return _fingerprint.sha256(*parts, length=16)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import pathlib
 import types
@@ -28,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dkvb_jax import _fingerprint, exact
 from dkvb_jax import baselines as bl
-from dkvb_jax import exact
+from dkvb_jax._fingerprint import arrays_sha256
 from dkvb_jax._progress import progress_bar
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.evaluation import (
@@ -44,7 +44,7 @@ from dkvb_jax.evaluation import (
     membership_inference,
     per_class_accuracy,
 )
-from dkvb_jax.experiment.fitting import FittedDKVB, data_fingerprint, standardizer
+from dkvb_jax.experiment.fitting import FittedDKVB, standardizer
 from dkvb_jax.experiment.recipe import fit_from_config
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import KINDS as PREPROCESS_KINDS
@@ -545,9 +545,7 @@ def _exact_core(stats, forget_rows, estimator):
 
 
 def _run_id(config: ExperimentConfig, *arrays) -> str:
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-    h.update(data_fingerprint(*arrays).encode())
-    return h.hexdigest()[:16]
+    return _fingerprint.json_sha256(config.to_dict(), arrays_sha256(*arrays), length=16)
 
 
 class _RowCache:

@@ -14,7 +14,6 @@ preprocessing state besides its own variables.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 import shutil
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import checkpoints, exact
+from dkvb_jax._fingerprint import arrays_sha256
 from dkvb_jax._progress import note
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.data.registry import drawn_from
@@ -32,7 +32,7 @@ from dkvb_jax.encoders.registry import encoder_provenance
 from dkvb_jax.exact import EstimatorConfig, LabelStats, StatsConfig
 from dkvb_jax.exact.statistics import fingerprint as exact_fingerprint
 from dkvb_jax.model import DKVB
-from dkvb_jax.model.preprocess import KINDS, Kind, fit_affine, fold_affine
+from dkvb_jax.model.preprocess import KINDS, Affine, Kind, fit_affine, fold_affine
 from dkvb_jax.provenance import UNNAMED, Part, Provenance, Rows
 from dkvb_jax.training import (
     KeyInitConfig,
@@ -91,28 +91,6 @@ def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float64)
     mu, sd = x.mean(0), x.std(0)
     return mu.astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
-
-
-def fold_standardization(variables: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
-    """Variables that read raw `x` as the given ones read `(x - mu) / sd` (see module docstring).
-
-    Only the random-projection splitter has a projection to fold into.
-    """
-    frozen = variables["frozen"]
-    if "projection" not in frozen:
-        raise ValueError(
-            "fold_standardization needs the random_projection splitter (a 'projection' to fold "
-            "the standardisation into); use ExperimentConfig(preprocess='none') with other "
-            "splitters."
-        )
-    proj = jnp.asarray(frozen["projection"])
-    shift = jnp.einsum("D,Dcd->cd", jnp.asarray(mu / sd), proj, precision="highest")
-    new_frozen = {
-        **frozen,
-        "projection": proj / jnp.asarray(sd)[:, None, None],
-        "keys": frozen["keys"] + shift[:, None, :],
-    }
-    return {**variables, "frozen": new_frozen}
 
 
 def build_model(config: DKVBConfig, key: jax.Array) -> tuple[DKVB, dict]:
@@ -214,7 +192,7 @@ def fit_dkvb(
         record={
             "dataset": dataset,
             "encoder": encoder,
-            "ids": None if ids is None else data_fingerprint(np.asarray(ids)),
+            "ids": None if ids is None else arrays_sha256(np.asarray(ids)),
             "key_rows": None if key_rows is None else key_rows.digest,
             "preprocess_rows": None if preprocess_rows is None else preprocess_rows.digest,
         },
@@ -223,7 +201,7 @@ def fit_dkvb(
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     run_info = {
         **(run_info or {}),
-        "data_fingerprint": data_fingerprint(x, y, key_data),
+        "data_fingerprint": arrays_sha256(x, y, key_data),
         SETTINGS: settings,
     }
     if ckpt is not None:
@@ -245,7 +223,8 @@ def fit_dkvb(
                 model, variables, (key_data - mu) / sd, key=k_keys, config=key_config,
                 progress=progress,
             )  # fmt: skip
-            variables = fold_standardization(variables, mu, sd)
+            # The diagonal case of the affine fold: (x - mu) * (1 / sd).
+            variables = fold_affine(variables, Affine(mu, (1.0 / sd).astype(np.float32)))
         else:
             if preprocess != "none":
                 # Folded first: the keys are then fitted on the model's own queries.
@@ -427,16 +406,6 @@ def _load_stats(path: pathlib.Path, step: int, variables: dict, provenance) -> L
     return stats
 
 
-def data_fingerprint(*arrays) -> str:
-    """sha256 of arrays (dtype, shape, bytes): identifies the data a checkpoint was fitted on."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def fit_settings(
     config: DKVBConfig,
     x: np.ndarray,
@@ -466,13 +435,13 @@ def fit_settings(
         "value_config": dataclasses.asdict(value_config),
         "preprocess": preprocess,
         "key": key_json,
-        "data": data_fingerprint(np.asarray(x, np.float32), np.asarray(y)),
-        "key_data": data_fingerprint(np.asarray(key_data, np.float32)),
+        "data": arrays_sha256(np.asarray(x, np.float32), np.asarray(y)),
+        "key_data": arrays_sha256(np.asarray(key_data, np.float32)),
         "values": type(value_config).__name__,
         "stats_config": None if stats_config is None else dataclasses.asdict(stats_config),
         "preprocess_data": None
         if preprocess_data is None
-        else data_fingerprint(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
+        else arrays_sha256(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
         # What the provenance record is built from (it is derived from these and the above).
         "record": record,
     }

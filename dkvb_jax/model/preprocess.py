@@ -24,7 +24,11 @@ KINDS: tuple[str, ...] = ("none", "standardize", "pca_whiten", "lda")
 
 
 class Affine(NamedTuple):
-    """The map ``x -> (x - mean) @ matrix``: mean `[embed_dim]`, matrix `[embed_dim, embed_dim]`."""
+    """The map ``x -> (x - mean) @ matrix``: mean `[embed_dim]`, matrix `[embed_dim, embed_dim]`.
+
+    A 1-D matrix `[embed_dim]` is the diagonal of a diagonal one, ``x -> (x - mean) * matrix``
+    (per-dimension standardisation is ``Affine(mean, 1 / std)``).
+    """
 
     mean: np.ndarray
     matrix: np.ndarray
@@ -117,7 +121,8 @@ def _lda_matrix(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def apply_affine(x: np.ndarray, affine: Affine) -> np.ndarray:
     """Preprocessed embeddings ``(x - mean) @ matrix``, `[n, embed_dim]`."""
-    return (np.asarray(x, np.float32) - affine.mean) @ affine.matrix
+    centred = np.asarray(x, np.float32) - affine.mean
+    return centred * affine.matrix if np.ndim(affine.matrix) == 1 else centred @ affine.matrix
 
 
 def fold_affine(variables: dict, affine: Affine) -> dict:
@@ -133,13 +138,18 @@ def fold_affine(variables: dict, affine: Affine) -> dict:
             "'projection' to fold the preprocessing into); apply_affine to the inputs instead."
         )
     proj = jnp.asarray(frozen["projection"])  # [embed_dim, codebooks, key_dim]
-    matrix = jnp.asarray(affine.matrix)
-    if matrix.shape != (proj.shape[0], proj.shape[0]):
+    matrix, dim = jnp.asarray(affine.matrix), proj.shape[0]
+    mean = jnp.asarray(affine.mean)
+    if matrix.shape == (dim,):  # diagonal: both products elementwise, then one contraction
+        new_proj = proj * matrix[:, None, None]
+        shift = jnp.einsum("D,Dcd->cd", mean * matrix, proj, precision="highest")
+    elif matrix.shape == (dim, dim):
+        new_proj = jnp.einsum("De,ecd->Dcd", matrix, proj, precision="highest")
+        shift = jnp.einsum("D,Dcd->cd", mean, new_proj, precision="highest")
+    else:
         raise ValueError(
-            f"affine matrix has shape {matrix.shape}, expected {(proj.shape[0],) * 2} for a model "
-            f"with embed_dim={proj.shape[0]}."
+            f"affine matrix has shape {matrix.shape}, expected {(dim, dim)} (or its diagonal "
+            f"{(dim,)}) for a model with embed_dim={dim}."
         )
-    new_proj = jnp.einsum("De,ecd->Dcd", matrix, proj, precision="highest")
-    shift = jnp.einsum("D,Dcd->cd", jnp.asarray(affine.mean), new_proj, precision="highest")
     new_frozen = {**frozen, "projection": new_proj, "keys": frozen["keys"] + shift[:, None, :]}
     return {**variables, "frozen": new_frozen}

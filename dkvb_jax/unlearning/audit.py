@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 from typing import Any
 
 import jax
 import numpy as np
 
+from dkvb_jax import _fingerprint
 from dkvb_jax.provenance import Certificate, approximate
 
 
@@ -29,17 +29,14 @@ def _tree_hash(variables: Any, digests: dict[int, bytes]) -> str:
     An unlearning call returns its input's keys and values as the very same arrays, so its
     record hashes them once for both fingerprints: they are 100 MB of the paper-size model.
     """
-    h = hashlib.sha256()
+    parts = []
     leaves = jax.tree_util.tree_leaves_with_path(variables)
     for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
         arr = np.ascontiguousarray(np.asarray(leaf))
         if id(leaf) not in digests:
-            # The bytes, without copying them.
-            digests[id(leaf)] = hashlib.sha256(arr.reshape(-1).view(np.uint8)).digest()
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(f"|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(digests[id(leaf)])
-    return h.hexdigest()
+            digests[id(leaf)] = _fingerprint.digest(arr)
+        parts += [jax.tree_util.keystr(path), f"|{arr.dtype.str}|{arr.shape}|", digests[id(leaf)]]
+    return _fingerprint.sha256(*parts)
 
 
 def _jsonable(x: Any) -> Any:

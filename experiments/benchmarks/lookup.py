@@ -161,13 +161,15 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    from dkvb_jax.config import LOOKUP_METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="paper setting only, no sweep")
     parser.add_argument(
         "--methods",
         nargs="+",
         default=["auto"],
-        choices=["auto", "blocked", "dense", "approx"],
+        choices=LOOKUP_METHODS,
         help="lookup methods at the paper setting (the sweep uses the first)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after compiling")

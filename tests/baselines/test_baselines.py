@@ -25,7 +25,7 @@ from dkvb_jax.baselines import (
     scrub,
 )
 from dkvb_jax.baselines.scrub import scrub_losses
-from dkvb_jax.baselines.trainer import cross_entropy, distill_kl
+from dkvb_jax.baselines.trainer import TrainConfig, cross_entropy, distill_kl
 from dkvb_jax.evaluation import CostRecord, evaluate_unlearning
 
 DIM = 16  # matches conftest.DIM
@@ -248,12 +248,22 @@ def test_nan_loss_stops_with_clear_error(problem):
         (lambda: OptimizerConfig(name="rmsprop"), "name"),
         (lambda: StoppingConfig(max_epochs=0), "max_epochs"),
         (lambda: StoppingConfig(forget_target=2.0), "forget_target"),
-        (lambda: RetrainConfig(epochs=0), "epochs"),
+        (lambda: RetrainConfig(epochs=0), "RetrainConfig.epochs"),
+        (lambda: RetrainConfig(batch_size=0), "RetrainConfig.batch_size"),
     ],
 )
 def test_config_validation_names_field(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_retrain_config_is_a_train_config_with_an_initialiser():
+    assert [f.name for f in dataclasses.fields(RetrainConfig)] == [
+        *(f.name for f in dataclasses.fields(TrainConfig)),
+        "init_fn",
+    ]
+    assert RetrainConfig(epochs=3).optimizer == TrainConfig().optimizer
+    assert RetrainConfig().progress and not TrainConfig().progress
 
 
 class LossTest(chex.TestCase):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import clip
 from dkvb_jax.encoders import state_dict as sd
@@ -172,7 +173,7 @@ def checkpoints(tmp_path_factory):
         if v["text"]:
             state.update(text_tower_state(np.random.default_rng(1)))
         path = root / f"{name}.{v['fmt']}"
-        sd.save_torch_zip(state, path) if v["fmt"] == "pt" else save_file(state, str(path))
+        save_torch_zip(state, path) if v["fmt"] == "pt" else save_file(state, str(path))
         # The reference sees exactly the stored values (fp16-rounded where stored as fp16).
         out[name] = (path, {k: a.astype(v["dtype"]) for k, a in visual.items()}, state)
     return out
@@ -292,14 +293,17 @@ def test_truncated_checkpoint_is_a_clear_error(checkpoints, tmp_path):
         clip.load_clip_visual(path, TINY)
 
 
-def test_factory_returns_registry_tuple(checkpoints):
-    module, variables, preprocess, embed_dim, input_size = clip.clip_vit_b32_encoder(
-        checkpoints["open_clip_safetensors"][0], config=TINY
-    )
+def test_factory_returns_an_encoder(checkpoints):
+    encoder = clip.clip_vit_b32_encoder(checkpoints["open_clip_safetensors"][0], config=TINY)
+    preprocess = encoder.preprocess
+    assert encoder.name == "clip_vit_b32"
+    assert encoder.input_size == TINY.image_size and encoder.embed_dim == TINY.output_dim
     pixels = np.random.default_rng(3).integers(0, 256, (3, 20, 12, 3), dtype=np.uint8)
     x = preprocess(pixels)
-    assert x.shape == (3, input_size, input_size, 3) and input_size == TINY.image_size
-    assert apply_tiny(variables, x).shape == (3, embed_dim) and embed_dim == TINY.output_dim
+    assert x.shape == (3, TINY.image_size, TINY.image_size, 3)
+    z = apply_tiny(encoder.variables, x)
+    assert z.shape == (3, TINY.output_dim)
+    np.testing.assert_allclose(encoder.embed(pixels), np.asarray(z), rtol=1e-5, atol=1e-6)
     mean_pixel = np.broadcast_to(np.array(clip.CLIP_MEAN) * 255, (1, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(preprocess(mean_pixel)), 0.0, atol=1e-5)
 

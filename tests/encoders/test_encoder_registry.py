@@ -80,12 +80,12 @@ def test_register_and_get(clean_registry, tiny):
     module, variables = tiny
     registry.register_encoder(
         "tiny",
-        lambda features=5: (
+        lambda features=5: registry.encoder_from_module(
             TinyEncoder(features),
             TinyEncoder(features).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))),
-            lambda x: jnp.asarray(x, jnp.float32),
-            features,
-            8,
+            name="tiny",
+            input_size=8,
+            preprocess=lambda x: jnp.asarray(x, jnp.float32),
         ),
     )
     enc = registry.get_encoder("tiny", features=4)
@@ -96,6 +96,10 @@ def test_register_and_get(clean_registry, tiny):
         registry.register_encoder("tiny", lambda: None)
     registry.register_encoder("tiny", lambda: "junk", overwrite=True)
     with pytest.raises(TypeError, match="returned str"):
+        registry.get_encoder("tiny")
+    # One way to register: a factory returns an Encoder, not the parts of one.
+    registry.register_encoder("tiny", lambda: (module, variables, None, 5, 8), overwrite=True)
+    with pytest.raises(TypeError, match="returned tuple; expected an Encoder"):
         registry.get_encoder("tiny")
     with pytest.raises(TypeError, match="factory"):
         registry.register_encoder("x", 3)

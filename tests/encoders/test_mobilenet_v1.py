@@ -236,11 +236,9 @@ def test_not_a_dict():
 @needs_litert
 @needs_shared(TFLITE)
 def test_truncated_tflite(tmp_path):
-    from dkvb_jax.encoders import tflite_convert
-
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(TFLITE.read_bytes()[:100_000])
     with pytest.raises(ValueError, match="not a readable TFLite model"):
-        tflite_convert.read_mobilenet_v1_tflite(cut)
+        mb.read_tflite(cut)
     with pytest.raises(FileNotFoundError):
-        tflite_convert.read_mobilenet_v1_tflite(tmp_path / "absent.tflite")
+        mb.read_tflite(tmp_path / "absent.tflite")

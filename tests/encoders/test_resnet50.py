@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import resnet50 as rn
 from dkvb_jax.encoders import state_dict as sd
@@ -158,7 +159,7 @@ def checkpoints(tmp_path_factory):
 
     state = torchvision_state_dict(TINY)
     root = tmp_path_factory.mktemp("resnet")
-    sd.save_torch_zip(state, root / "tiny.pt")
+    save_torch_zip(state, root / "tiny.pt")
     save_file(state, str(root / "tiny.safetensors"))
     return state, {"pt": root / "tiny.pt", "safetensors": root / "tiny.safetensors"}
 
@@ -263,16 +264,16 @@ def test_truncated_checkpoint_is_a_clear_error(checkpoints, tmp_path):
         rn.load_resnet(path, TINY)
 
 
-def test_factory_returns_registry_tuple(checkpoints):
-    module, variables, preprocess, embed_dim, input_size = rn.resnet50_encoder(
-        checkpoints[1]["pt"], config=TINY
-    )
+def test_factory_returns_an_encoder(checkpoints):
+    encoder = rn.resnet50_encoder(checkpoints[1]["pt"], config=TINY)
+    assert encoder.name == "resnet50"
+    assert encoder.input_size == TINY.image_size and encoder.embed_dim == TINY.embed_dim
     pixels = np.random.default_rng(2).integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
-    x = preprocess(pixels)
-    assert x.shape == (3, input_size, input_size, 3) and input_size == TINY.image_size
-    assert (
-        jax.jit(module.apply)(variables, x).shape == (3, embed_dim) and embed_dim == TINY.embed_dim
-    )
+    x = encoder.preprocess(pixels)
+    assert x.shape == (3, TINY.image_size, TINY.image_size, 3)
+    z = jax.jit(encoder.apply_fn)(encoder.variables, x)
+    assert z.shape == (3, TINY.embed_dim)
+    np.testing.assert_array_equal(encoder.embed(pixels), np.asarray(z))
 
 
 def test_registered_in_get_encoder(checkpoints):
@@ -287,13 +288,14 @@ def test_registered_in_get_encoder(checkpoints):
 
 def test_headless_checkpoint_loads_and_refuses_logits(checkpoints, tmp_path):
     state = {k: v for k, v in checkpoints[0].items() if not k.startswith("fc.")}
-    sd.save_torch_zip(state, tmp_path / "headless.pt")
-    module, variables, _, embed_dim, _ = rn.resnet50_encoder(tmp_path / "headless.pt", config=TINY)
+    save_torch_zip(state, tmp_path / "headless.pt")
+    encoder = rn.resnet50_encoder(tmp_path / "headless.pt", config=TINY)
+    apply, variables, embed_dim = encoder.apply_fn, encoder.variables, encoder.embed_dim
     x = jnp.zeros((1, 32, 32, 3))
     assert "fc" not in variables["params"]
-    assert jax.eval_shape(module.apply, variables, x).shape == (1, embed_dim)
+    assert jax.eval_shape(apply, variables, x).shape == (1, embed_dim)
     with pytest.raises(ValueError, match="num_classes=0"):
-        jax.eval_shape(lambda v: module.apply(v, x, logits=True), variables)
+        jax.eval_shape(lambda v: apply(v, x, logits=True), variables)
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 60, 3), (1, 300, 224, 3), (1, 224, 224, 3)])

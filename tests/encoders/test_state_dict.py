@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from torch_zip_writer import pickle_unicode, save_torch_zip, write_torch_zip_raw
 
 from dkvb_jax.encoders import state_dict as sd
 
@@ -36,7 +37,7 @@ def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
 def _save(arrays: dict[str, np.ndarray], path: pathlib.Path, fmt: str) -> pathlib.Path:
     path = path.with_suffix(".pt" if fmt == "pt" else ".safetensors")
     if fmt == "pt":
-        sd.save_torch_zip(arrays, path)
+        save_torch_zip(arrays, path)
     else:
         save_file(arrays, str(path))
     return path
@@ -69,7 +70,7 @@ def test_round_trip_preserves_values_dtypes_and_shapes(tmp_path, fmt):
 
 def test_bfloat16_in_both_formats(tmp_path):
     x = np.linspace(-2, 2, 6, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(2, 3)
-    sd.save_torch_zip({"w": x}, tmp_path / "a.pt")
+    save_torch_zip({"w": x}, tmp_path / "a.pt")
     # The safetensors NumPy API cannot write bfloat16: write the (tiny) format by hand.
     header = b'{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]}}'
     (tmp_path / "a.safetensors").write_bytes(
@@ -91,7 +92,7 @@ def test_views_offsets_and_shared_storage(tmp_path):
         "scalar": ("0", 11, (), ()),
     }
     path = tmp_path / "views.pt"
-    sd.write_torch_zip_raw(tensors, {"0": storage}, path)
+    write_torch_zip_raw(tensors, {"0": storage}, path)
     got = sd.load_state_dict(path)
     full = storage.reshape(3, 4)
     expected = {
@@ -108,7 +109,7 @@ def test_views_offsets_and_shared_storage(tmp_path):
 
 def test_records_are_64_byte_aligned_like_torch(tmp_path):
     path = tmp_path / "a.pt"
-    sd.save_torch_zip(_arrays(np.random.default_rng(1)), path)
+    save_torch_zip(_arrays(np.random.default_rng(1)), path)
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
@@ -118,14 +119,14 @@ def test_records_are_64_byte_aligned_like_torch(tmp_path):
 
 def test_module_prefix_and_wrapper_dict_are_removed(tmp_path):
     path = tmp_path / "wrapped.pt"
-    sd.save_torch_zip(
-        {"module.a": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}, path
-    )
+    save_torch_zip({"module.a": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}, path)
     assert sorted(sd.load_state_dict(path)) == ["a", "b"]
     with zipfile.ZipFile(path) as zf:
         inner = zf.read("wrapped/data.pkl")[2:-1]  # strip PROTO and STOP
     # {'state_dict': <inner OrderedDict>, 'epoch': 3}: what training scripts save.
-    wrapped = b"\x80\x02}(" + sd._unicode("state_dict") + inner + sd._unicode("epoch") + b"K\x03u."
+    wrapped = (
+        b"\x80\x02}(" + pickle_unicode("state_dict") + inner + pickle_unicode("epoch") + b"K\x03u."
+    )
     _replace_pkl(path, wrapped)
     assert sorted(sd.load_state_dict(path)) == ["a", "b"]
 
@@ -141,7 +142,7 @@ _EVIL_PICKLES = {
 @pytest.mark.parametrize("name", sorted(_EVIL_PICKLES))
 def test_restricted_unpickler_refuses_anything_but_weights(tmp_path, name):
     path = tmp_path / "evil.pt"
-    sd.save_torch_zip({"a": np.ones(1, np.float32)}, path)
+    save_torch_zip({"a": np.ones(1, np.float32)}, path)
     _replace_pkl(path, _EVIL_PICKLES[name])
     with pytest.raises(ValueError, match="refusing|malformed"):
         sd.load_state_dict(path)
@@ -149,7 +150,7 @@ def test_restricted_unpickler_refuses_anything_but_weights(tmp_path, name):
 
 def test_torchscript_archive_is_named(tmp_path):
     path = tmp_path / "ViT-B-32.pt"
-    sd.save_torch_zip({"a": np.ones(1, np.float32)}, path)
+    save_torch_zip({"a": np.ones(1, np.float32)}, path)
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("ViT-B-32/code/__torch__/model.py", "")
         zf.writestr("ViT-B-32/constants.pkl", b"\x80\x02).")
@@ -176,7 +177,7 @@ def test_truncated_files_raise_value_error_naming_the_file(tmp_path, fmt, keep):
 )
 def test_damaged_storage_entries(tmp_path, edit, match):
     path = tmp_path / "a.pt"
-    sd.save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
+    save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
     _rewrite_zip(path, edit)
     with pytest.raises(ValueError, match=match):
         sd.load_state_dict(path)
@@ -226,7 +227,7 @@ def test_non_path_argument_is_a_type_error():
 
 def test_non_tensor_values_are_rejected(tmp_path):
     path = tmp_path / "a.pt"
-    sd.save_torch_zip({"a": np.ones(1, np.float32)}, path)
+    save_torch_zip({"a": np.ones(1, np.float32)}, path)
     _replace_pkl(path, b"\x80\x02}X\x01\x00\x00\x00aK\x01s.")  # {'a': 1}
     with pytest.raises(ValueError, match="does not hold a state dict"):
         sd.load_state_dict(path)
@@ -304,7 +305,7 @@ def test_torch_loads_our_files_weights_only(tmp_path):
 
     arrays = _arrays(np.random.default_rng(5))
     path = tmp_path / "ours.pt"
-    sd.save_torch_zip(arrays, path)
+    save_torch_zip(arrays, path)
     loaded = torch.load(path, weights_only=True)
     assert list(loaded) == list(arrays)
     for k, v in arrays.items():
@@ -346,7 +347,7 @@ def _peak_bytes(fn) -> int:
 def test_zero_stride_tensor_is_refused_before_allocating(tmp_path):
     """One float32 stored, viewed as 8192 x 8192 with zero strides: 256 MB from a tiny file."""
     path = tmp_path / "bomb.pt"
-    sd.write_torch_zip_raw({"w": ("0", 0, (8192, 8192), (0, 0))},
+    write_torch_zip_raw({"w": ("0", 0, (8192, 8192), (0, 0))},
                            {"0": np.zeros(1, np.float32)}, path)  # fmt: skip
     assert path.stat().st_size < 2000
 
@@ -359,7 +360,7 @@ def test_zero_stride_tensor_is_refused_before_allocating(tmp_path):
 
 def test_oversized_pickle_entry_is_refused_unread(tmp_path, monkeypatch):
     path = tmp_path / "a.pt"
-    sd.save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
+    save_torch_zip({"w": np.ones((2, 3), np.float32)}, path)
     monkeypatch.setattr(sd, "MAX_PICKLE_BYTES", 16)
     with pytest.raises(ValueError, match=r"a.pt.*data.pkl declares \d+ bytes.*MAX_PICKLE_BYTES=16"):
         sd.load_state_dict(path)

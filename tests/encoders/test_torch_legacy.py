@@ -208,6 +208,26 @@ def test_malicious_header_is_refused():
         torch_legacy.load_legacy(io.BytesIO(f.getvalue()))
 
 
+def test_setting_state_on_an_allowed_global_is_refused():
+    """BUILD on anything but an OrderedDict is refused, as in the zip reader: a file must not
+    set attributes on the reader's own stand-ins (here the `_rebuild_tensor_v2` function)."""
+    f = io.BytesIO()
+    for header in (
+        torch_legacy.MAGIC_NUMBER,
+        torch_legacy.PROTOCOL_VERSION,
+        {"little_endian": True},
+    ):
+        pickle.dump(header, f, protocol=2)
+    # GLOBAL torch._utils._rebuild_tensor_v2, EMPTY_DICT, 'planted' -> 1 SETITEM, BUILD, STOP.
+    f.write(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}X\x07\x00\x00\x00plantedK\x01sb.")
+    pickle.dump([], f, protocol=2)
+    with pytest.raises(ValueError, match="refusing to set state on a function"):
+        torch_legacy.load_legacy(io.BytesIO(f.getvalue()))
+    from dkvb_jax.encoders import _torch_pickle
+
+    assert not hasattr(_torch_pickle._rebuild_tensor_v2, "planted")
+
+
 def _cut(data: bytes, n: int) -> io.BytesIO:
     return io.BytesIO(data[:n])
 
@@ -256,7 +276,6 @@ def test_reads_real_checkpoint():
     assert len(sd) == 97 and all(k.startswith("module.") for k in sd)
     assert sd["module.conv1.weight"].shape == (16, 3, 3, 3)
     assert sd["module.linear.weight"].dtype == np.float32
-
 
 
 @pytest.mark.parametrize(

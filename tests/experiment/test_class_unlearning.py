@@ -10,10 +10,10 @@ from dkvb_jax.cli.main import RECIPE_CHOICES
 from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
 from dkvb_jax.experiment import (
+    DKVB_METHODS,
     ExperimentConfig,
     best_learned_class,
     fit_dkvb,
-    fold_standardization,
     load_fitted,
     run_class_unlearning,
     save_plots,
@@ -22,8 +22,10 @@ from dkvb_jax.experiment import (
 from dkvb_jax.experiment.class_unlearning import RECIPES
 from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.model import DKVB
+from dkvb_jax.model.preprocess import Affine, fold_affine
 from dkvb_jax.provenance import Rows
 from dkvb_jax.testing import clustered_embeddings
+from dkvb_jax.unlearning import METHODS
 
 # Trained values, LDA and keys on every training row: the pipeline's masking rows, baselines and
 # the not-certified exact row (test_recipe.py covers the certified default recipe).
@@ -135,13 +137,13 @@ def test_rerun_reuses_cached_rows(result):
     assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
 
 
-def test_fold_standardization_keeps_codes():
+def test_folded_standardization_keeps_codes():
     x, _ = clustered_embeddings(3, 64, dim=16)
     x = x * 3 + 5  # far from standardised
     mu, sd = standardizer(x)
     cfg = TINY.dkvb_config(16, 5)
     model, v = build_model(cfg, __import__("jax").random.key(0))
-    folded = fold_standardization(v, mu, sd)
+    folded = fold_affine(v, Affine(mu, 1.0 / sd))  # what fit_dkvb folds for "standardize"
     a = np.asarray(model.apply(v, (x - mu) / sd, method=DKVB.codes)[0])
     b = np.asarray(model.apply(folded, x, method=DKVB.codes)[0])
     assert (a == b).mean() > 0.99  # equal up to float rounding of near-ties
@@ -223,6 +225,7 @@ def test_config_recipes():
         "trained", 0.0, "adam")  # fmt: skip
     assert (paper.values, paper.holdout_fraction) == ("trained", 0.0)
     assert set(RECIPE_CHOICES) == set(RECIPES)
+    assert set(DKVB_METHODS) <= set(METHODS)  # the experiment runs registered methods
     vc = paper.value_config()
     assert (paper.preprocess, paper.top_k, paper.num_keys) == ("standardize", 1, 64)
     assert (vc.optimizer, vc.learning_rate, vc.label_smoothing, vc.clip_norm) == (

@@ -9,7 +9,7 @@ import scipy.linalg
 
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.model import DKVB
-from dkvb_jax.model.preprocess import apply_affine, fit_affine, fold_affine
+from dkvb_jax.model.preprocess import Affine, apply_affine, fit_affine, fold_affine
 
 CFG = DKVBConfig(embed_dim=6, num_classes=3, num_codebooks=4, num_keys=16, key_dim=3)
 
@@ -29,6 +29,9 @@ def _labelled(seed=0, n=300, classes=3):
 
 
 def _fit(x, kind, y=None):
+    if kind == "diagonal":  # standardisation given by its diagonal, as fit_dkvb folds it
+        full = fit_affine(x, "standardize")
+        return Affine(full.mean, np.diag(full.matrix).copy())
     return fit_affine(x, kind, labels=y if kind == "lda" else None)
 
 
@@ -78,7 +81,7 @@ def test_lda_shrinkage_keeps_few_rows_separable():
     assert np.mean(pred == yt) > 0.98  # 0.94 without shrinkage
 
 
-@pytest.mark.parametrize("kind", ["standardize", "pca_whiten", "lda"])
+@pytest.mark.parametrize("kind", ["standardize", "diagonal", "pca_whiten", "lda"])
 def test_fold_equals_preprocessing_inputs(kind):
     x, y = _labelled(1)
     affine = _fit(x, kind, y)
@@ -120,6 +123,21 @@ def test_fit_affine_bad_input(x, kind, match):
 def test_fit_affine_bad_labels(kind, labels, match):
     with pytest.raises(ValueError, match=match):
         fit_affine(_labelled()[0], kind, labels=labels)
+
+
+def test_diagonal_is_the_diagonal_matrix():
+    x = _data()
+    full, diagonal = _fit(x, "standardize"), _fit(x, "diagonal")
+    assert diagonal.matrix.shape == (6,)
+    np.testing.assert_allclose(apply_affine(x, diagonal), apply_affine(x, full), rtol=1e-6)
+    v = DKVB(CFG).init(jax.random.key(0), jnp.zeros((1, 6)))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+        fold_affine(v, diagonal),
+        fold_affine(v, full),
+    )
+    with pytest.raises(ValueError, match=r"expected \(6, 6\) \(or its diagonal \(6,\)\)"):
+        fold_affine(v, Affine(diagonal.mean, diagonal.matrix[:5]))
 
 
 def test_fold_needs_projection():
