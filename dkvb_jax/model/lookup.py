@@ -4,6 +4,11 @@ The distance tensor `[batch, codebooks, keys]` is the only large intermediate of
 (1 GiB of float32 at the paper's batch 256 x 256 codebooks x 4096 keys). `nearest_keys`
 computes it in row chunks with `lax.map`, so peak memory is set by the chunk, not the batch;
 each chunk runs exactly the computation the unchunked path runs on those rows.
+
+The search is chosen per backend: on CPU the two-stage ``blocked`` search (float32 matmuls at
+`Precision.HIGHEST`, which a TPU would run as six bfloat16 passes); on GPU and TPU the
+``rerank`` search of :mod:`dkvb_jax.model.rerank` (one bfloat16 pass on the matmul units, an
+exact float32 re-rank, and a proven-exact fallback). All return the exact nearest keys.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from dkvb_jax.model import rerank as rerank_lib
 
 
 class Lookup(NamedTuple):
@@ -92,21 +99,9 @@ def _blocked_row_bytes(
     return 4 * (num_codebooks * (key_dim + 2 * top_k) + per_group)
 
 
-def _smallest(d, top_k):
-    """int32 positions and values of the `top_k` smallest entries of the last axis of `d`."""
-    if top_k == 1:
-        # argmin is cheaper than a sort and, like top_k, breaks ties towards the lower index.
-        idx = jnp.argmin(d, axis=-1)[..., None]
-        dist = jnp.take_along_axis(d, idx, axis=-1)
-    else:
-        neg, idx = jax.lax.top_k(-d, top_k)
-        dist = -neg
-    return idx.astype(jnp.int32), dist
-
-
 def _dense_rows(queries, keys, search_mask, top_k):
     d = squared_distances(queries, keys)
-    return _smallest(jnp.where(search_mask[None], jnp.inf, d), top_k)
+    return rerank_lib.smallest(jnp.where(search_mask[None], jnp.inf, d), top_k)
 
 
 def _approx_rows(queries, keys, search_mask, top_k, recall_target):
@@ -167,7 +162,7 @@ def _blocked_group(qc, kc, k2c, top_k, block):
         best = jnp.sort(best, axis=-1)
     cb = jnp.arange(group)[:, None, None]
     kg = kc.reshape(group, num_blocks, block, key_dim)[cb, best]  # [g, rows, cand, block, dim]
-    d = _direct_distances(qc[:, :, None, None], kg)
+    d = rerank_lib.direct_distances(qc[:, :, None, None], kg)
     excluded = jnp.isinf(k2c.reshape(group, num_blocks, block)[cb, best])
     d = jnp.where(excluded, jnp.inf, d).reshape(group, rows, best.shape[-1] * block)
     if top_k == 1:
@@ -193,136 +188,6 @@ def _blocked_rows(queries, keys, k2_masked, top_k, block, group):
     idx, dist = jax.lax.map(lambda a: _blocked_group(*a, top_k, block), (qg, kg, k2g))
     shape = (num_codebooks, rows, -1)
     return idx.reshape(shape).transpose(1, 0, 2), dist.reshape(shape).transpose(1, 0, 2)
-
-
-# Unit roundoff of bfloat16 (8-bit significand) and of float32.
-_BF16_U = 2.0**-8
-_F32_U = 2.0**-24
-
-
-def _direct_distances(q, k):
-    """`sum((q - k)^2)` over the last axis, unrolled over the few key dims.
-
-    An unrolled sum stays one loop fusion with the gather that produced `k`, so gathered keys are
-    never written out, and direct differences have no cancellation (unlike the matmul form).
-    """
-    return sum(jnp.square(q[..., j] - k[..., j]) for j in range(k.shape[-1]))
-
-
-def _rerank_prepare(keys, search_mask):
-    """Per-call key statistics of the ``rerank`` search, computed once for all chunks.
-
-    Returns:
-      Per-codebook centres `[codebooks, key_dim]` (mean key; distances are translation
-      invariant, and centring shrinks the `|q| |k|` that scales the bfloat16 error), centred
-      keys `[codebooks, keys, key_dim]` and their norms `[codebooks, keys]`.
-    """
-    centre = jnp.mean(keys, axis=1)
-    kc = keys - centre[:, None]
-    return centre, kc, jnp.sqrt(jnp.sum(kc * kc, axis=-1))
-
-
-def _rerank_lower_bounds(queries, centre, kc, kn, search_mask):
-    """Stage 1 of ``rerank``: a lower bound on every squared distance, `[rows, codebooks, keys]`.
-
-    The dot products run on bfloat16 inputs with float32 accumulation (one pass of a TPU MXU or
-    a GPU tensor core, on every backend alike). Rounding both inputs to bfloat16 moves each
-    product by at most `(2u + u^2) |q_i k_i|`, so the distance by at most
-    `2 (2u + u^2 + 2 g) |q| |k|` (`u` the bfloat16 unit roundoff, `g` float32 accumulation over
-    `key_dim` terms); the remaining float32 roundings (centring, norms, sums) stay below
-    `(key_dim + 8) u32 (|q| + |k|)^2`. Twice that bound is subtracted, so the result never
-    exceeds the true distance. Masked keys get +inf.
-    """
-    key_dim = kc.shape[-1]
-    qc = queries - centre[None]
-    qk = jnp.einsum(
-        "bcd,ckd->bck",
-        qc.astype(jnp.bfloat16),
-        kc.astype(jnp.bfloat16),
-        preferred_element_type=jnp.float32,
-    )
-    q2 = jnp.sum(qc * qc, axis=-1)
-    qn = jnp.sqrt(q2)[..., None]
-    approx = q2[..., None] - 2.0 * qk + jnp.square(kn)[None]
-    g = key_dim * _F32_U / (1 - key_dim * _F32_U)
-    rel = 4.0 * (2 * _BF16_U + _BF16_U**2 + 2 * g)
-    absolute = 2.0 * (key_dim + 8) * _F32_U
-    err = rel * qn * kn[None] + absolute * jnp.square(qn + kn[None])
-    return jnp.where(search_mask[None], jnp.inf, approx - err)
-
-
-def _rerank_rows(queries, keys, search_mask, prepared, top_k, candidates):
-    """Exact search: bfloat16 distances pick candidates, float32 re-ranks them, a check proves it.
-
-    The `candidates` keys of smallest lower bound (stage 1) are re-ranked by their float32
-    distances (direct differences, as the ``blocked`` search's second stage). The result is
-    certified when the `top_k`-th re-ranked distance, inflated by its own float32 rounding, is
-    below the smallest lower bound of the keys left out: then no key left out can be nearer.
-    The few uncertified `(row, codebook)` pairs (near-ties that bfloat16 cannot separate) are
-    searched over all their keys with direct differences; if there are too many for that, the
-    whole chunk is. Direct differences keep their precision where the matmul form cancels
-    (queries and keys far from the origin), so the result is that of the float32 distances
-    `sum((q - k)^2)`, as the ``blocked`` search's.
-
-    Returns:
-      int32 indices, float32 distances `[rows, codebooks, top_k]` and bool `certified`
-      `[rows, codebooks]` (True where stage 1 alone sufficed).
-    """
-    rows, num_codebooks, key_dim = queries.shape
-    num_keys = keys.shape[1]
-    lb = _rerank_lower_bounds(queries, *prepared, search_mask)
-    m = min(candidates, num_keys)
-    if m < num_keys:
-        neg, cand = jax.lax.top_k(-lb, m + 1)
-        threshold = -neg[..., m]  # the smallest lower bound among the keys left out
-        cand = cand[..., :m]
-    else:
-        cand = jnp.broadcast_to(jnp.arange(num_keys), lb.shape)
-        threshold = jnp.full(lb.shape[:-1], jnp.inf)
-    # In index order, equal distances keep the lower key index, as in every other method.
-    cand = jnp.sort(cand, axis=-1)
-    cb = jnp.arange(num_codebooks)[None, :, None]
-    d = _direct_distances(queries[:, :, None], keys[cb, cand])
-    d = jnp.where(search_mask[cb, cand], jnp.inf, d)
-    pos, dist = _smallest(d, top_k)
-    idx = jnp.take_along_axis(cand, pos, axis=-1)
-    # The float32 re-rank distance is within (key_dim + 3) u32 of the true one (relative).
-    kth = dist[..., -1] * (1 + 2 * (key_dim + 4) * _F32_U)
-    certified = jnp.isinf(threshold) | (kth < threshold)
-    idx, dist = _rerank_fallback(queries, keys, search_mask, idx, dist, certified, top_k)
-    return idx.astype(jnp.int32), dist, certified
-
-
-def _rerank_fallback(queries, keys, search_mask, idx, dist, certified, top_k):
-    """Exact search over all keys for the `(row, codebook)` pairs stage 1 did not certify.
-
-    Up to a fixed number of pairs (1/32 of the chunk's, at least 8) are gathered and searched
-    with direct differences; beyond that, all pairs of the chunk are (one elementwise pass over
-    `[rows, codebooks, keys]`, without the matmul units but as exact).
-    """
-    rows, num_codebooks, key_dim = queries.shape
-    pairs = rows * num_codebooks
-    size = min(pairs, max(8, pairs // 32))
-    bad = ~certified.reshape(pairs)
-    # Padding entries point past the end; their scatter is dropped.
-    sel = jnp.nonzero(bad, size=size, fill_value=pairs)[0]
-    safe = jnp.minimum(sel, pairs - 1)
-    q = queries.reshape(pairs, key_dim)[safe]  # [size, key_dim]
-    c = safe % num_codebooks
-    d = _direct_distances(q[:, None], keys[c])  # [size, keys]
-    few_idx, few_dist = _smallest(jnp.where(search_mask[c], jnp.inf, d), top_k)
-    idx = idx.reshape(pairs, top_k).at[sel].set(few_idx, mode="drop")
-    dist = dist.reshape(pairs, top_k).at[sel].set(few_dist, mode="drop")
-    idx, dist = idx.reshape(rows, num_codebooks, top_k), dist.reshape(rows, num_codebooks, top_k)
-
-    def whole_chunk(args):
-        idx, dist = args
-        d = _direct_distances(queries[:, :, None], keys[None])  # [rows, codebooks, keys]
-        all_idx, all_dist = _smallest(jnp.where(search_mask[None], jnp.inf, d), top_k)
-        keep = certified[..., None]
-        return jnp.where(keep, idx, all_idx), jnp.where(keep, dist, all_dist)
-
-    return jax.lax.cond(jnp.sum(bad) > size, whole_chunk, lambda args: args, (idx, dist))
 
 
 def _codebook_group(num_codebooks: int, target: int) -> int:
@@ -355,6 +220,35 @@ def resolve_method(method: str, num_keys: int, block: int, backend: str | None =
     if backend in ACCELERATOR_BACKENDS:
         return "rerank"
     return "blocked" if num_keys >= 4 * block else "dense"
+
+
+def _check_arguments(queries, keys, search_mask, top_k, block, candidates):
+    """Validates the arguments of :func:`nearest_keys`; returns the mask and candidate count."""
+    _, num_codebooks, key_dim = queries.shape
+    if keys.ndim != 3 or keys.shape[0] != num_codebooks or keys.shape[2] != key_dim:
+        raise ValueError(
+            f"keys must have shape [codebooks={num_codebooks}, keys, key_dim={key_dim}] to match "
+            f"queries {tuple(queries.shape)}, got {tuple(keys.shape)}."
+        )
+    num_keys = keys.shape[1]
+    if not 1 <= top_k <= num_keys:
+        raise ValueError(f"top_k must be in [1, num_keys={num_keys}], got {top_k}.")
+    if search_mask is None:
+        search_mask = jnp.zeros((num_codebooks, num_keys), bool)
+    elif search_mask.shape != (num_codebooks, num_keys):
+        raise ValueError(
+            f"search_mask must have shape [codebooks, keys] = {(num_codebooks, num_keys)}, got "
+            f"{tuple(search_mask.shape)}."
+        )
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}.")
+    if candidates is None:
+        candidates = max(DEFAULT_CANDIDATES, 2 * top_k)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < top_k:
+        raise ValueError(
+            f"candidates must be None or an integer >= top_k={top_k}, got {candidates!r}."
+        )
+    return search_mask, candidates
 
 
 def nearest_keys(
@@ -401,29 +295,8 @@ def nearest_keys(
       A :class:`Lookup` of `[batch, codebooks, top_k]` arrays.
     """
     batch, num_codebooks, key_dim = queries.shape
-    if keys.ndim != 3 or keys.shape[0] != num_codebooks or keys.shape[2] != key_dim:
-        raise ValueError(
-            f"keys must have shape [codebooks={num_codebooks}, keys, key_dim={key_dim}] to match "
-            f"queries {tuple(queries.shape)}, got {tuple(keys.shape)}."
-        )
+    search_mask, candidates = _check_arguments(queries, keys, search_mask, top_k, block, candidates)
     num_keys = keys.shape[1]
-    if not 1 <= top_k <= num_keys:
-        raise ValueError(f"top_k must be in [1, num_keys={num_keys}], got {top_k}.")
-    if search_mask is None:
-        search_mask = jnp.zeros((num_codebooks, num_keys), bool)
-    elif search_mask.shape != (num_codebooks, num_keys):
-        raise ValueError(
-            f"search_mask must have shape [codebooks, keys] = {(num_codebooks, num_keys)}, got "
-            f"{tuple(search_mask.shape)}."
-        )
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive integer, got {block!r}.")
-    if candidates is None:
-        candidates = max(DEFAULT_CANDIDATES, 2 * top_k)
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < top_k:
-        raise ValueError(
-            f"candidates must be None or an integer >= top_k={top_k}, got {candidates!r}."
-        )
     block = min(block, num_keys)
     method = resolve_method(method, num_keys, block)
     if chunk is None:
@@ -446,10 +319,10 @@ def nearest_keys(
         def rows_fn(q):
             return _blocked_rows(q, padded, k2_masked, top_k, block, group)
     elif method == "rerank":
-        prepared = _rerank_prepare(keys, search_mask)
+        prepared = rerank_lib.prepare(keys)
 
         def rows_fn(q):
-            return _rerank_rows(q, keys, search_mask, prepared, top_k, candidates)[:2]
+            return rerank_lib.search_rows(q, keys, search_mask, prepared, top_k, candidates)[:2]
     elif method == "dense":
 
         def rows_fn(q):

@@ -31,6 +31,7 @@ def main() -> None:
     import numpy as np
 
     from dkvb_jax.model import lookup, splitter
+    from dkvb_jax.model import rerank as rerank_lib
 
     def embeddings(split: str) -> np.ndarray:
         (path,) = args.cache_dir.glob(f"cifar10_cifar10-{split}-{args.encoder}-*/embeddings.npy")
@@ -46,10 +47,10 @@ def main() -> None:
     queries = splitter.project(jnp.asarray(x, jnp.float32), proj)
     mask = jnp.zeros(keys.shape[:2], bool)
     ref = lookup.nearest_keys(queries, keys, mask, method="dense", chunk=64).indices
-    prepared = lookup._rerank_prepare(keys, mask)
+    prepared = rerank_lib.prepare(keys)
     rows = []
     for m in args.candidates:
-        fn = jax.jit(lambda q, m=m: lookup._rerank_rows(q, keys, mask, prepared, 1, m))
+        fn = jax.jit(lambda q, m=m: rerank_lib.search_rows(q, keys, mask, prepared, 1, m))
         idx, _, certified = jax.lax.map(fn, queries.reshape(-1, 16, *queries.shape[1:]))
         idx = idx.reshape(ref.shape)
         certified = np.asarray(certified).reshape(-1)

@@ -19,6 +19,7 @@ from test_lookup_fast import assert_same_lookup, dense, problem
 
 from dkvb_jax.config import LOOKUP_METHODS, DKVBConfig
 from dkvb_jax.model import DKVB, lookup
+from dkvb_jax.model import rerank as rerank_lib
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "candidates", "chunk"))
@@ -31,8 +32,8 @@ def rerank(q, k, mask, top_k, candidates=None, chunk=0):
 
 @functools.partial(jax.jit, static_argnames=("top_k", "candidates"))
 def _certified(q, k, mask, top_k, candidates):
-    prepared = lookup._rerank_prepare(k, mask)
-    return lookup._rerank_rows(q, k, mask, prepared, top_k, candidates)[2]
+    prepared = rerank_lib.prepare(k)
+    return rerank_lib.search_rows(q, k, mask, prepared, top_k, candidates)[2]
 
 
 def certified(q, k, mask, top_k, candidates):
@@ -173,8 +174,8 @@ def test_auto_picks_the_search_per_backend(backend, expected):
 
 def test_auto_follows_jax_default_backend(monkeypatch):
     calls = []
-    real = lookup._rerank_rows
-    monkeypatch.setattr(lookup, "_rerank_rows", lambda *a: calls.append(1) or real(*a))
+    real = rerank_lib.search_rows
+    monkeypatch.setattr(rerank_lib, "search_rows", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     q, k, mask = problem(4, batch=5, codebooks=2, keys=256, dim=3, mask_p=0.1, integer=False)
     res = jax.jit(lambda q, k, m: lookup.nearest_keys(q, k, m, top_k=1))(q, k, mask)
@@ -191,7 +192,7 @@ def test_model_config_accepts_every_method():
         model = DKVB(DKVBConfig(**cfg, lookup_method=method))
         variables = model.init(jax.random.key(0), x)
         codes[method] = np.asarray(
-            jax.jit(lambda v, x: model.apply(v, x, method=model.codes))(variables, x)[0]
+            jax.jit(functools.partial(model.apply, method=DKVB.codes))(variables, x)[0]
         )
     np.testing.assert_array_equal(codes["rerank"], codes["dense"])
 
