@@ -64,6 +64,8 @@ def near_ties(seed, batch, codebooks, keys, dim, offset, spread):
     q = rng.normal(size=(batch, codebooks, dim)) + offset
     u = rng.normal(size=(batch, codebooks, keys, dim))
     u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    # On a half sphere, so the keys' centre (where the bfloat16 stage centres) is not the query.
+    u[..., 0] = np.abs(u[..., 0])
     eps = rng.permutation(keys)[None, None, :, None] * spread / keys
     # The keys surround the first row's query; the other rows' queries move by far less than
     # the gaps, so float32 still orders every row's keys as float64 does.
@@ -94,6 +96,21 @@ def test_near_ties_reach_the_exact_fallback(top_k, offset, spread, candidates):
     assert_matches_reference(res, q, k, None, top_k)
     if offset == 0:  # away from the origin the matmul form of `dense` cancels; rerank does not
         assert_same_lookup(res, dense(q, k, None, top_k))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_few_doubtful_pairs_are_searched_alone(top_k):
+    # Codebook 0 holds near-ties bfloat16 cannot order, so its `top_k` candidates are the wrong
+    # keys; the other codebooks' keys are well separated. The doubtful pairs fit the per-pair
+    # fallback (at most 8 of these 16), so only it can repair codebook 0.
+    tq, tk = near_ties(3, batch=4, codebooks=1, keys=40, dim=4, offset=0.0, spread=1e-4)
+    q, k, _ = problem(4, batch=4, codebooks=3, keys=40, dim=4, mask_p=0.0, integer=False)
+    q, k = jnp.concatenate([tq, q], axis=1), jnp.concatenate([tk, k], axis=0)
+    doubtful = ~certified(q, k, None, top_k, top_k)
+    assert 0 < doubtful.sum() <= 8 and doubtful[:, 0].all()
+    res = rerank(q, k, None, top_k, top_k)
+    assert_matches_reference(res, q, k, None, top_k)
+    assert_same_lookup(res, dense(q, k, None, top_k))
 
 
 def test_well_separated_keys_need_no_fallback():
