@@ -14,7 +14,7 @@ Decoder = Literal["vote", "linear", "mlp"]
 
 SPLITTERS: tuple[str, ...] = ("random_projection", "chunk", "learned")
 DECODERS: tuple[str, ...] = ("vote", "linear", "mlp")
-LOOKUP_METHODS: tuple[str, ...] = ("auto", "blocked", "dense", "approx")
+LOOKUP_METHODS: tuple[str, ...] = ("auto", "blocked", "dense", "approx", "rerank")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,8 @@ class DKVBConfig:
             tensor, only sensible for small models).
         lookup_memory_mb: Memory budget, in MiB, of one chunk of float32 distances
             ``[chunk, codebooks, keys]``.
+        lookup_method: Search of :func:`dkvb_jax.model.lookup.nearest_keys`; ``auto`` picks it
+            per backend (``rerank`` on GPU and TPU, ``blocked`` or ``dense`` on CPU).
         standardize: Whether the model expects standardised inputs. Informational for the
             splitter statistics; standardisation itself is applied by the caller.
     """

@@ -4,6 +4,11 @@ The distance tensor `[batch, codebooks, keys]` is the only large intermediate of
 (1 GiB of float32 at the paper's batch 256 x 256 codebooks x 4096 keys). `nearest_keys`
 computes it in row chunks with `lax.map`, so peak memory is set by the chunk, not the batch;
 each chunk runs exactly the computation the unchunked path runs on those rows.
+
+The search is chosen per backend: on CPU the two-stage ``blocked`` search (float32 matmuls at
+`Precision.HIGHEST`, which a TPU would run as six bfloat16 passes); on GPU and TPU the
+``rerank`` search of :mod:`dkvb_jax.model.rerank` (one bfloat16 pass on the matmul units, an
+exact float32 re-rank, and a proven-exact fallback). All return the exact nearest keys.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from dkvb_jax.model import rerank as rerank_lib
 
 
 class Lookup(NamedTuple):
@@ -47,7 +54,9 @@ def squared_distances(queries: jax.Array, keys: jax.Array) -> jax.Array:
     return jnp.maximum(q2 - 2.0 * qk + k2, 0.0)
 
 
-METHODS: tuple[str, ...] = ("auto", "blocked", "dense", "approx")
+METHODS: tuple[str, ...] = ("auto", "blocked", "dense", "approx", "rerank")
+# Backends whose matmul units (TPU MXU, GPU tensor cores) make the ``rerank`` search the default.
+ACCELERATOR_BACKENDS: tuple[str, ...] = ("gpu", "tpu", "cuda", "rocm")
 
 # Keys per block of the blocked search. 32 keeps the exact re-ranking of the winning block at
 # 1/128 of the search work for the paper's 4096 keys.
@@ -59,6 +68,8 @@ DEFAULT_STEP_KEYS = 256
 # Codebooks searched together: their queries stay in cache while their keys stream through
 # (4 measured as good as or better than 8, 16 and all 256 on the paper setting).
 DEFAULT_GROUP = 4
+# Candidates per codebook that the ``rerank`` search scores exactly.
+DEFAULT_CANDIDATES = 16
 
 
 def auto_chunk(num_codebooks: int, num_keys: int, memory_mb: float) -> int:
@@ -90,15 +101,7 @@ def _blocked_row_bytes(
 
 def _dense_rows(queries, keys, search_mask, top_k):
     d = squared_distances(queries, keys)
-    d = jnp.where(search_mask[None], jnp.inf, d)
-    if top_k == 1:
-        # argmin is cheaper than a sort and, like top_k, breaks ties towards the lower index.
-        idx = jnp.argmin(d, axis=-1)[..., None]
-        dist = jnp.take_along_axis(d, idx, axis=-1)
-    else:
-        neg, idx = jax.lax.top_k(-d, top_k)
-        dist = -neg
-    return idx.astype(jnp.int32), dist
+    return rerank_lib.smallest(jnp.where(search_mask[None], jnp.inf, d), top_k)
 
 
 def _approx_rows(queries, keys, search_mask, top_k, recall_target):
@@ -159,9 +162,7 @@ def _blocked_group(qc, kc, k2c, top_k, block):
         best = jnp.sort(best, axis=-1)
     cb = jnp.arange(group)[:, None, None]
     kg = kc.reshape(group, num_blocks, block, key_dim)[cb, best]  # [g, rows, cand, block, dim]
-    # An unrolled sum over the few key dims stays one loop fusion with the gather, so the
-    # gathered keys are never written out.
-    d = sum(jnp.square(qc[:, :, None, None, j] - kg[..., j]) for j in range(key_dim))
+    d = rerank_lib.direct_distances(qc[:, :, None, None], kg)
     excluded = jnp.isinf(k2c.reshape(group, num_blocks, block)[cb, best])
     d = jnp.where(excluded, jnp.inf, d).reshape(group, rows, best.shape[-1] * block)
     if top_k == 1:
@@ -204,52 +205,26 @@ def _pad_to_blocks(keys, search_mask, block):
     return keys, jnp.where(search_mask, jnp.inf, k2)
 
 
-def resolve_method(method: str, num_keys: int, block: int) -> str:
-    """The search `method` actually used: ``auto`` is ``blocked`` unless there are few blocks."""
+def resolve_method(method: str, num_keys: int, block: int, backend: str | None = None) -> str:
+    """The search `method` actually used.
+
+    ``auto`` is ``rerank`` on a GPU or TPU `backend` (default: `jax.default_backend()`), whose
+    matmul units do the bfloat16 first stage at full rate; elsewhere ``blocked`` unless there are
+    few blocks, then ``dense``.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if method == "auto":
-        return "blocked" if num_keys >= 4 * block else "dense"
-    return method
+    if method != "auto":
+        return method
+    backend = jax.default_backend() if backend is None else backend
+    if backend in ACCELERATOR_BACKENDS:
+        return "rerank"
+    return "blocked" if num_keys >= 4 * block else "dense"
 
 
-def nearest_keys(
-    queries: jax.Array,
-    keys: jax.Array,
-    search_mask: jax.Array | None = None,
-    *,
-    top_k: int = 1,
-    chunk: int | None = 0,
-    memory_mb: float = 64.0,
-    method: str = "auto",
-    block: int = DEFAULT_BLOCK,
-    codebook_group: int = DEFAULT_GROUP,
-    recall_target: float = 0.95,
-) -> Lookup:
-    """Finds the `top_k` nearest active keys of every codebook for every query.
-
-    Args:
-      queries: float `[batch, codebooks, key_dim]`.
-      keys: float `[codebooks, keys, key_dim]`.
-      search_mask: bool `[codebooks, keys]`, True for keys excluded from the search.
-      top_k: keys returned per codebook, in increasing distance (ties: lower index first).
-      chunk: rows of `queries` processed at once; `None` derives it from `memory_mb`, `0`
-        computes the whole batch at once. Any chunk works: the last one is padded.
-      memory_mb: budget for one chunk's intermediates when `chunk` is None.
-      method: ``blocked`` (exact two-stage search that never materialises the distance
-        tensor; the fastest on CPU), ``dense`` (exact, materialises the distances of a chunk),
-        ``approx`` (`jax.lax.approx_min_k`, approximate on TPU with `recall_target`; exact
-        elsewhere), or ``auto`` (``blocked`` when there are at least 4 blocks, else ``dense``).
-        The exact methods return the same keys, up to float32 rounding of near-equal distances.
-      block: keys per block of the ``blocked`` method.
-      codebook_group: codebooks searched together by the ``blocked`` method (the largest
-        divisor of the number of codebooks not above it).
-      recall_target: recall of the ``approx`` method.
-
-    Returns:
-      A :class:`Lookup` of `[batch, codebooks, top_k]` arrays.
-    """
-    batch, num_codebooks, key_dim = queries.shape
+def _check_arguments(queries, keys, search_mask, top_k, block, candidates):
+    """Validates the arguments of :func:`nearest_keys`; returns the mask and candidate count."""
+    _, num_codebooks, key_dim = queries.shape
     if keys.ndim != 3 or keys.shape[0] != num_codebooks or keys.shape[2] != key_dim:
         raise ValueError(
             f"keys must have shape [codebooks={num_codebooks}, keys, key_dim={key_dim}] to match "
@@ -267,6 +242,61 @@ def nearest_keys(
         )
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}.")
+    if candidates is None:
+        candidates = max(DEFAULT_CANDIDATES, 2 * top_k)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < top_k:
+        raise ValueError(
+            f"candidates must be None or an integer >= top_k={top_k}, got {candidates!r}."
+        )
+    return search_mask, candidates
+
+
+def nearest_keys(
+    queries: jax.Array,
+    keys: jax.Array,
+    search_mask: jax.Array | None = None,
+    *,
+    top_k: int = 1,
+    chunk: int | None = 0,
+    memory_mb: float = 64.0,
+    method: str = "auto",
+    block: int = DEFAULT_BLOCK,
+    codebook_group: int = DEFAULT_GROUP,
+    recall_target: float = 0.95,
+    candidates: int | None = None,
+) -> Lookup:
+    """Finds the `top_k` nearest active keys of every codebook for every query.
+
+    Args:
+      queries: float `[batch, codebooks, key_dim]`.
+      keys: float `[codebooks, keys, key_dim]`.
+      search_mask: bool `[codebooks, keys]`, True for keys excluded from the search.
+      top_k: keys returned per codebook, in increasing distance (ties: lower index first).
+      chunk: rows of `queries` processed at once; `None` derives it from `memory_mb`, `0`
+        computes the whole batch at once. Any chunk works: the last one is padded.
+      memory_mb: budget for one chunk's intermediates when `chunk` is None.
+      method: ``blocked`` (exact two-stage search that never materialises the distance
+        tensor; the fastest on CPU), ``dense`` (exact, materialises the distances of a chunk),
+        ``approx`` (`jax.lax.approx_min_k`, approximate on TPU with `recall_target`; exact
+        elsewhere), ``rerank`` (exact: bfloat16 distances on the matmul units pick `candidates`
+        keys, float32 re-ranks them, and pairs whose bfloat16 error bound leaves a doubt are
+        searched exactly; made for GPU and TPU), or ``auto`` (``rerank`` on GPU and TPU; on
+        CPU ``blocked`` when there are at least 4 blocks, else ``dense``). The exact methods
+        return the same keys, up to float32 rounding of near-equal distances.
+      block: keys per block of the ``blocked`` method.
+      codebook_group: codebooks searched together by the ``blocked`` method (the largest
+        divisor of the number of codebooks not above it).
+      recall_target: recall of the ``approx`` method.
+      candidates: keys per codebook re-ranked in float32 by the ``rerank`` method (at least
+        `top_k`; `None`: the larger of 16 and `2 * top_k`). More candidates make the exact
+        fallback rarer; any value gives the exact result.
+
+    Returns:
+      A :class:`Lookup` of `[batch, codebooks, top_k]` arrays.
+    """
+    batch, num_codebooks, key_dim = queries.shape
+    search_mask, candidates = _check_arguments(queries, keys, search_mask, top_k, block, candidates)
+    num_keys = keys.shape[1]
     block = min(block, num_keys)
     method = resolve_method(method, num_keys, block)
     if chunk is None:
@@ -274,6 +304,9 @@ def nearest_keys(
             group = _codebook_group(num_codebooks, codebook_group)
             row = _blocked_row_bytes(num_codebooks, num_keys, key_dim, top_k, block, group)
             chunk = max(1, int(memory_mb * 2**20) // row)
+        elif method == "rerank":
+            # The bfloat16 products and the lower bounds are both `[rows, codebooks, keys]`.
+            chunk = auto_chunk(num_codebooks, num_keys, memory_mb / 2)
         else:
             chunk = auto_chunk(num_codebooks, num_keys, memory_mb)
     if chunk < 0:
@@ -285,6 +318,11 @@ def nearest_keys(
 
         def rows_fn(q):
             return _blocked_rows(q, padded, k2_masked, top_k, block, group)
+    elif method == "rerank":
+        prepared = rerank_lib.prepare(keys)
+
+        def rows_fn(q):
+            return rerank_lib.search_rows(q, keys, search_mask, prepared, top_k, candidates)[:2]
     elif method == "dense":
 
         def rows_fn(q):

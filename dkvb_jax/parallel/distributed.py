@@ -2,9 +2,23 @@
 
 On a pod or a multi-GPU cluster every process runs the same program. Each one reads only its own
 contiguous slice of the examples (:func:`process_slice`), and the slices are assembled into one
-global array split over the ``'data'`` axis (:func:`to_global`), which the data-parallel
-functions of :mod:`dkvb_jax.parallel` take as they are. With one process this is the ordinary
+global array split over the ``'data'`` axis (:func:`to_global`), which every data pass of
+:mod:`dkvb_jax.training` takes as it is (``mesh=...``). With one process this is the ordinary
 single-host path, so the same code runs on a laptop and on a pod.
+
+Results back on the host: an array split over the devices of several processes (per-row codes,
+`evaluate(...).logits`, codebook-sharded values) is not in any one process's memory, and
+`np.asarray` on it raises ("Fetching value for `jax.Array` that spans non-addressable devices").
+:func:`to_host` returns its full value on every process through
+`jax.experimental.multihost_utils.process_allgather`; like any collective, every process must
+call it, in the same order. Arrays replicated on every device (the usage histogram, scalar
+counts) convert with `np.asarray` as they are, and :func:`to_host` passes them through::
+
+    distributed.initialize()                      # before any other JAX call
+    mesh = parallel.data_mesh()
+    gx, valid, gy = distributed.global_batch(x, mesh, labels=y)
+    result = training.evaluate(model, variables, gx, gy, mesh=mesh, valid=valid)
+    logits = distributed.to_host(result.logits)[distributed.to_host(valid)]
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dkvb_jax.data.sharding import resolve_process
@@ -112,3 +127,24 @@ def global_batch(
     gx = to_global(np.asarray(x)[idx], mesh)
     gl = None if labels is None else to_global(np.asarray(labels)[idx], mesh)
     return gx, to_global(valid, mesh), gl
+
+
+def to_host(tree):
+    """NumPy copies of every array of `tree`, also of arrays split over several processes.
+
+    Arrays this process can read whole (single-process, or replicated on every device) are
+    copied directly; global arrays split over other processes' devices are gathered with
+    `multihost_utils.process_allgather`, a collective: call it on every process alike.
+
+    Returns:
+      `tree` with each array leaf replaced by its full global value as an `np.ndarray`.
+    """
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if leaf.is_fully_replicated:
+                return np.asarray(leaf.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(leaf)
+
+    return jax.tree.map(one, tree)

@@ -5,12 +5,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax import _validation
 from dkvb_jax.config import DKVBConfig
 from dkvb_jax.errors import InputError, InputTypeError
+
+
+def check_concrete(entry: str, **trees: Any) -> None:
+    """Refuses traced inputs: the entry points validate values and hash them for the audit.
+
+    Raises:
+      InputError: a leaf of one of `trees` is a tracer (the call sits inside `jit`, `pmap`,
+        `vmap` or `shard_map`); the message names the jittable functions to call there instead.
+    """
+    for name, tree in trees.items():
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree)):
+            raise InputError(
+                f"{entry} got a traced {name}: it runs outside jit / pmap / vmap, since it checks "
+                "concrete values and records them in its audit. Inside a jitted or pmapped "
+                "function use the array-level core instead: a selection "
+                "(unlearning.mask_top_n_per_class(usage, forget, n), mask_top_n(counts, n) or "
+                "codes_selection(indices, valid, num_keys), with unlearning.psum_usage to sum a "
+                "device's counts over the axis), then unlearning.apply_selection(variables, "
+                "selection) or hard_delete; or call it before the pmap and pass its variables in."
+            )
 
 
 def check_variables(config: DKVBConfig, variables: Any) -> None:

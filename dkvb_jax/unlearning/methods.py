@@ -206,6 +206,8 @@ def unlearn_via_activations(
         saw that class, so nothing would be masked).
     """
     cfg = model.config
+    traced = dict(variables=variables, forget_x=forget_x, usage=usage, retain_x=retain_x)
+    _checks.check_concrete("unlearn_via_activations", **traced)
     _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     n_a = _checks.check_n(n_a, cfg.num_keys, "n_a")
     if (forget_x is None) == (usage is None):
@@ -289,6 +291,8 @@ def unlearn_via_examples(
       (new variables, :class:`AuditRecord`).
     """
     cfg = model.config
+    traced = dict(variables=variables, forget_x=forget_x, codes=codes, retain_x=retain_x)
+    _checks.check_concrete(method, **traced, retain_codes=retain_codes)
     _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     if (forget_x is None) == (codes is None):
         raise InputError(f"{method}: pass exactly one of forget_x or codes.")

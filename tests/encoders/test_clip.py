@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_subprocess import run_torch
 from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import clip
 from dkvb_jax.encoders import state_dict as sd
 
 TINY = clip.CLIPVisionConfig(image_size=8, patch_size=4, width=8, layers=2, heads=2, output_dim=6)
-HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def openai_visual_state(config: clip.CLIPVisionConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -116,35 +115,6 @@ def np_clip_visual(state, images, config):
     return np_layer_norm(x[:, 0], s, "ln_post") @ s["proj"]
 
 
-def torch_clip_visual(state, images, config):
-    import torch
-    import torch.nn.functional as F
-
-    s = {k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()}
-    w = config.width
-    x = F.conv2d(
-        torch.from_numpy(images).permute(0, 3, 1, 2), s["conv1.weight"], stride=config.patch_size
-    )
-    x = x.flatten(2).permute(0, 2, 1)
-    x = torch.cat([s["class_embedding"].expand(x.shape[0], 1, w), x], 1) + s["positional_embedding"]
-    ln = lambda t, n: F.layer_norm(t, (w,), s[f"{n}.weight"], s[f"{n}.bias"], 1e-5)
-    x = ln(x, "ln_pre").permute(1, 0, 2)  # [tokens, batch, width], as OpenAI's model runs
-    for i in range(config.layers):
-        pre = f"transformer.resblocks.{i}."
-        mha = torch.nn.MultiheadAttention(w, config.heads)
-        mha.load_state_dict(
-            {k[len(pre + "attn.") :]: v for k, v in s.items() if k.startswith(pre + "attn.")}
-        )
-        h = ln(x, pre + "ln_1")
-        x = x + mha(h, h, h, need_weights=False)[0]
-        h = F.linear(ln(x, pre + "ln_2"), s[pre + "mlp.c_fc.weight"], s[pre + "mlp.c_fc.bias"])
-        x = x + F.linear(
-            h * torch.sigmoid(1.702 * h), s[pre + "mlp.c_proj.weight"], s[pre + "mlp.c_proj.bias"]
-        )
-    with torch.no_grad():
-        return (ln(x[0], "ln_post") @ s["proj"]).detach().numpy()
-
-
 def assert_close(got, ref):
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
@@ -203,11 +173,13 @@ def test_forward_matches_numpy_reference(checkpoints, images, variant):
     assert_close(got, np_clip_visual(visual, images, TINY))
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed: torch reference skipped")
-def test_forward_matches_torch(checkpoints, images):
-    path, visual, _ = checkpoints["open_clip_safetensors"]
-    _, variables = clip.load_clip_visual(path, TINY)
-    assert_close(apply_tiny(variables, images), torch_clip_visual(visual, images, TINY))
+def test_forward_matches_open_clip_vit_b32(tmp_path):
+    """open_clip's ViT-B-32 (random weights; fp16 with its text tower, as OpenAI's checkpoints)."""
+    ref = run_torch("clip_vit_b32", tmp_path)
+    module, variables = clip.load_clip_visual(tmp_path / "model.pt")
+    got = jax.jit(module.apply)(variables, jnp.asarray(ref["images"]))
+    assert got.shape == (2, 512)
+    assert_close(got, ref["embedding"])
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -1,14 +1,15 @@
-"""ResNet (torchvision layout): converter one-to-one, Flax forward vs NumPy (and torch) references."""
+"""ResNet (torchvision layout): converter one-to-one, Flax forward vs NumPy and torchvision."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_subprocess import run_torch
 from torch_zip_writer import save_torch_zip
 
 from dkvb_jax.encoders import resnet50 as rn
@@ -16,7 +17,6 @@ from dkvb_jax.encoders import state_dict as sd
 from dkvb_jax.encoders._center_crop import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
 
 TINY = rn.ResNetConfig(stage_sizes=(2, 1), width=4, num_classes=5, image_size=32)
-HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def torchvision_state_dict(config: rn.ResNetConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -109,42 +109,6 @@ def np_resnet(state, x, config):
     return emb, emb @ s["fc.weight"].T + s["fc.bias"]
 
 
-def torch_resnet(state, x, config):
-    import torch
-    import torch.nn.functional as F
-
-    s = {k: torch.from_numpy(v) for k, v in state.items()}
-    bn = lambda v, n: F.batch_norm(
-        v,
-        s[f"{n}.running_mean"],
-        s[f"{n}.running_var"],
-        s[f"{n}.weight"],
-        s[f"{n}.bias"],
-        training=False,
-        eps=1e-5,
-    )
-    t = torch.from_numpy(np.asarray(x, np.float32)).permute(0, 3, 1, 2)
-    t = F.max_pool2d(
-        F.relu(bn(F.conv2d(t, s["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1
-    )
-    for si, blocks in enumerate(config.stage_sizes):
-        for b in range(blocks):
-            p = f"layer{si + 1}.{b}"
-            stride = 2 if si > 0 and b == 0 else 1
-            y = F.relu(bn(F.conv2d(t, s[f"{p}.conv1.weight"]), f"{p}.bn1"))
-            y = F.relu(
-                bn(F.conv2d(y, s[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn2")
-            )
-            y = bn(F.conv2d(y, s[f"{p}.conv3.weight"]), f"{p}.bn3")
-            if f"{p}.downsample.0.weight" in s:
-                t = bn(
-                    F.conv2d(t, s[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1"
-                )
-            t = F.relu(y + t)
-    emb = t.mean(dim=(2, 3))
-    return emb.numpy(), F.linear(emb, s["fc.weight"], s["fc.bias"]).numpy()
-
-
 def assert_close(got, ref):
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
@@ -193,14 +157,16 @@ def test_forward_matches_numpy_reference(checkpoints, images):
     assert_close(logits, ref_logits)
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed: torch reference skipped")
-def test_forward_matches_torch(checkpoints, images):
-    state, paths = checkpoints
-    _, variables = rn.load_resnet(paths["pt"], TINY)
-    emb, logits = embed_and_logits(variables, images)
-    ref_emb, ref_logits = torch_resnet(state, images, TINY)
-    assert_close(emb, ref_emb)
-    assert_close(logits, ref_logits)
+def test_forward_matches_torchvision_resnet50(tmp_path):
+    """torchvision's own ResNet-50 (random weights, saved by torch.save) through the converter."""
+    ref = run_torch("resnet50", tmp_path)
+    module, variables = rn.load_resnet(tmp_path / "model.pt")
+    images = jnp.asarray(ref["images"])
+    emb = jax.jit(module.apply)(variables, images)
+    logits = jax.jit(functools.partial(module.apply, logits=True))(variables, images)
+    assert emb.shape == (2, 2048) and logits.shape == (2, 1000)
+    assert_close(emb, ref["embedding"])
+    assert_close(logits, ref["logits"])
 
 
 def test_names_map_one_to_one(checkpoints):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import tracemalloc
 import zipfile
@@ -13,12 +12,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from torch_subprocess import run_torch
 from torch_zip_writer import pickle_unicode, save_torch_zip, write_torch_zip_raw
 
 from dkvb_jax.encoders import state_dict as sd
-
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed: cross-check skipped")
 
 
 def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -299,39 +296,24 @@ def test_torch_to_flax_names_every_mismatch(edit, match):
 # ---- torch cross-checks --------------------------------------------------------------------
 
 
-@needs_torch
 def test_torch_loads_our_files_weights_only(tmp_path):
-    import torch
-
     arrays = _arrays(np.random.default_rng(5))
     path = tmp_path / "ours.pt"
     save_torch_zip(arrays, path)
-    loaded = torch.load(path, weights_only=True)
-    assert list(loaded) == list(arrays)
+    loaded = run_torch("load", tmp_path / "torch", str(path))
+    assert list(loaded.pop("__order__")) == list(arrays)
     for k, v in arrays.items():
-        np.testing.assert_array_equal(loaded[k].numpy(), v, err_msg=k)
+        np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+        assert loaded[k].dtype == v.dtype, k
 
 
-@needs_torch
 def test_we_load_files_written_by_torch(tmp_path):
-    import torch
-
-    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {
-        "w": base,
-        "wT": base.T,
-        "row": base[2],
-        "half": base.half(),
-        "bf16": base.bfloat16(),
-        "n": torch.tensor(5),
-        "p": torch.nn.Parameter(torch.ones(3)),
-    }
-    path = tmp_path / "theirs.pt"
-    torch.save(state, path)
-    got = sd.load_state_dict(path)
-    for k, v in state.items():
-        expected = v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy()
-        np.testing.assert_array_equal(np.asarray(got[k], dtype=expected.dtype), expected, err_msg=k)
+    expected = run_torch("save_tensors", tmp_path)
+    expected.pop("torch_version")
+    got = sd.load_state_dict(tmp_path / "model.pt")
+    assert sorted(got) == sorted(expected)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(np.asarray(got[k], dtype=v.dtype), v, err_msg=k)
 
 
 def _peak_bytes(fn) -> int:
