@@ -31,7 +31,7 @@ import numpy as np
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
-from dkvb_jax.cli import main as cli
+from dkvb_jax import cli
 from dkvb_jax.evaluation import ResultRow, ResultsTable
 from dkvb_jax.experiment import (
     fit_head,
@@ -104,13 +104,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    cli._data(p)
-    cli._model(p)
+    cli.add_data_args(p)
+    cli.add_model_args(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class")
     p.add_argument("--baselines", nargs="*", default=None)
     p.add_argument("--out", required=True)
-    cli._common(p)
+    cli.add_common_args(p)
     args = p.parse_args(argv)
     args.methods = args.forget_classes = args.head_epochs = args.baseline_max_epochs = None
     args.no_mia = False
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     num_classes = int(max(emb.y_train.max(), emb.y_test.max())) + 1
     classes = args.classes if args.classes is not None else list(range(num_classes))
-    key_data = cli._key_data(args, emb)
+    key_data = cli.key_data_of(args, emb)
     runs, sweeps_f, sweeps_r = [], [], []
     start = time.perf_counter()
     for seed in args.seeds:
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     (out / "runs.json").write_text(json.dumps(runs, indent=2))
     meta = {"source": emb.source, "seeds": args.seeds, "classes": classes,
             "experiment": base_cfg.to_dict(), "seconds": time.perf_counter() - start,
-            "machine": cli._machine(), "command": " ".join(sys.argv)}  # fmt: skip
+            "machine": cli.machine_info(), "command": " ".join(sys.argv)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
     keys = sorted({k for r in summary for k in r}, key=lambda k: (k != "method", k))
     with open(out / "summary.csv", "w", newline="") as fh:

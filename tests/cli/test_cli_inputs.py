@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from dkvb_jax.cli import common, embeddings, fit
 from dkvb_jax.cli import main as cli
 from dkvb_jax.testing import clustered_embeddings
 
@@ -53,7 +54,7 @@ def test_fit_refuses_embeddings_that_cannot_be_right(tmp_path, capsys, make, nee
     path = make(tmp_path / "emb.npz")
     code = cli.main(["fit", "--embeddings", str(path), "--checkpoint", str(tmp_path / "c")])
     err = capsys.readouterr().err
-    assert code == cli.EXIT_BAD_INPUT, err
+    assert code == common.EXIT_BAD_INPUT, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dkvb fit: error: "), err
     assert re.search(needle, lines[0]), err
@@ -67,19 +68,19 @@ def test_fit_refuses_embeddings_that_cannot_be_right(tmp_path, capsys, make, nee
      (Y, 3, r"--num-classes 3 is too small: the labels reach 3")],
 )  # fmt: skip
 def test_num_classes_keeps_or_refuses_gaps(labels, num_classes, expected):
-    emb = cli.Embeddings(X, labels, X, labels, {})
+    emb = embeddings.Embeddings(X, labels, X, labels, {})
     args = argparse.Namespace(num_classes=num_classes)
     if isinstance(expected, int):
-        assert cli._fit_num_classes(args, emb) == expected
+        assert fit._fit_num_classes(args, emb) == expected
     else:
-        with pytest.raises(cli.CLIError, match=expected):
-            cli._fit_num_classes(args, emb)
+        with pytest.raises(common.CLIError, match=expected):
+            fit._fit_num_classes(args, emb)
 
 
 def test_a_library_value_error_is_bad_input(tmp_path, capsys):
     code = cli.main(["fit", "--embeddings", str(_npz(tmp_path / "e.npz")), "--checkpoint",
                      str(tmp_path / "c"), "--keys", "0"])  # fmt: skip
-    assert code == cli.EXIT_BAD_INPUT
+    assert code == common.EXIT_BAD_INPUT
     assert "num_keys must be a positive int" in capsys.readouterr().err
 
 
@@ -91,17 +92,17 @@ BUGS = {
     "a KeyError": (_raise_key_error, KeyError),
     "an AttributeError in dkvb_jax code": (lambda args, info=None: None, AttributeError),
     "a ValueError from inside numpy": (
-        lambda args, info=None: cli.Embeddings(X[:0], Y[:0], X[:0], Y[:0], {}), ValueError),
+        lambda args, info=None: embeddings.Embeddings(X[:0], Y[:0], X[:0], Y[:0], {}), ValueError),
 }
 
 
 @pytest.mark.parametrize("load,error", BUGS.values(), ids=BUGS.keys())
 def test_internal_errors_are_reported_as_bugs(tmp_path, capsys, monkeypatch, load, error):
-    monkeypatch.setattr(cli, "load_embeddings", load)
+    monkeypatch.setattr(fit, "load_embeddings", load)
     argv = ["fit", "--embeddings", "unused.npz", "--checkpoint", str(tmp_path / "c")]
     code = cli.main(argv)
     err = capsys.readouterr().err
-    assert code == cli.EXIT_INTERNAL_ERROR == 1, err
+    assert code == common.EXIT_INTERNAL_ERROR == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"internal error ({error.__name__}" in lines[0], err
     assert "please report it" in lines[0] and "--debug" in lines[0] and "Traceback" not in err

@@ -10,6 +10,7 @@ import re
 import pytest
 
 import dkvb_jax
+from dkvb_jax.cli import common, compare, config
 from dkvb_jax.cli import main as cli
 
 
@@ -44,7 +45,7 @@ def test_every_option_has_plain_help(name):
 
 
 def _config(*argv, base=None):
-    return cli.experiment_config(cli.build_parser().parse_args(list(argv)), base=base)
+    return config.experiment_config(cli.build_parser().parse_args(list(argv)), base=base)
 
 
 COMMANDS = {
@@ -88,11 +89,11 @@ def test_demo_applies_set_to_its_own_settings(monkeypatch, capsys):
         seen["cfg"] = cfg
         return 0
 
-    monkeypatch.setattr(cli, "_run_compare", run_compare)
+    monkeypatch.setattr(compare, "_run_compare", run_compare)
     assert cli.main(["demo", "--seed", "3", "--set", "value_epochs=2", "n_e_grid=[1,4]"]) == 0
     cfg = seen["cfg"]
     assert cfg.value_epochs == 2 and cfg.n_e_grid == (1, 4) and cfg.seed == 3
-    assert cfg.num_codebooks == cli.DEMO["num_codebooks"] and cfg.baselines == ("finetune",)
+    assert cfg.num_codebooks == compare.DEMO["num_codebooks"] and cfg.baselines == ("finetune",)
 
 
 BAD_SET = {
@@ -122,7 +123,7 @@ def test_bad_set_is_one_line_bad_input(tmp_path, capsys, command, assignments, n
     code = cli.main([*command, *target, "--set", *assignments])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert code == cli.EXIT_BAD_INPUT, err
+    assert code == common.EXIT_BAD_INPUT, err
     assert len(lines) == 1 and lines[0].startswith(f"dkvb {command[0]}: error: --set "), err
     assert re.search(needle, lines[0]), err
     assert not out.exists()

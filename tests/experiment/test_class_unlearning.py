@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from dkvb_jax.cli.main import RECIPE_CHOICES
+from dkvb_jax.cli.common import RECIPE_CHOICES
 from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
 from dkvb_jax.experiment import (
