@@ -50,7 +50,7 @@ def cmd_unlearn(args) -> int:
     import numpy as np
 
     from dkvb_jax.experiment import load_fitted, save_fitted
-    from dkvb_jax.experiment.fitting import FittedDKVB, earlier_state
+    from dkvb_jax.experiment.fitted import FittedDKVB, earlier_state
     from dkvb_jax.unlearning import accuracy_effect, get_method, sweep, unlearn
 
     if (args.classes is None) == (args.examples is None):
@@ -220,7 +220,7 @@ def _retention(
     """What on disk still holds the forgotten data after saving `step` of `out`, and what a
     purge deleted: the JSON fields and the lines `dkvb unlearn` prints."""
     from dkvb_jax import checkpoints
-    from dkvb_jax.experiment.fitting import USAGE_FILE, earlier_state
+    from dkvb_jax.experiment.fitted import USAGE_FILE, earlier_state
 
     state = earlier_state(out)
     purged = list(checkpoints.read_meta(out / "model", step)[1].get("purged_steps", []))

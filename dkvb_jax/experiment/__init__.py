@@ -16,14 +16,8 @@ from dkvb_jax.experiment.class_unlearning import (
     fit_head,
     run_class_unlearning,
 )
-from dkvb_jax.experiment.fitting import (
-    FittedDKVB,
-    build_model,
-    fit_dkvb,
-    load_fitted,
-    save_fitted,
-    standardizer,
-)
+from dkvb_jax.experiment.fitted import FittedDKVB, load_fitted, save_fitted
+from dkvb_jax.experiment.fitting import build_model, fit_dkvb, standardizer
 from dkvb_jax.experiment.recipe import Fit, fit_from_config, holdout_rows
 
 # The plots load matplotlib (about a second): imported on first use, so `dkvb --help` and code

@@ -10,7 +10,8 @@ import pytest
 
 from dkvb_jax import checkpoints
 from dkvb_jax.experiment import ExperimentConfig, fit_dkvb, load_fitted, save_fitted
-from dkvb_jax.experiment.fitting import RUN_FILE, SETTINGS, FittedDKVB, earlier_state
+from dkvb_jax.experiment.fitted import RUN_FILE, FittedDKVB, earlier_state
+from dkvb_jax.experiment.fitting import SETTINGS
 from dkvb_jax.provenance import UNNAMED, Part, Rows
 from dkvb_jax.testing import clustered_embeddings
 
