@@ -85,13 +85,22 @@ class PairClassCounts:
         """Class `label`'s usage histogram, int32 `[codebooks, keys]`."""
         return np.concatenate([self.class_block(label, b) for b in range(self.num_blocks)])
 
-    def dense_block(self, block: int) -> np.ndarray:
-        """Exact counts of codebook block `block`, int32 `[block C, keys, classes]`."""
-        out = np.zeros((self.block_codebooks * self.num_keys, self.num_classes), np.int32)
-        sizes = np.diff(self.offsets[block])
-        cls = np.repeat(np.arange(self.num_classes, dtype=np.int32), sizes)
-        out[self.pairs[block], cls] = self.counts[block]
-        return out.reshape(self.block_codebooks, self.num_keys, self.num_classes)
+    def dense_block(self, block: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Exact counts of codebooks `[start, stop)` of block `block` (default all), int32
+        `[stop - start, keys, classes]`: the layout :func:`dkvb_jax.exact.derive_values` takes."""
+        stop = self.block_codebooks if stop is None else stop
+        if not 0 <= start < stop <= self.block_codebooks:
+            raise InputError(
+                f"dense_block needs 0 <= start < stop <= {self.block_codebooks}, got "
+                f"[{start}, {stop})."
+            )
+        lo, hi = start * self.num_keys, stop * self.num_keys
+        pairs = self.pairs[block]
+        keep = (pairs >= lo) & (pairs < hi)
+        cls = np.repeat(np.arange(self.num_classes, dtype=np.int32), np.diff(self.offsets[block]))
+        out = np.zeros((hi - lo, self.num_classes), np.int32)
+        out[pairs[keep] - lo, cls[keep]] = self.counts[block][keep]
+        return out.reshape(stop - start, self.num_keys, self.num_classes)
 
     def class_totals(self) -> np.ndarray:
         """Examples counted per class, int64 `[classes]` (each counted once per codebook)."""

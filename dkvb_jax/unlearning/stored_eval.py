@@ -29,6 +29,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dkvb_jax._progress import progress_bar
+from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
 from dkvb_jax.exact.pair_counts import PairClassCounts
 from dkvb_jax.parallel.mesh import CODEBOOK
 from dkvb_jax.unlearning.selection import mask_top_n
@@ -40,6 +42,7 @@ SCALE_BITS = 16
 VALUE_FLOOR = -64.0
 # Fallback searches over one codebook's keys run in chunks of this many (row, codebook) pairs.
 _EXACT_CHUNK = 64
+DEFAULT_ESTIMATOR = EstimatorConfig()
 
 
 class Caps(NamedTuple):
@@ -107,9 +110,50 @@ def _vote_sums(values, codes):
     return jax.lax.scan(add, values[0][codes[:, 0]], jnp.arange(1, codes.shape[1]))[0]
 
 
+# Codebooks whose values are derived at once: float32 [8, 4096, 1000] intermediates, 131 MB.
+_DERIVE_CODEBOOKS = 8
+
+
+def derive_fixed_point_values(
+    stats: PairClassCounts,
+    config: EstimatorConfig = DEFAULT_ESTIMATOR,
+    *,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+) -> jax.Array:
+    """Fixed-point values int32 `[S, Cb, K, classes]` derived from `stats`, a few codebooks at a
+    time, written in place (donated buffer), so no float32 `[C, K, classes]` table ever exists.
+
+    Per codebook the estimator needs only that codebook's counts and which classes have any
+    example at all; every example retrieves a key in every codebook, so a block's classes are
+    all the classes, and the values equal :func:`dkvb_jax.exact.derive_values` of the whole
+    table. Split over the mesh's ``'codebook'`` axis when `mesh` is given.
+    """
+    if config.codebook_weighting != "none":
+        raise ValueError(
+            "derive_fixed_point_values derives a few codebooks at a time, so it cannot normalise "
+            "codebook weights over all codebooks; use EstimatorConfig(codebook_weighting='none')."
+        )
+    s, cb, k, y = stats.num_blocks, stats.block_codebooks, stats.num_keys, stats.num_classes
+    shape = (s, cb, k, y)
+    sharding = None if mesh is None else NamedSharding(mesh, P(CODEBOOK))
+    buf = jax.jit(lambda: jnp.zeros(shape, jnp.int32), out_shardings=sharding)()
+    step = max(d for d in range(1, min(_DERIVE_CODEBOOKS, cb) + 1) if cb % d == 0)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2), donate_argnums=0, out_shardings=sharding)
+    def put(buf, block, start, counts):
+        vals = fixed_point(derive_values(counts, config))
+        return jax.lax.dynamic_update_slice(buf, vals[None], (block, start, 0, 0))
+
+    starts = [(b, c) for b in range(s) for c in range(0, cb, step)]
+    for b, c in progress_bar(starts, desc="values from counts", disable=not progress):
+        buf = put(buf, b, c, jnp.asarray(stats.dense_block(b, c, c + step)))
+    return buf
+
+
 def build(
     stats: PairClassCounts,
-    values_blocks: list[np.ndarray],
+    values: jax.Array,
     codes: np.ndarray,
     ranked: np.ndarray,
     queries: np.ndarray,
@@ -122,38 +166,40 @@ def build(
 
     Args:
       stats: the statistics, in `S` blocks (one per ``'codebook'`` device with a mesh).
-      values_blocks: `S` arrays int32 `[Cb, K, classes]` (see :func:`fixed_point`).
+      values: int32 `[S, Cb, K, classes]` from :func:`derive_fixed_point_values`.
       codes: int `[M, C]` unmasked codes; ranked: int `[M, C, depth]`;
       queries: float32 `[M, C, key_dim]`; keys: float32 `[C, K, key_dim]`; labels: int `[M]`.
       mesh: a mesh with a ``'codebook'`` axis of size `S`, or None for one device.
     """
-    s, cb = stats.num_blocks, stats.block_codebooks
+    s = stats.num_blocks
     if mesh is not None and mesh.shape.get(CODEBOOK, 1) != s:
         raise ValueError(
             f"the statistics have {s} codebook blocks but the mesh's '{CODEBOOK}' axis has "
             f"{mesh.shape.get(CODEBOOK, 1)} devices; count them with num_blocks equal to it."
         )
+    if values.shape[:2] != (s, stats.block_codebooks):
+        raise ValueError(
+            f"values must have shape [blocks={s}, codebooks per block="
+            f"{stats.block_codebooks}, keys, classes], got {tuple(values.shape)}."
+        )
 
     def blocks(a, axis):
-        a = np.asarray(a)
-        return np.stack(np.split(a, s, axis=axis))
+        return np.stack(np.split(np.asarray(a), s, axis=axis))
 
-    sizes = np.diff(stats.offsets, axis=1)
-    span = max(1, int(sizes.max()))
+    span = max(1, int(np.diff(stats.offsets, axis=1).max()))
     # Padded by one class span so a dynamic slice starting at any class never clamps.
     length = max(p.size for p in stats.pairs) + span
-    pad = lambda a: np.pad(a.astype(np.int32), (0, length - a.size))  # noqa: E731
     arrays = dict(
         codes=blocks(codes.astype(np.int32), 1),
         ranked=blocks(ranked, 1),
         queries=blocks(queries, 1),
         keys=blocks(keys, 0),
-        values=np.stack(values_blocks),
-        pairs=np.stack([pad(p) for p in stats.pairs]),
-        counts=np.stack([pad(c) for c in stats.counts]),
+        pairs=np.stack([np.pad(p, (0, length - p.size)) for p in stats.pairs]),
+        counts=np.stack(
+            [np.pad(c.astype(stats.counts[0].dtype), (0, length - c.size)) for c in stats.counts]
+        ),
         offsets=stats.offsets.astype(np.int32),
     )
-    del cb
     if mesh is None:
         put = {k: jnp.asarray(v) for k, v in arrays.items()}
         labels_d = jnp.asarray(labels, jnp.int32)
@@ -161,10 +207,19 @@ def build(
         shard = NamedSharding(mesh, P(CODEBOOK))
         put = {k: jax.device_put(v, shard) for k, v in arrays.items()}
         labels_d = jax.device_put(np.asarray(labels, np.int32), NamedSharding(mesh, P()))
-    base = jax.jit(functools.partial(_blocks_sum, mesh, jax.vmap(_vote_sums)))(
-        (put["values"], put["codes"])
-    )
-    return StoredEval(**put, base=base, labels=labels_d, class_span=span)
+    base = vote_sums(values, put["codes"], mesh)
+    return StoredEval(**put, values=values, base=base, labels=labels_d, class_span=span)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def vote_sums(values: jax.Array, codes: jax.Array, mesh=None) -> jax.Array:
+    """Fixed-point vote sums int32 `[M, classes]` of block values and block codes `[S, M, Cb]`."""
+    return _blocks_sum(mesh, jax.vmap(_vote_sums), (values, codes))
+
+
+def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
+    """The store with other values (e.g. after an exact removal): base sums recomputed."""
+    return store.replace(values=values, base=vote_sums(values, store.codes, mesh))
 
 
 def _blocks_sum(mesh, fn, block_args, shared=()):

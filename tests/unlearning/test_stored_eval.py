@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from dkvb_jax import parallel  # noqa: E402
-from dkvb_jax.exact import pair_counts  # noqa: E402
+from dkvb_jax.exact import derive_values, pair_counts  # noqa: E402
 from dkvb_jax.unlearning import stored_eval  # noqa: E402
 
 C, K, D, Y, M, N_TRAIN, DEPTH = 8, 64, 3, 6, 300, 600, 4
@@ -35,7 +35,7 @@ def _problem(seed=0, blocks=1):
     ranked = _nearest(q_ev, keys)[..., :DEPTH]
     stats = pair_counts.count_pairs(codes_tr, y_tr, num_keys=K, num_classes=Y, num_blocks=blocks)
     counts = np.concatenate([stats.dense_block(b) for b in range(blocks)])
-    values = np.log((counts + 1.0) / (counts.sum(-1, keepdims=True) + Y)).astype(np.float32)
+    values = np.asarray(derive_values(counts))
     return keys, q_ev, y_ev, ranked, stats, values
 
 
@@ -48,7 +48,7 @@ def _reference(keys, q_ev, y_ev, values, sel):
 
 def _store(problem, blocks, mesh):
     keys, q_ev, y_ev, ranked, stats, values = problem
-    qv = np.split(np.asarray(stored_eval.fixed_point(values)), blocks)
+    qv = stored_eval.derive_fixed_point_values(stats, mesh=mesh, progress=False)
     return stored_eval.build(stats, qv, ranked[..., 0], ranked, q_ev, keys, y_ev, mesh=mesh)
 
 
