@@ -134,6 +134,20 @@ class PairClassCounts:
         ):
             raise InputError(f"label must be an int in [0, {self.num_classes}), got {label!r}.")
 
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the counts, independent of the block layout."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.num_codebooks},{self.num_keys},{self.num_classes}".encode())
+        cells = self.block_codebooks * self.num_keys
+        for y in range(self.num_classes):
+            # Blocks in codebook order, each sorted by pair: the concatenation is sorted too.
+            for b in range(self.num_blocks):
+                lo, hi = self.offsets[b, y], self.offsets[b, y + 1]
+                h.update((self.pairs[b][lo:hi].astype(np.int64) + b * cells).tobytes())
+                h.update(self.counts[b][lo:hi].astype(np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def equals(self, other: PairClassCounts) -> bool:
         """True when both hold the same counts in the same layout (bit for bit)."""
         return (

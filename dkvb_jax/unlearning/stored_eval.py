@@ -91,7 +91,7 @@ class StoredEval:
         return self.codes.shape[0]
 
 
-_BLOCK_FIELDS = ("codes", "ranked", "queries", "keys", "values", "pairs", "counts", "offsets")
+BLOCK_FIELDS = ("codes", "ranked", "queries", "keys", "values", "pairs", "counts", "offsets")
 
 
 def fixed_point(values: np.ndarray | jax.Array) -> jax.Array:
@@ -370,14 +370,12 @@ def block_sizes(store: StoredEval, selection: jax.Array) -> jax.Array:
 
 
 def make_caps(pairs: int, exact: int, rows: int) -> Caps:
-    """:class:`Caps` at least as large as given, rounded up (fewer shapes to compile)."""
+    """:class:`Caps` at least as large as given: powers of two, so few shapes compile."""
 
-    def up(x, multiple):
-        x = max(int(x), 1)
-        step = max(multiple, 1 << max(0, x.bit_length() - 3))  # within 1/8 above
-        return -(-x // step) * step
+    def up(x):  # powers of two, at least one fallback chunk
+        return max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length())
 
-    return Caps(pairs=up(pairs, 64), exact=up(exact, _EXACT_CHUNK), rows=up(rows, 64))
+    return Caps(pairs=up(pairs), exact=up(exact), rows=up(rows))
 
 
 @functools.partial(jax.jit, static_argnames=("caps", "mesh"))
