@@ -142,10 +142,13 @@ class PairClassCounts:
         cells = self.block_codebooks * self.num_keys
         for y in range(self.num_classes):
             # Blocks in codebook order, each sorted by pair: the concatenation is sorted too.
-            for b in range(self.num_blocks):
-                lo, hi = self.offsets[b, y], self.offsets[b, y + 1]
-                h.update((self.pairs[b][lo:hi].astype(np.int64) + b * cells).tobytes())
-                h.update(self.counts[b][lo:hi].astype(np.int64).tobytes())
+            spans = [
+                slice(self.offsets[b, y], self.offsets[b, y + 1]) for b in range(self.num_blocks)
+            ]
+            for b, sl in enumerate(spans):
+                h.update((self.pairs[b][sl].astype(np.int64) + b * cells).tobytes())
+            for b, sl in enumerate(spans):
+                h.update(self.counts[b][sl].astype(np.int64).tobytes())
         return h.hexdigest()[:16]
 
     def equals(self, other: PairClassCounts) -> bool:

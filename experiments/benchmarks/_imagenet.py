@@ -164,6 +164,30 @@ def _split(correct: np.ndarray, labels: np.ndarray, label: int) -> tuple[float, 
     return float(correct[forget].mean()), float(correct[~forget].mean())
 
 
+def _choose_n(args, store, labels, classes, mesh) -> tuple[int, dict]:
+    """N_a as the paper picks it: the smallest of a doubling grid whose UvA drives the forget
+    accuracy of each of the `--sample-classes` best-learned classes to `--target` or below."""
+    if args.n_keys is not None:
+        return args.n_keys, {}
+    correct = np.asarray(stored_eval.base_correct(store))
+    per_class = np.array([correct[labels == c].mean() for c in classes])
+    sample = [classes[i] for i in np.argsort(-per_class, kind="stable")[: args.sample_classes]]
+    grid, n = {}, 4
+    while True:
+        rows = []
+        for c in sample:
+            sel = _uva_selection(store, c, n)
+            out, sz = stored_eval.evaluate_selection(store, sel, _caps_for(store, sel), mesh)
+            assert int(sz.overflow) == 0
+            rows.append(_split(np.asarray(out), labels, c))
+        rows = np.array(rows)
+        grid[n] = dict(worst_forget=float(rows[:, 0].max()), retain_mean=float(rows[:, 1].mean()))
+        note(f"N_a={n}: {grid[n]}")
+        if grid[n]["worst_forget"] <= args.target or 2 * n > store.keys.shape[2]:
+            return n, dict(sample_classes=[int(c) for c in sample], grid=grid)
+        n *= 2
+
+
 def _every_class(args, store, labels, classes, mesh):
     """Forget and retain accuracy of each class forgotten alone (UvA), and the sizes touched."""
     caps = {}
@@ -287,11 +311,12 @@ def _oracle(args, store, stats, codes, labels, val_labels, classes, mesh):
 
 
 def _device_memory(store) -> dict:
+    """Bytes of each store array in all, and on the device holding the most of it."""
     out = {}
     for name in stored_eval.BLOCK_FIELDS:
         a = getattr(store, name)
         per = max(s.data.nbytes for s in a.addressable_shards)
-        out[name] = dict(total_mib=round(a.nbytes / 2**20, 1), per_device_mib=round(per / 2**20, 1))
+        out[name] = dict(total_bytes=int(a.nbytes), per_device_bytes=int(per))
     return out
 
 
@@ -376,6 +401,8 @@ def run(args) -> dict:
         del values, val
         val_accuracy = float(np.asarray(stored_eval.base_correct(store)).mean())
     classes = list(range(data.num_classes if args.eval_classes is None else args.eval_classes))
+    with clock("choose N_a"):
+        args.n_keys, n_choice = _choose_n(args, store, val_labels, classes, mesh)
     with clock("forget one class"):
         timing = _timing(args, store, classes)
     t_eval, c_eval = time.perf_counter(), time.process_time()
