@@ -42,6 +42,8 @@ SCALE_BITS = 16
 VALUE_FLOOR = -64.0
 # Fallback searches over one codebook's keys run in chunks of this many (row, codebook) pairs.
 _EXACT_CHUNK = 64
+# Masked pairs whose value changes are gathered at once: [4096, 1000] int32, 16 MB.
+_DELTA_CHUNK = 4096
 DEFAULT_ESTIMATOR = EstimatorConfig()
 
 
@@ -299,9 +301,18 @@ def _block_delta(sel, codes, ranked, queries, keys, values, slot, caps: Caps):
     ).reshape(-1)
     new = new.at[u].set(exact, mode="drop")
     old = codes[r, b]
-    change = values[b, new] - values[b, old]  # [P, classes]
     target = jnp.where(live, slot[r], caps.rows)
-    delta = jnp.zeros((caps.rows, values.shape[-1]), jnp.int32).at[target].add(change, mode="drop")
+    # Pairs in chunks, so the gathered values stay [chunk, classes] whatever the cap.
+    step = min(caps.pairs, _DELTA_CHUNK)
+
+    def add(delta, chunk):
+        cb, new_, old_, to = chunk
+        return delta.at[to].add(values[cb, new_] - values[cb, old_], mode="drop"), None
+
+    # The zeros take a (zero) term of `values` so that, on a mesh, the carry is per-device too.
+    zeros = jnp.zeros((caps.rows, values.shape[-1]), jnp.int32) + 0 * values[0, 0, 0]
+    chunks = tuple(a.reshape(-1, step) for a in (b, new, old, target))
+    delta = jax.lax.scan(add, zeros, chunks)[0]
     overflow = (num_hits > caps.pairs) | (num_beyond > caps.exact)
     return delta, jnp.stack([num_hits, num_beyond, overflow]).astype(jnp.int32)
 

@@ -55,6 +55,7 @@ def _args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/imagenet_scale/)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report", nargs="+", metavar="JSON", help="print a table of results; exit")
     args = p.parse_args(argv)
     quick = args.quick or args.rows_per_class is not None
     defaults = dict(
@@ -70,8 +71,72 @@ def _args(argv=None):
     return args
 
 
+ROWS = (
+    ("train rows", lambda r: f"{r['train_rows']:,}"),
+    ("classes (evaluated)", lambda r: f"{r['classes']} ({r['classes_evaluated']})"),
+    ("devices", lambda r: r["devices"]),
+    ("peak RSS (ru_maxrss)", lambda r: f"{r['peak_rss_mib'] / 1024:.2f} GiB"),
+    ("forget one class (warm median)", lambda r: f"{r['forget_one_class_ms']:.1f} ms"),
+    (
+        "every-class eval, wall (CPU)",
+        lambda r: f"{r['every_class_eval_s']:.0f} s ({r['every_class_eval_cpu_s']:.0f} CPU-s)",
+    ),
+    (
+        "val accuracy (DKVB) / linear probe",
+        lambda r: f"{r['val_accuracy']:.1%} / {r['probe_accuracy']:.1%}",
+    ),
+    ("UvA N_a", lambda r: r["uva"]["n_keys"]),
+    (
+        "forget acc. mean / worst",
+        lambda r: f"{r['uva']['forget']['mean']:.1%} / {r['uva']['worst_forget']:.1%}",
+    ),
+    (
+        "retain acc. mean / worst",
+        lambda r: f"{r['uva']['retain']['mean']:.1%} / {r['uva']['retain']['worst']:.1%}",
+    ),
+    (
+        "UvE forget / retain (sample)",
+        lambda r: f"{r['uve']['forget_mean']:.1%} / {r['uve']['retain_mean']:.1%}",
+    ),
+    (
+        "retrain oracle forget / retain (sample)",
+        lambda r: (
+            f"{r['retrain_oracle']['forget_mean']:.1%} / {r['retrain_oracle']['retain_mean']:.1%}"
+        ),
+    ),
+    (
+        "exact removal of 1%: counts = recount",
+        lambda r: (
+            f"{r['exact_removal']['counts_bit_identical_to_recount']} "
+            f"({r['exact_removal']['remove_s']:.1f} s)"
+        ),
+    ),
+    (
+        "statistics (sparse, dense int32)",
+        lambda r: (
+            f"{r['statistics']['mib']:,.0f} MiB, {r['statistics']['dense_int32_mib']:,.0f} MiB"
+        ),
+    ),
+    ("total wall", lambda r: f"{r['total_s'] / 60:.1f} min"),
+)
+
+
+def report(paths: list[str]) -> str:
+    """A markdown table of result files, one column each."""
+    import json
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    lines = ["| | " + " | ".join(Path(p).stem for p in paths) + " |"]
+    lines.append("|---" * (len(runs) + 1) + "|")
+    lines += [f"| {name} | " + " | ".join(str(f(r)) for r in runs) + " |" for name, f in ROWS]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = _args(argv)
+    if args.report:
+        print(report(args.report))
+        return {}
     import jax
 
     if args.devices > 1:
