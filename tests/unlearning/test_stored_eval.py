@@ -89,3 +89,10 @@ def test_overflowing_caps_are_reported():
     store = _store(problem, 1, None)
     _, sizes = stored_eval.evaluate_uva(store, 0, 20, stored_eval.Caps(64, 64, 64))
     assert int(sizes.overflow) > 0
+
+
+def test_blockwise_values_equal_the_whole_table():
+    _, _, _, _, stats, values = _problem(blocks=2)
+    got = stored_eval.derive_fixed_point_values(stats, progress=False)
+    want = np.asarray(stored_eval.fixed_point(values)).reshape(got.shape)
+    np.testing.assert_array_equal(np.asarray(got), want)
