@@ -452,6 +452,7 @@ def run(args) -> dict:
         ),
         uva=dict(
             n_keys=args.n_keys,
+            n_choice=n_choice,
             forget=_distribution(forget),
             retain=_distribution(retain),
             worst_forget=float(forget.max()),
