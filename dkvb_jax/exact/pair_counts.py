@@ -1,0 +1,284 @@
+"""Sparse per-(class, pair) label counts: UvA's histogram and the exact counts in one object.
+
+UvA's per-class usage histogram `[classes, codebooks, keys]` and the exact estimator's label
+counts `[codebooks, keys, classes]` are the same numbers: how many examples of class `y`
+retrieved pair `(codebook, key)`. At ImageNet size either dense table is 4.2 GB of int32 and
+almost all of it is zero: a class of 1,300 examples touches at most 1,300 of 4,096 keys per
+codebook. :class:`PairClassCounts` stores only the non-zero cells, class by class (a CSR over
+classes), with counts in the smallest unsigned type that holds them, split into blocks of
+codebooks so that each block can live on its own device of a codebook mesh.
+
+- :meth:`PairClassCounts.class_block` gives one class's dense histogram over a block of
+  codebooks (UvA: forgetting a class is a top-N over it, no data pass);
+- :meth:`PairClassCounts.dense_block` gives the int32 counts `[block codebooks, keys, classes]`
+  that :func:`dkvb_jax.exact.derive_values` turns into values;
+- :meth:`PairClassCounts.remove` subtracts examples exactly (integer counts), giving the same
+  object, bit for bit, as counting the remaining examples from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dkvb_jax.errors import InputError
+
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairClassCounts:
+    """Non-zero label counts per class and pair, in blocks of codebooks.
+
+    Attributes:
+      pairs: per block, int32 `[nnz_b]` local pair index `(codebook - block start) * keys + key`,
+        sorted by class, then pair.
+      counts: per block, `[nnz_b]` counts (uint16 when every count fits, else int32).
+      offsets: int64 `[blocks, classes + 1]`; block `b`'s entries of class `y` are
+        `offsets[b, y]:offsets[b, y + 1]`.
+      num_codebooks: Codebooks C (blocks split them evenly).
+      num_keys: Keys per codebook K.
+      num_classes: Classes.
+    """
+
+    pairs: tuple[np.ndarray, ...]
+    counts: tuple[np.ndarray, ...]
+    offsets: np.ndarray
+    num_codebooks: int
+    num_keys: int
+    num_classes: int
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def block_codebooks(self) -> int:
+        """Codebooks per block."""
+        return self.num_codebooks // self.num_blocks
+
+    @property
+    def nnz(self) -> int:
+        """Stored (non-zero) cells."""
+        return int(sum(p.size for p in self.pairs))
+
+    @property
+    def nbytes(self) -> int:
+        entries = sum(p.nbytes + c.nbytes for p, c in zip(self.pairs, self.counts, strict=True))
+        return int(entries + self.offsets.nbytes)
+
+    @property
+    def density(self) -> float:
+        """Fraction of the `[classes, codebooks, keys]` cells that are non-zero."""
+        return self.nnz / (self.num_classes * self.num_codebooks * self.num_keys)
+
+    def class_block(self, label: int, block: int) -> np.ndarray:
+        """Class `label`'s usage histogram over codebook block `block`: int32 `[block C, K]`."""
+        self._check_label(label)
+        lo, hi = self.offsets[block, label], self.offsets[block, label + 1]
+        out = np.zeros(self.block_codebooks * self.num_keys, np.int32)
+        out[self.pairs[block][lo:hi]] = self.counts[block][lo:hi]
+        return out.reshape(self.block_codebooks, self.num_keys)
+
+    def class_histogram(self, label: int) -> np.ndarray:
+        """Class `label`'s usage histogram, int32 `[codebooks, keys]`."""
+        return np.concatenate([self.class_block(label, b) for b in range(self.num_blocks)])
+
+    def dense_block(self, block: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Exact counts of codebooks `[start, stop)` of block `block` (default all), int32
+        `[stop - start, keys, classes]`: the layout :func:`dkvb_jax.exact.derive_values` takes."""
+        stop = self.block_codebooks if stop is None else stop
+        if not 0 <= start < stop <= self.block_codebooks:
+            raise InputError(
+                f"dense_block needs 0 <= start < stop <= {self.block_codebooks}, got "
+                f"[{start}, {stop})."
+            )
+        lo, hi = start * self.num_keys, stop * self.num_keys
+        pairs = self.pairs[block]
+        keep = (pairs >= lo) & (pairs < hi)
+        cls = np.repeat(np.arange(self.num_classes, dtype=np.int32), np.diff(self.offsets[block]))
+        out = np.zeros((hi - lo, self.num_classes), np.int32)
+        out[pairs[keep] - lo, cls[keep]] = self.counts[block][keep]
+        return out.reshape(stop - start, self.num_keys, self.num_classes)
+
+    def class_totals(self) -> np.ndarray:
+        """Examples counted per class, int64 `[classes]` (each counted once per codebook)."""
+        sizes = np.diff(self.offsets[0])
+        cls = np.repeat(np.arange(self.num_classes), sizes)
+        per_block = np.bincount(cls, weights=self.counts[0], minlength=self.num_classes)
+        return np.rint(per_block / self.block_codebooks).astype(np.int64)
+
+    def remove(self, codes: np.ndarray, labels: np.ndarray) -> PairClassCounts:
+        """Counts with the given examples subtracted (exact; raises if one was never counted).
+
+        Args:
+          codes: int `[n, codebooks]` or `[n, codebooks, top_k]` codes of the examples to
+            remove (-1 entries count nothing), as they were counted.
+          labels: int `[n]`.
+        """
+        removed = count_pairs(
+            codes,
+            labels,
+            num_keys=self.num_keys,
+            num_classes=self.num_classes,
+            num_blocks=self.num_blocks,
+        )
+        return _subtract(self, removed)
+
+    def _check_label(self, label) -> None:
+        if (
+            isinstance(label, bool)
+            or not isinstance(label, (int, np.integer))
+            or not (0 <= label < self.num_classes)
+        ):
+            raise InputError(f"label must be an int in [0, {self.num_classes}), got {label!r}.")
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the counts, independent of the block layout."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.num_codebooks},{self.num_keys},{self.num_classes}".encode())
+        cells = self.block_codebooks * self.num_keys
+        for y in range(self.num_classes):
+            # Blocks in codebook order, each sorted by pair: the concatenation is sorted too.
+            spans = [
+                slice(self.offsets[b, y], self.offsets[b, y + 1]) for b in range(self.num_blocks)
+            ]
+            for b, sl in enumerate(spans):
+                h.update((self.pairs[b][sl].astype(np.int64) + b * cells).tobytes())
+            for b, sl in enumerate(spans):
+                h.update(self.counts[b][sl].astype(np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def equals(self, other: PairClassCounts) -> bool:
+        """True when both hold the same counts in the same layout (bit for bit)."""
+        return (
+            (self.num_codebooks, self.num_keys, self.num_classes)
+            == (other.num_codebooks, other.num_keys, other.num_classes)
+            and np.array_equal(self.offsets, other.offsets)
+            and all(np.array_equal(a, b) for a, b in zip(self.pairs, other.pairs, strict=True))
+            and all(
+                np.array_equal(a.astype(np.int64), b.astype(np.int64))
+                for a, b in zip(self.counts, other.counts, strict=True)
+            )
+        )
+
+
+def _codes_2d(codes: np.ndarray, num_keys: int) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim == 3:
+        codes = codes.reshape(codes.shape[0], -1) if codes.shape[2] == 1 else codes
+    if codes.ndim not in (2, 3) or not np.issubdtype(codes.dtype, np.integer):
+        raise InputError(
+            f"codes must be integer [n, codebooks] or [n, codebooks, top_k], got {codes.dtype} "
+            f"{codes.shape}."
+        )
+    if codes.size and codes.max() >= num_keys:
+        raise InputError(f"codes must lie in [-1, num_keys={num_keys}), got max {codes.max()}.")
+    return codes
+
+
+def count_pairs(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_keys: int,
+    num_classes: int,
+    num_blocks: int = 1,
+) -> PairClassCounts:
+    """Counts examples per class and pair from their codes.
+
+    Args:
+      codes: int `[n, codebooks]` (top-1) or `[n, codebooks, top_k]`, e.g. int16 as stored;
+        -1 entries count nothing.
+      labels: int `[n]` in `[0, num_classes)`.
+      num_keys: Keys per codebook.
+      num_classes: Classes.
+      num_blocks: Blocks of codebooks (must divide the codebooks), e.g. one per device.
+
+    Returns:
+      The :class:`PairClassCounts`; the same whatever the order of the examples.
+    """
+    codes = _codes_2d(codes, num_keys)
+    labels = np.asarray(labels)
+    n, num_codebooks = codes.shape[:2]
+    if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise InputError(
+            f"labels must be int [n={n}] in [0, {num_classes}), got shape {labels.shape}"
+            + (f" and range [{labels.min()}, {labels.max()}]." if labels.size else ".")
+        )
+    if (
+        isinstance(num_blocks, bool)
+        or not isinstance(num_blocks, int)
+        or num_blocks < 1
+        or (num_codebooks % num_blocks)
+    ):
+        raise InputError(
+            f"num_blocks must be a positive int dividing num_codebooks={num_codebooks}, got "
+            f"{num_blocks!r}."
+        )
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    width = num_codebooks // num_blocks
+    cells = width * num_keys
+    pairs, counts = [[] for _ in range(num_blocks)], [[] for _ in range(num_blocks)]
+    offsets = np.zeros((num_blocks, num_classes + 1), np.int64)
+    starts = np.arange(width, dtype=np.int64) * num_keys
+    for y in range(num_classes):
+        rows = codes[order[bounds[y] : bounds[y + 1]]]
+        for b in range(num_blocks):
+            block = rows[:, b * width : (b + 1) * width]
+            local = starts.reshape((1, width) + (1,) * (block.ndim - 2)) + block
+            hist = np.bincount(local[block >= 0], minlength=cells)
+            nz = np.flatnonzero(hist)
+            pairs[b].append(nz.astype(np.int32))
+            counts[b].append(hist[nz])
+            offsets[b, y + 1] = offsets[b, y] + nz.size
+    return PairClassCounts(
+        pairs=tuple(np.concatenate(p) for p in pairs),
+        counts=tuple(_compact(np.concatenate(c)) for c in counts),
+        offsets=offsets,
+        num_codebooks=num_codebooks,
+        num_keys=num_keys,
+        num_classes=num_classes,
+    )
+
+
+def _compact(counts: np.ndarray) -> np.ndarray:
+    """The smallest unsigned dtype that holds `counts` exactly (uint16, else int32)."""
+    if counts.size == 0 or counts.max() <= _UINT16_MAX:
+        return counts.astype(np.uint16)
+    return counts.astype(np.int32)
+
+
+def _subtract(stats: PairClassCounts, removed: PairClassCounts) -> PairClassCounts:
+    """`stats - removed`, cell by cell; cells that reach zero are dropped."""
+
+    def shape(s: PairClassCounts) -> tuple[int, ...]:
+        return (s.num_codebooks, s.num_keys, s.num_classes, s.num_blocks)
+
+    if shape(removed) != shape(stats):
+        raise InputError("the removed examples' codes do not match these statistics' shape.")
+    cells = stats.block_codebooks * stats.num_keys
+    pairs, counts = [], []
+    offsets = np.zeros_like(stats.offsets)
+    for b in range(stats.num_blocks):
+        cls = np.repeat(np.arange(stats.num_classes, dtype=np.int64), np.diff(stats.offsets[b]))
+        key = cls * cells + stats.pairs[b]
+        rcls = np.repeat(np.arange(stats.num_classes, dtype=np.int64), np.diff(removed.offsets[b]))
+        rkey = rcls * cells + removed.pairs[b]
+        pos = np.searchsorted(key, rkey)
+        found = (pos < key.size) & (key[np.minimum(pos, key.size - 1)] == rkey)
+        new = stats.counts[b].astype(np.int64)
+        if not found.all() or np.any(new[pos] < removed.counts[b]):
+            raise InputError(
+                "cannot remove examples that were never counted: some (class, pair) cells would "
+                "go negative. Pass the codes and labels of examples counted in these statistics."
+            )
+        new[pos] -= removed.counts[b]
+        keep = new > 0
+        pairs.append(stats.pairs[b][keep])
+        counts.append(_compact(new[keep]))
+        offsets[b, 1:] = np.cumsum(np.bincount(cls[keep], minlength=stats.num_classes))
+    return dataclasses.replace(stats, pairs=tuple(pairs), counts=tuple(counts), offsets=offsets)

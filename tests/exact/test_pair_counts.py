@@ -1,0 +1,91 @@
+"""Sparse per-(class, pair) counts against a dense brute-force count."""
+
+import numpy as np
+import pytest
+
+from dkvb_jax.errors import InputError
+from dkvb_jax.exact import pair_counts
+
+C, K, Y = 8, 32, 5
+
+
+def _data(n=400, seed=0, top_k=None):
+    rng = np.random.default_rng(seed)
+    shape = (n, C) if top_k is None else (n, C, top_k)
+    codes = rng.integers(-1, K, shape).astype(np.int16)  # -1: invalid, counts nothing
+    return codes, rng.integers(0, Y, n)
+
+
+def _dense(codes, labels):
+    out = np.zeros((Y, C, K), np.int64)
+    c3 = codes.reshape(codes.shape[0], C, -1)
+    for i in range(c3.shape[0]):
+        for b in range(C):
+            for k in c3[i, b]:
+                if k >= 0:
+                    out[labels[i], b, k] += 1
+    return out
+
+
+@pytest.mark.parametrize("blocks, top_k", [(1, None), (2, None), (4, 2), (8, None)])
+def test_histograms_and_dense_counts_match_brute_force(blocks, top_k):
+    codes, labels = _data(top_k=top_k)
+    stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y, num_blocks=blocks)
+    dense = _dense(codes, labels)
+    for y in range(Y):
+        np.testing.assert_array_equal(stats.class_histogram(y), dense[y])
+    full = np.concatenate([stats.dense_block(b) for b in range(blocks)])
+    np.testing.assert_array_equal(full, dense.transpose(1, 2, 0))
+    width = C // blocks
+    np.testing.assert_array_equal(
+        stats.dense_block(blocks - 1, width // 2, width),
+        dense.transpose(1, 2, 0)[C - width + width // 2 :],
+    )
+    assert stats.nnz == np.count_nonzero(dense) and stats.counts[0].dtype == np.uint16
+
+
+def test_removal_equals_recount_and_fingerprint_ignores_layout():
+    codes, labels = _data(seed=1)
+    stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y, num_blocks=2)
+    rm = np.random.default_rng(2).choice(len(labels), 37, replace=False)
+    keep = np.setdiff1d(np.arange(len(labels)), rm)
+    removed = stats.remove(codes[rm], labels[rm])
+    recount = pair_counts.count_pairs(
+        codes[keep[::-1]], labels[keep[::-1]], num_keys=K, num_classes=Y, num_blocks=2
+    )
+    assert removed.equals(recount) and not removed.equals(stats)
+    one_block = pair_counts.count_pairs(codes[keep], labels[keep], num_keys=K, num_classes=Y)
+    assert one_block.fingerprint() == removed.fingerprint() != stats.fingerprint()
+
+
+def test_large_counts_widen_to_int32():
+    codes = np.zeros((70_000, 2), np.int16)
+    stats = pair_counts.count_pairs(codes, np.zeros(70_000, int), num_keys=4, num_classes=1)
+    assert stats.counts[0].dtype == np.int32 and stats.class_histogram(0)[0, 0] == 70_000
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s, c, y: s.remove(c[:3], (y[:3] + 1) % Y), "never counted"),
+        (lambda s, c, y: s.class_histogram(Y), "label must be an int"),
+        (lambda s, c, y: s.dense_block(0, 3, 2), "start < stop"),
+        (
+            lambda s, c, y: pair_counts.count_pairs(c, y, num_keys=K, num_classes=Y, num_blocks=3),
+            "num_blocks must be a positive int dividing",
+        ),
+        (
+            lambda s, c, y: pair_counts.count_pairs(c, y[:5], num_keys=K, num_classes=Y),
+            "labels must be int",
+        ),
+        (
+            lambda s, c, y: pair_counts.count_pairs(c, y, num_keys=4, num_classes=Y),
+            "codes must lie in",
+        ),
+    ],
+)
+def test_bad_input(call, match):
+    codes, labels = _data(n=50)
+    stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y)
+    with pytest.raises(InputError, match=match):
+        call(stats, codes, labels)

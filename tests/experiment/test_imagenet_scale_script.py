@@ -1,0 +1,67 @@
+"""The ImageNet-scale benchmark at a reduced size: one device and a codebook mesh agree."""
+
+import jax
+
+if jax.device_count() < 8:
+    jax.config.update("jax_num_cpu_devices", 8)
+
+from script_testutil import ROOT, load_script  # noqa: E402
+
+TINY = [
+    "--classes",
+    "10",
+    "--rows-per-class",
+    "24",
+    "--val-per-class",
+    "6",
+    "--codebooks",
+    "8",
+    "--keys",
+    "32",
+    "--n-keys",
+    "3",
+    "--key-rows",
+    "256",
+    "--key-epochs",
+    "1",
+    "--probe-epochs",
+    "1",
+    "--timing-classes",
+    "3",
+    "--sample-classes",
+    "2",
+    "--oracle-classes",
+    "1",
+    "--no-plot",
+]
+KEYS = (
+    "train_rows",
+    "classes",
+    "peak_rss_mib",
+    "forget_one_class_ms",
+    "every_class_eval_s",
+    "classes_evaluated",
+    "val_accuracy",
+    "probe_accuracy",
+)
+
+
+def test_one_device_and_eight_give_identical_statistics_and_accuracies(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
+    script = load_script("experiments/benchmarks/imagenet_scale.py", "imagenet_scale_script")
+    one = script.main([*TINY, "--out", str(tmp_path / "one.json")])
+    eight = script.main([*TINY, "--devices", "8", "--out", str(tmp_path / "eight.json")])
+    assert all(k in one for k in KEYS) and one["classes_evaluated"] == 10
+    assert one["statistics"]["sha256"] == eight["statistics"]["sha256"]
+    for key in ("val_accuracy", "probe_accuracy", "per_class", "uve", "retrain_oracle"):
+        assert one[key] == eight[key], key
+    assert one["exact_removal"]["counts_bit_identical_to_recount"]
+    assert (
+        one["exact_removal"]["val_accuracy_after"] == eight["exact_removal"]["val_accuracy_after"]
+    )
+    for name in ("values", "pairs", "queries", "codes"):
+        memory = eight["device_memory"][name]
+        assert memory["per_device_bytes"] * 8 == memory["total_bytes"], name
+    assert one["retrain_oracle"]["forget_mean"] == 0.0  # the class's values are gone
