@@ -281,7 +281,7 @@ def plot_sweeps(runs: list[dict], out: pathlib.Path) -> list[str]:
                 method=method.lower(),
                 original=tuple(base.mean(0)),
                 split="train",
-                title=f"{method}, {len(same)} classes x seeds (training split)",
+                title=f"{method} sweep on the training split, {len(same)} runs (class x seed)",
             )
         )
     return paths
