@@ -103,8 +103,9 @@ class ExperimentConfig:
         (highest test accuracy), as the paper does.
       n_a_grid, n_e_grid: N_a (keys per codebook) and N_e (forget examples) tried by the sweep;
         a value above the keys per codebook or the forget examples there are tries all of them.
-        The defaults are meant to reach the target for every class of the default model
-        (measured: experiments/results/every_class_resnet20).
+        With the defaults, the default model on ResNet-20 CIFAR-10 embeddings (seed 0) reaches
+        forget accuracy 0 on the training split for all 10 classes: UvE at N_e = 2,000 of
+        4,000 forget rows, UvA at N_a = 64-256 (experiments/results/every_class_resnet20).
       sweep_split: where the sweep measures forget accuracy: ``train`` (the forget training
         examples themselves, default; test data stays for reporting) or ``test``.
       sweep_max_examples: at most this many forget and this many retain rows of the sweep
