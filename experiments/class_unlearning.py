@@ -1,24 +1,36 @@
-"""Class unlearning over every class and several seeds: mean and spread of every method.
+"""The paper's class-unlearning protocol over every class and several seeds, from one command.
 
-For each seed a DKVB model and a linear head are fitted once; then each class in turn is the
-forget class, and the comparison of :func:`dkvb_jax.experiment.run_class_unlearning` is run
-(DKVB UvA / UvE with their sweeps, the baselines on the head, fine-tuning the DKVB values). The
-UvA sweep over every class is one ``vmap`` over the classes per N
-(:func:`dkvb_jax.unlearning.every_class_metrics`), so the sweep figure covers all classes at the
-cost of a single evaluation pass each.
+For each seed one DKVB model is fitted (:func:`dkvb_jax.experiment.recipe.fit_from_config`, the
+config's recipe; the default is ``certified``) and the original model is measured once. Then
+every class in turn is the forget class, for three methods:
 
-Writes into ``--out``: ``summary.md/.csv/.json`` (mean and std over classes x seeds per method:
-retain/forget test accuracy, their change vs the original model, MIA, wall s, GFLOPs, cost
-ratio to DKVB-UvA), ``runs.json`` (every single run), ``sweep_uva_all_classes.png`` and
-``accuracy_vs_cost.png``.
+- ``UvA``: N_a swept over the config's ``n_a_grid`` on the *training* split (at most
+  ``sweep_max_examples`` forget and retain rows, :func:`sweep_subset`); the smallest N_a whose
+  forget accuracy reaches ``target`` unlearns from the usage histogram stored at fit time;
+- ``UvE``: the same over ``n_e_grid`` (clipped to the class's rows: the last point uses every
+  forget example), the forget examples in a seeded random order;
+- ``oracle``: the values refitted on the training rows without the class, with the same keys.
+  For closed-form values (the certified recipe) that is the exact removal
+  (:func:`dkvb_jax.exact.forget_classes`, bit-identical to the refit); for trained values it is
+  value training from the initial values on the retained rows.
 
-    python experiments/class_unlearning.py --config experiments/configs/cifar10_resnet20.json \
-        --seeds 0 1 2 --out outputs/cifar10_resnet20_all_classes
+All classes' unlearned variants are then evaluated together (one vmapped pass per method:
+:func:`dkvb_jax.unlearning.variant_outputs`, :func:`~dkvb_jax.unlearning.params_variant_outputs`):
+accuracy on the retain / forget rows of the training and test splits, and SCRUB's membership
+inference (:func:`dkvb_jax.evaluation.mia_attack` on per-example loss: forget training rows vs
+forget-class test rows). The summary gives mean and worst over classes x seeds per method.
+
+Writes into ``--out``: ``summary.md/.json/.csv``, ``runs.json`` (every class x seed, with its
+sweeps), ``sweep_uva.png`` / ``sweep_uve.png`` (mean and range over runs, training split).
+
+    python experiments/class_unlearning.py --encoder cifar_resnet20 --dataset cifar10 \\
+        --data-dir ../shared/data/cifar10 --seeds 0 1 2 --out outputs/every_class
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import json
 import pathlib
@@ -26,94 +38,270 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
-from dkvb_jax import cli
-from dkvb_jax.evaluation import ResultRow, ResultsTable
-from dkvb_jax.experiment import (
-    fit_head,
-    plot_accuracy_vs_cost,
-    plot_mean_sweep,
-    run_class_unlearning,
-)
+from dkvb_jax import cli, exact
+from dkvb_jax.evaluation import mia_attack
+from dkvb_jax.experiment import plot_mean_sweep
+from dkvb_jax.experiment.class_unlearning import sweep_subset
+from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.experiment.recipe import fit_from_config
-from dkvb_jax.unlearning import every_class_metrics
+from dkvb_jax.training import train_values
+from dkvb_jax.unlearning import (
+    params_variant_outputs,
+    sweep_uva,
+    sweep_uve,
+    unlearn_via_activations,
+    unlearn_via_examples,
+    variant_outputs,
+)
 
-METRICS = ("retain_test_acc", "forget_test_acc", "mia", "wall_s", "gflops", "cost_vs_dkvb")
+METHODS = ("original", "UvA", "UvE", "oracle")
+SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
 
 
-def every_class_sweep(fitted, x, y, ns) -> tuple[np.ndarray, np.ndarray]:
-    """Forget / retain accuracy `[classes, len(ns)]` of UvA for every class (vmap) and N."""
-    f, r = zip(
-        *(every_class_metrics(fitted.model, fitted.variables, fitted.usage, n, x, y) for n in ns),
-        strict=True,
-    )
-    return np.stack(f, 1), np.stack(r, 1)
+def class_sweeps(fitted, cfg, c, x, y, key) -> tuple[dict, np.ndarray]:
+    """UvA and UvE sweeps for forget class `c` on the training rows `(x, y)`.
+
+    Returns:
+      {"UvA": SweepResult, "UvE": SweepResult} and the class's forget rows `[n_c, dim]` in
+      the order UvE uses them.
+    """
+    model, v, mode = fitted.model, fitted.variables, cfg.mask_mode
+    sx, sy = sweep_subset(x, y, (c,), cfg.sweep_max_examples, cfg.seed)
+    forget_x = x[y == c][
+        np.asarray(jax.random.permutation(jax.random.fold_in(key, c), (y == c).sum()))
+    ]
+    n_a = sorted({min(n, model.config.num_keys) for n in cfg.n_a_grid})
+    n_e = sorted({min(n, forget_x.shape[0]) for n in cfg.n_e_grid})
+    return {
+        "UvA": sweep_uva(model, v, fitted.usage, (c,), sx, sy, n_a, target=cfg.target, mode=mode),
+        "UvE": sweep_uve(model, v, forget_x, (c,), sx, sy, n_e, target=cfg.target, mode=mode),
+    }, forget_x
+
+
+def oracle_params(fit, cfg, classes, x, y, key) -> tuple[dict, list[bool | None]]:
+    """The values refitted without each class: params with a leading `[classes]` axis.
+
+    Returns:
+      The stacked params and, per class, whether the removal is certified exact (None for
+      trained values, which have no certificate).
+    """
+    fitted = fit.fitted
+    if fitted.stats is not None:
+        est = cfg.value_config()
+        outs = [
+            exact.forget_classes(fitted.variables, fitted.stats, c, estimator=est) for c in classes
+        ]
+        params = [o[0]["params"] for o in outs]
+        certified = [bool(o[2].certified) for o in outs]
+    else:
+        # The same initial values and shuffling key as fit_dkvb, on the retained rows only.
+        k_init, _, k_values = jax.random.split(key, 3)
+        init = {**fitted.variables, "params": build_model(fitted.config, k_init)[1]["params"]}
+        params = [
+            train_values(
+                fitted.model,
+                init,
+                x[y != c],
+                y[y != c],
+                key=k_values,
+                config=cfg.value_config(),
+                progress=False,
+            )[0]["params"]
+            for c in classes
+        ]
+        certified = [None] * len(classes)
+    return jax.tree.map(lambda *a: np.stack(a), *params), certified
+
+
+def measure(pred, loss, train_y, test_y, columns, seed) -> list[dict]:
+    """Accuracies and MIA of variant column `i` forgetting class `c`, for each `(i, c)`.
+
+    Args:
+      pred, loss: `[n_train + n_test, variants]` outputs on the training then the test rows.
+      train_y, test_y: labels of the two splits.
+      columns: `(column, forget class)` pairs.
+      seed: seed of the attack's subsampling and folds.
+    """
+    labels = np.concatenate([train_y, test_y])
+    is_train = np.arange(labels.size) < train_y.shape[0]
+    out = []
+    for i, c in columns:
+        correct, forget = pred[:, i] == labels, labels == c
+        rec = {"class": int(c)}
+        for split, rows in (("train", is_train), ("test", ~is_train)):
+            rec[f"forget_{split}"] = float(correct[rows & forget].mean())
+            rec[f"retain_{split}"] = float(correct[rows & ~forget].mean())
+        mia = mia_attack(loss[is_train & forget, i], loss[~is_train & forget, i], seed=seed)
+        rec.update(mia=mia.accuracy, mia_std=mia.std, mia_per_side=mia.n_per_side)
+        out.append(rec)
+    return out
+
+
+def run_seed(fit, cfg, classes, x, y, test, key, progress) -> list[dict]:
+    """Every class of one fitted model: sweeps, unlearning, one evaluation per method."""
+    fitted, mode = fit.fitted, cfg.mask_mode
+    model, v = fitted.model, fitted.variables
+    xe, ye = np.concatenate([x, test[0]]), np.concatenate([y, test[1]])
+    k_perm = jax.random.fold_in(key, 1)
+    sweeps, selections = collections.defaultdict(list), collections.defaultdict(list)
+    for c in tqdm(classes, desc=f"seed {cfg.seed}: sweeps", disable=not progress):
+        sw, forget_x = class_sweeps(fitted, cfg, c, x, y, k_perm)
+        for name, s in sw.items():
+            sweeps[name].append(s)
+        n_a, n_e = (s.smallest_n or max(s.ns) for s in (sw["UvA"], sw["UvE"]))
+        uva, _ = unlearn_via_activations(model, v, n_a, usage=fitted.usage, classes=(c,), mode=mode)
+        uve, _ = unlearn_via_examples(model, v, forget_x[:n_e], classes=(c,), mode=mode)
+        selections["UvA"].append(np.asarray(uva["mask"][mode]))
+        selections["UvE"].append(np.asarray(uve["mask"][mode]))
+    each = list(enumerate(classes))
+    original = jax.tree.map(lambda a: np.asarray(a)[None], v["params"])
+    runs = {
+        "original": measure(
+            *params_variant_outputs(model, v, original, xe, ye),
+            y,
+            test[1],
+            [(0, c) for c in classes],
+            cfg.seed,
+        )
+    }
+    for name in ("UvA", "UvE"):
+        sel = np.stack(selections[name])
+        depth = int(sel.sum(-1).max()) + model.config.top_k
+        recs = measure(
+            *variant_outputs(model, v, sel, xe, ye, depth, mode=mode), y, test[1], each, cfg.seed
+        )
+        for rec, s in zip(recs, sweeps[name], strict=True):
+            rec.update(
+                n=s.smallest_n or max(s.ns),
+                reached=s.smallest_n is not None,
+                sweep=s.to_rows(),
+                sweep_baseline=list(s.baseline),
+            )
+        runs[name] = recs
+    params, certified = oracle_params(fit, cfg, classes, x, y, key)
+    recs = measure(*params_variant_outputs(model, v, params, xe, ye), y, test[1], each, cfg.seed)
+    for rec, cert in zip(recs, certified, strict=True):
+        rec["certified_exact"] = cert
+    runs["oracle"] = recs
+    return [dict(r, method=m, seed=cfg.seed) for m, recs in runs.items() for r in recs]
+
+
+# Worst case of each metric over runs: the most forget accuracy, the least retain accuracy, and
+# the attack accuracy farthest from chance (0.5).
+WORST = {
+    "forget_train": max,
+    "forget_test": max,
+    "retain_train": min,
+    "retain_test": min,
+    "mia": lambda v: max(v, key=lambda a: abs(a - 0.5)),
+}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """Mean and std per method over runs (each run: records of one ResultsTable)."""
-    by_method: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        base = {r["method"]: r for r in run["summary"]}
-        for rec in run["summary"]:
-            m = by_method.setdefault(rec["method"], {})
-            for k in METRICS:
-                if rec.get(k) is not None:
-                    m.setdefault(k, []).append(rec[k])
-            own = (
-                "original"
-                if rec["method"].startswith("DKVB") or rec["method"] == "original"
-                else "original (linear head)"
-            )
-            if own in base:
-                for k in ("retain_test_acc", "forget_test_acc"):
-                    if rec.get(k) is not None and base[own].get(k) is not None:
-                        m.setdefault(f"delta_{k}", []).append(rec[k] - base[own][k])
+    """Per method: mean, std and worst of every metric over classes x seeds, and N chosen."""
     out = []
-    for method, vals in by_method.items():
-        row = {"method": method, "runs": max(len(v) for v in vals.values()) if vals else 0}
-        for k, v in vals.items():
-            row[f"{k}_mean"] = float(np.mean(v))
-            row[f"{k}_std"] = float(np.std(v))
+    for method in METHODS:
+        recs = [r for r in runs if r["method"] == method]
+        if not recs:
+            continue
+        row = {"method": method, "runs": len(recs)}
+        for k, worst in WORST.items():
+            vals = [r[k] for r in recs]
+            row.update(
+                {
+                    f"{k}_mean": float(np.mean(vals)),
+                    f"{k}_std": float(np.std(vals)),
+                    f"{k}_worst": float(worst(vals)),
+                }
+            )
+        if "n" in recs[0]:
+            ns = [r["n"] for r in recs]
+            row.update(
+                n_median=float(np.median(ns)),
+                n_min=min(ns),
+                n_max=max(ns),
+                reached=sum(r["reached"] for r in recs),
+            )
+        if recs[0].get("certified_exact") is not None:
+            row["certified"] = sum(r["certified_exact"] for r in recs)
         out.append(row)
     return out
 
 
 def to_markdown(summary: list[dict]) -> str:
-    def pm(row, key, scale=100.0, fmt=".2f"):
-        if f"{key}_mean" not in row:
-            return "-"
-        return f"{scale * row[key + '_mean']:{fmt}} ± {scale * row[key + '_std']:{fmt}}"
+    """The summary as a table: mean ± std (worst) per metric, in percent."""
 
-    body = [
-        [r["method"], r["runs"], pm(r, "retain_test_acc"), pm(r, "delta_retain_test_acc"),
-         pm(r, "forget_test_acc"), pm(r, "mia"), pm(r, "wall_s", 1, ".3g"),
-         pm(r, "gflops", 1, ".3g"), pm(r, "cost_vs_dkvb", 1, ".3g")]
-        for r in summary
-    ]  # fmt: skip
-    headers = ["method", "runs", "retain-test acc (%)", "Δ retain vs original (pts)",
-               "forget-test acc (%)", "MIA (%)", "wall s", "GFLOPs", "cost vs DKVB-UvA (x)"]  # fmt: skip
+    def cell(row, key):
+        m, s, w = (100 * row[f"{key}_{p}"] for p in ("mean", "std", "worst"))
+        return f"{m:.2f} ± {s:.2f} ({w:.2f})"
+
+    def n_cell(row):
+        if "n_median" not in row:
+            return "-"
+        return (
+            f"{row['n_median']:g} [{row['n_min']}-{row['n_max']}], {row['reached']}/{row['runs']}"
+        )
+
+    headers = [
+        "method",
+        "runs",
+        "forget-train acc",
+        "forget-test acc",
+        "retain-train acc",
+        "retain-test acc",
+        "MIA",
+        "N: median [range], reached target",
+    ]
+    body = [[r["method"], r["runs"], *(cell(r, k) for k in WORST), n_cell(r)] for r in summary]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def main(argv=None) -> int:
+def plot_sweeps(runs: list[dict], out: pathlib.Path) -> list[str]:
+    """Mean and range of each method's sweep over the runs that share the most common grid."""
+    paths = []
+    for method in ("UvA", "UvE"):
+        sweeps = [r["sweep"] for r in runs if r["method"] == method]
+        if not sweeps:
+            continue
+        grids = collections.Counter(tuple(p["n"] for p in s) for s in sweeps)
+        grid = grids.most_common(1)[0][0]
+        same = [s for s in sweeps if tuple(p["n"] for p in s) == grid]
+        base = np.asarray([r["sweep_baseline"] for r in runs if r["method"] == method])
+        paths.append(
+            plot_mean_sweep(
+                list(grid),
+                np.asarray([[p["forget_accuracy"] for p in s] for s in same]),
+                np.asarray([[p["retain_accuracy"] for p in s] for s in same]),
+                out / f"sweep_{method.lower()}.png",
+                method=method.lower(),
+                original=tuple(base.mean(0)),
+                split="train",
+                title=f"{method} sweep on the training split, {len(same)} runs (class x seed)",
+            )
+        )
+    return paths
+
+
+def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     cli.add_data_args(p)
     cli.add_model_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="default: every class")
-    p.add_argument("--baselines", nargs="*", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
     cli.add_common_args(p)
-    args = p.parse_args(argv)
-    args.methods = args.forget_classes = args.head_epochs = args.baseline_max_epochs = None
-    args.no_mia = False
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    wall, cpu = time.perf_counter(), time.process_time()
     cli.apply_config_defaults(args)
     base_cfg = cli.experiment_config(args)
     emb = cli.load_embeddings(args)
@@ -121,59 +309,51 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     num_classes = int(max(emb.y_train.max(), emb.y_test.max())) + 1
     classes = args.classes if args.classes is not None else list(range(num_classes))
-    key_data = cli.key_data_of(args, emb)
-    runs, sweeps_f, sweeps_r = [], [], []
-    start = time.perf_counter()
+    key_data, progress = cli.key_data_of(args, emb), not args.no_progress
+    runs = []
     for seed in args.seeds:
         cfg = base_cfg.replace(seed=seed)
-        k_fit, k_head, *_ = jax.random.split(jax.random.key(seed), 4)
+        key = jax.random.key(seed)
         fit = fit_from_config(
-            cfg, emb.x_train, emb.y_train, num_classes=num_classes, key=k_fit,
-            key_data=key_data, checkpoint_dir=out / f"seed{seed}" / "checkpoint",
-            progress=not args.no_progress,
-        )  # fmt: skip
-        fitted = fit.fitted
-        # The values' training rows: without a held-out split, every training row.
-        x_tr, y_tr = emb.x_train[fit.rows], emb.y_train[fit.rows]
-        ns = [n for n in cfg.n_a_grid if n <= cfg.num_keys]
-        f, r = every_class_sweep(fitted, jnp.asarray(emb.x_test), jnp.asarray(emb.y_test), ns)
-        sweeps_f.append(f[classes])
-        sweeps_r.append(r[classes])
-        head = fit_head(x_tr, y_tr, num_classes, epochs=cfg.head_epochs, key=k_head)
-        for c in tqdm(classes, desc=f"seed {seed}: classes", disable=args.no_progress):
-            res = run_class_unlearning(
-                (x_tr, y_tr), (emb.x_test, emb.y_test),
-                cfg.replace(forget_classes=(c,)), fitted=fitted, head=head,
-                cache_dir=out / f"seed{seed}" / f"class{c}", progress=False,
-            )  # fmt: skip
-            runs.append({"seed": seed, "class": c, "n_a": res.n_a, "n_e": res.n_e,
-                         "summary": res.table.records()})  # fmt: skip
+            cfg,
+            emb.x_train,
+            emb.y_train,
+            num_classes=num_classes,
+            key=key,
+            dataset=cli.train_namespace(emb),
+            key_data=key_data,
+            key_rows=cli.key_rows_of(args),
+            progress=progress,
+        )
+        # The values' training rows D: without a held-out split, every training row.
+        x, y = emb.x_train[fit.rows], emb.y_train[fit.rows]
+        runs += run_seed(fit, cfg, classes, x, y, (emb.x_test, emb.y_test), key, progress)
     summary = summarise(runs)
-    (out / "runs.json").write_text(json.dumps(runs, indent=2))
-    meta = {"source": emb.source, "seeds": args.seeds, "classes": classes,
-            "experiment": base_cfg.to_dict(), "seconds": time.perf_counter() - start,
-            "machine": cli.machine_info(), "command": " ".join(sys.argv)}  # fmt: skip
+    seconds = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    meta = {
+        "source": emb.source,
+        "seeds": args.seeds,
+        "classes": classes,
+        "experiment": base_cfg.to_dict(),
+        **seconds,
+        "machine": cli.machine_info(),
+        "command": " ".join(["python", "experiments/class_unlearning.py", *sys.argv[1:]]),
+    }
+    (out / "runs.json").write_text(json.dumps(runs, indent=1))
     (out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2))
-    keys = sorted({k for r in summary for k in r}, key=lambda k: (k != "method", k))
+    keys = list(dict.fromkeys(k for r in summary for k in r))
     with open(out / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(summary)
     md = to_markdown(summary)
-    n_a = [r["n_a"] for r in runs]
-    md += f"\n\nN_a chosen per run: median {int(np.median(n_a))}, range {min(n_a)}-{max(n_a)}"
+    md += (
+        f"\n\nmean ± std (worst) over {len(classes)} classes x {len(args.seeds)} seeds, in %; "
+        "MIA's worst is the farthest from 50%. "
+        f"{seconds['wall_s']:.0f} s wall, {seconds['cpu_s']:.0f} CPU-s."
+    )
     (out / "summary.md").write_text(md + "\n")
-    plot_mean_sweep(ns, np.concatenate(sweeps_f), np.concatenate(sweeps_r),
-                    out / "sweep_uva_all_classes.png", method="uva",
-                    title="UvA, every class x seed (test split)")  # fmt: skip
-    mean_rows = [
-        ResultRow(r["method"], flops=1e9 * r["gflops_mean"], wall_s=r.get("wall_s_mean"),
-                  retain_test_acc=r.get("retain_test_acc_mean"),
-                  forget_test_acc=r.get("forget_test_acc_mean"))
-        for r in summary if "gflops_mean" in r
-    ]  # fmt: skip
-    if mean_rows:
-        plot_accuracy_vs_cost(ResultsTable.from_rows(mean_rows), out / "accuracy_vs_cost.png")
+    plot_sweeps(runs, out)
     print(md)
     return 0
 

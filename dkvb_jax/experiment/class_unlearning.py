@@ -101,7 +101,11 @@ class ExperimentConfig:
         10 epochs, batch 256, label smoothing 0.1, clip 1.0).
       forget_classes: classes to forget; None picks the class the DKVB model learned best
         (highest test accuracy), as the paper does.
-      n_a_grid, n_e_grid: N_a (keys per codebook) and N_e (forget examples) tried by the sweep.
+      n_a_grid, n_e_grid: N_a (keys per codebook) and N_e (forget examples) tried by the sweep;
+        a value above the keys per codebook or the forget examples there are tries all of them.
+        With the defaults, the default model on ResNet-20 CIFAR-10 embeddings (seed 0) reaches
+        forget accuracy 0 on the training split for all 10 classes: UvE at N_e = 2,000 of
+        4,000 forget rows, UvA at N_a = 64-256 (experiments/results/every_class_resnet20).
       sweep_split: where the sweep measures forget accuracy: ``train`` (the forget training
         examples themselves, default; test data stays for reporting) or ``test``.
       sweep_max_examples: at most this many forget and this many retain rows of the sweep
@@ -151,7 +155,7 @@ class ExperimentConfig:
     value_clip_norm: float = 0.0
     forget_classes: tuple[int, ...] | None = None
     n_a_grid: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    n_e_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+    n_e_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
     sweep_split: Literal["train", "test"] = "train"
     sweep_max_examples: int = 2000
     target: float = 0.0
@@ -744,7 +748,7 @@ def run_class_unlearning(
     n_a = n_e = None
     mode = config.mask_mode
     if "uva" in config.methods:
-        grid = [n for n in config.n_a_grid if n <= model.config.num_keys] or [model.config.num_keys]
+        grid = sorted({min(n, model.config.num_keys) for n in config.n_a_grid})
         sweeps["uva"] = sweep_uva(
             model, variables, usage, forget, sweep_x, sweep_y, grid, target=config.target,
             mode=mode,
@@ -762,7 +766,7 @@ def run_class_unlearning(
             reached_target=sweeps["uva"].smallest_n is not None,
         )  # fmt: skip
     if "uve" in config.methods:
-        grid = [n for n in config.n_e_grid if n <= forget_x.shape[0]] or [forget_x.shape[0]]
+        grid = sorted({min(n, forget_x.shape[0]) for n in config.n_e_grid})
         sweeps["uve"] = sweep_uve(
             model, variables, forget_x, forget, sweep_x, sweep_y, grid, target=config.target,
             mode=mode,

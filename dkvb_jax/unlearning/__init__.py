@@ -11,10 +11,12 @@ from dkvb_jax.unlearning.audit import AuditRecord, variables_hash
 from dkvb_jax.unlearning.fast_eval import (
     codes_under_mask,
     every_class_metrics,
+    params_variant_outputs,
     ranked_codes,
     unlearn_every_class,
     uva_metrics,
     uve_metrics,
+    variant_outputs,
     variant_predictions,
 )
 from dkvb_jax.unlearning.masking import apply_selection, clear_masks, hard_delete, masked_pairs
@@ -73,6 +75,7 @@ __all__ = [
     "mask_top_n",
     "mask_top_n_per_class",
     "masked_pairs",
+    "params_variant_outputs",
     "psum_usage",
     "ranked_codes",
     "retain_aware",
@@ -84,5 +87,6 @@ __all__ = [
     "uva_metrics",
     "uve_metrics",
     "variables_hash",
+    "variant_outputs",
     "variant_predictions",
 ]

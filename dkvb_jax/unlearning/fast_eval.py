@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from dkvb_jax import _batching, _validation
 from dkvb_jax.model import DKVB
@@ -81,13 +82,22 @@ def codes_under_mask(
 
 
 def _predict(model, variables, ranked, ranked_valid, mode):
+    return _ranked_logits(model, variables, ranked, ranked_valid, mode).argmax(-1)
+
+
+def _ranked_logits(model, variables, ranked, ranked_valid, mode):
     if mode == "search":
         idx, valid = codes_under_mask(
             ranked, ranked_valid, variables["mask"]["search"], model.config.top_k
         )
     else:
         idx, valid = ranked[..., : model.config.top_k], ranked_valid[..., : model.config.top_k]
-    return model.apply(variables, idx, valid, method=DKVB.decode_codes).argmax(-1)
+    return model.apply(variables, idx, valid, method=DKVB.decode_codes)
+
+
+def _outputs(logits, labels):
+    """(predicted class, cross-entropy) of each row: the accuracy and the MIA feature."""
+    return logits.argmax(-1), optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def _split_accuracy(pred, labels, forget):
@@ -152,25 +162,71 @@ _RANKED_MAX_DEPTH = 32
 
 
 @functools.partial(jax.jit, static_argnames=("model", "depth", "mode", "batch_size"))
-def _variant_predictions(model, variables, selections, x, depth, mode, batch_size):
-    def ranked_rows(xb):
+def _variant_outputs(model, variables, selections, x, y, depth, mode, batch_size):
+    def ranked_rows(batch):
+        xb, yb = batch
         res = _rank(model, variables, xb, depth)
 
-        def predict(selection):
+        def outputs(selection):
             v = masking.apply_selection(variables, selection, mode)
-            return _predict(model, v, res.indices, res.valid, mode)
+            return _outputs(_ranked_logits(model, v, res.indices, res.valid, mode), yb)
 
-        return jax.vmap(predict, out_axes=1)(selections)
+        return jax.vmap(outputs, out_axes=1)(selections)
 
-    def direct_rows(xb):
-        def predict(selection):
+    def direct_rows(batch):
+        xb, yb = batch
+
+        def outputs(selection):
             v = masking.apply_selection(variables, selection, mode)
-            return model.apply(v, xb).argmax(-1)
+            return _outputs(model.apply(v, xb), yb)
 
-        return jax.vmap(predict, out_axes=1)(selections)
+        return jax.vmap(outputs, out_axes=1)(selections)
 
     rows = ranked_rows if depth <= _RANKED_MAX_DEPTH else direct_rows
-    return _batching.batched_apply(rows, x, batch_size)
+    return _batching.batched_apply(rows, (x, y), batch_size)
+
+
+def variant_outputs(
+    model: DKVB,
+    variables: dict,
+    selections: jax.Array,
+    x,
+    y,
+    depth: int,
+    *,
+    mode: str = "search",
+    memory_mb: float = 512.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and losses of many unlearned variants of one model, in one jitted pass.
+
+    With a shallow ranking (`depth` <= 32) every row's `depth` nearest keys are ranked once and
+    each variant's prediction is a gather; deeper rankings cost more than a direct masked
+    search, so each variant is then searched directly. The `vmap` over variants runs inside
+    one jitted map over row batches sized from `memory_mb`, so memory is bounded whatever the
+    number of rows.
+
+    Args:
+      selections: bool `[variants, codebooks, keys]`, the pairs each variant masks.
+      x: evaluation embeddings `[m, embed_dim]`; y: their int labels `[m]`.
+      depth: keys each variant masks at most among a row's nearest, plus `top_k` (the ranking
+        is exact when no variant masks more than `depth - top_k` of them in a codebook).
+      mode: mask mode.
+      memory_mb: budget for one row batch's intermediates.
+
+    Returns:
+      predicted classes int `[m, variants]` and cross-entropy float32 `[m, variants]`.
+    """
+    cfg = model.config
+    _validation.check_labels(y, cfg.num_classes, n=np.shape(x)[0])
+    depth = int(min(max(depth, cfg.top_k), cfg.num_keys))
+    width = depth if depth <= _RANKED_MAX_DEPTH else cfg.key_dim + 2 * cfg.top_k
+    per_row = selections.shape[0] * cfg.num_codebooks * width * _ROW_BYTES_PER_RANK
+    batch_size = max(1, int(memory_mb * 2**20) // per_row)
+    pred, loss = _variant_outputs(
+        model, variables, jnp.asarray(selections), jnp.asarray(x), jnp.asarray(y, jnp.int32),
+        depth, mode, batch_size,
+    )  # fmt: skip
+    return np.asarray(pred), np.asarray(loss)
 
 
 def variant_predictions(
@@ -183,35 +239,57 @@ def variant_predictions(
     mode: str = "search",
     memory_mb: float = 512.0,
 ) -> np.ndarray:
-    """Predictions of many unlearned variants of one model, in one jitted, vmapped pass.
+    """Predictions int `[m, variants]` of :func:`variant_outputs` (same arguments, no labels)."""
+    labels = np.zeros((np.shape(x)[0],), np.int32)
+    return variant_outputs(
+        model, variables, selections, x, labels, depth, mode=mode, memory_mb=memory_mb
+    )[0]
 
-    With a shallow ranking (`depth` <= 32) every row's `depth` nearest keys are ranked once and
-    each variant's prediction is a gather; deeper rankings cost more than a direct masked
-    search, so each variant is then searched directly. The `vmap` over variants runs inside
-    one jitted map over row batches sized from `memory_mb`, so memory is bounded whatever the
-    number of rows.
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def _params_variant_outputs(model, variables, params, x, y, batch_size):
+    def rows(batch):
+        xb, yb = batch
+        idx, valid = model.apply(variables, xb, method=DKVB.codes)
+
+        def outputs(p):
+            logits = model.apply({**variables, "params": p}, idx, valid, method=DKVB.decode_codes)
+            return _outputs(logits, yb)
+
+        return jax.vmap(outputs, out_axes=1)(params)
+
+    return _batching.batched_apply(rows, (x, y), batch_size)
+
+
+def params_variant_outputs(
+    model: DKVB, variables: dict, params: dict, x, y, *, memory_mb: float = 512.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and losses of variants that differ only in ``params`` (e.g. refitted values).
+
+    The keys and masks are shared, so each row's codes are looked up once and every variant
+    only decodes them: a retrain oracle per class costs one search, not one per class.
 
     Args:
-      selections: bool `[variants, codebooks, keys]`, the pairs each variant masks.
-      x: evaluation embeddings `[m, embed_dim]`.
-      depth: keys each variant masks at most among a row's nearest, plus `top_k` (the ranking
-        is exact when no variant masks more than `depth - top_k` of them in a codebook).
-      mode: mask mode.
+      variables: the shared variables (their ``params`` are ignored).
+      params: the ``params`` collection with a leading `[variants]` axis on every leaf.
+      x: evaluation embeddings `[m, embed_dim]`; y: their int labels `[m]`.
       memory_mb: budget for one row batch's intermediates.
 
     Returns:
-      int `[m, variants]` predicted classes.
+      predicted classes int `[m, variants]` and cross-entropy float32 `[m, variants]`.
     """
     cfg = model.config
-    depth = int(min(max(depth, cfg.top_k), cfg.num_keys))
-    width = depth if depth <= _RANKED_MAX_DEPTH else cfg.key_dim + 2 * cfg.top_k
-    per_row = selections.shape[0] * cfg.num_codebooks * width * _ROW_BYTES_PER_RANK
+    _checks.check_variables(cfg, variables)
+    _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
+    _validation.check_labels(y, cfg.num_classes, n=np.shape(x)[0])
+    variants = jax.tree.leaves(params)[0].shape[0]
+    # Per row: each variant's gathered values, and the shared codes.
+    per_row = cfg.num_codebooks * (variants * cfg.num_classes * 4 + cfg.top_k * 8)
     batch_size = max(1, int(memory_mb * 2**20) // per_row)
-    return np.asarray(
-        _variant_predictions(
-            model, variables, jnp.asarray(selections), jnp.asarray(x), depth, mode, batch_size
-        )
+    pred, loss = _params_variant_outputs(
+        model, variables, params, jnp.asarray(x), jnp.asarray(y, jnp.int32), batch_size
     )
+    return np.asarray(pred), np.asarray(loss)
 
 
 def split_accuracies(pred: np.ndarray, labels, forget) -> tuple[np.ndarray, np.ndarray]:
