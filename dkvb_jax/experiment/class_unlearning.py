@@ -56,6 +56,7 @@ from dkvb_jax.unlearning import (
     SweepResult,
     apply_selection,
     codes_selection,
+    get_method,
     mask_top_n_per_class,
     sweep_uva,
     sweep_uve,
@@ -154,8 +155,9 @@ class ExperimentConfig:
     value_label_smoothing: float = 0.0
     value_clip_norm: float = 0.0
     forget_classes: tuple[int, ...] | None = None
-    n_a_grid: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    n_e_grid: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+    # The registered methods' default grids: one source for the library's and the config's.
+    n_a_grid: tuple[int, ...] = get_method("uva").size.default_grid
+    n_e_grid: tuple[int, ...] = get_method("uve").size.default_grid
     sweep_split: Literal["train", "test"] = "train"
     sweep_max_examples: int = 2000
     target: float = 0.0
@@ -281,8 +283,6 @@ class ExperimentConfig:
 
     def grid(self, method: str) -> tuple[int, ...]:
         """The sizes a sweep of the registered masking `method` tries (its ``<size>_grid``)."""
-        from dkvb_jax.unlearning import get_method
-
         return getattr(self, f"{get_method(method).size.name}_grid")
 
     def stats_config(self) -> exact.StatsConfig:

@@ -218,7 +218,10 @@ UVE = register_method(
         label="UvE",
         summary="masks every pair the first N_e forget examples retrieve",
         size=SizeParam(
-            "n_e", "forget examples used", (1, 2, 5, 10, 20, 50, 100, 200, 500), "forget examples"
+            "n_e",
+            "forget examples used",
+            (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+            "forget examples",
         ),
         statistics=_codes_stats,
         select=_uve_select,
