@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from dkvb_jax._progress import progress_bar
+from dkvb_jax.baselines.optim import OptimizerConfig, lr_at_epoch, make_optimizer, set_lr
 from dkvb_jax.baselines.stopping import StoppingConfig, stop_reason
 from dkvb_jax.baselines.types import (
     ApplyFn,
@@ -44,10 +45,10 @@ __all__ = [
     "cross_entropy",
     "distill_kl",
     "epoch_batches",
-    "gather_batch",
-    "make_epoch",
     "fit_classifier",
+    "gather_batch",
     "lr_at_epoch",
+    "make_epoch",
     "make_optimizer",
     "merge_params",
     "phase_rows",
@@ -56,81 +57,6 @@ __all__ = [
 
 Batch = tuple[jax.Array, jax.Array, jax.Array]  # x [b, dim], y [b], weight [b] (0 = padding)
 LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]  # (params, context, batch) -> (loss, aux)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer with a step-wise learning-rate decay at given epochs (the repdistiller rule SCRUB uses).
-
-    Attributes:
-      name: ``'sgd'`` (with ``momentum``) or ``'adam'``.
-      learning_rate: initial learning rate.
-      momentum: SGD momentum (ignored by Adam); 0 disables it.
-      weight_decay: L2 penalty added to the gradient (PyTorch-style ``weight_decay``).
-      grad_clip: global-norm clipping, or None.
-      lr_decay_epochs: epochs (1-based) after which the rate is multiplied by ``lr_decay_rate``.
-      lr_decay_rate: the multiplier.
-    """
-
-    name: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    lr_decay_epochs: tuple[int, ...] = ()
-    lr_decay_rate: float = 0.1
-
-    def __post_init__(self):
-        if self.name not in ("sgd", "adam"):
-            raise ValueError(f"OptimizerConfig.name must be 'sgd' or 'adam', got {self.name!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate!r}."
-            )
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum!r}.")
-        if not self.weight_decay >= 0:
-            raise ValueError(
-                f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}."
-            )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(
-                f"OptimizerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}."
-            )
-        if not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(
-                f"OptimizerConfig.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate!r}."
-            )
-
-
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """The optax transformation; its learning rate is an injected hyperparameter set per epoch."""
-
-    def build(learning_rate):
-        parts = []
-        if config.grad_clip is not None:
-            parts.append(optax.clip_by_global_norm(config.grad_clip))
-        if config.weight_decay:
-            parts.append(optax.add_decayed_weights(config.weight_decay))
-        if config.name == "sgd":
-            parts.append(optax.sgd(learning_rate, momentum=config.momentum or None))
-        else:
-            parts.append(optax.adam(learning_rate))
-        return optax.chain(*parts)
-
-    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
-
-
-def lr_at_epoch(config: OptimizerConfig, epoch: int) -> float:
-    """Learning rate for 1-based ``epoch``: decayed once for every decay epoch already passed."""
-    steps = sum(epoch > e for e in config.lr_decay_epochs)
-    return config.learning_rate * config.lr_decay_rate**steps
-
-
-def _set_lr(opt_state: Any, lr: float) -> Any:
-    hyper = dict(opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
-    return opt_state._replace(hyperparams=hyper)
 
 
 def merge_params(variables: Mapping[str, Any], params: Any) -> dict[str, Any]:
@@ -233,13 +159,19 @@ def phase_rows(phase: Phase, key: jax.Array) -> BatchRows:
     return idx, w, _cycled_batches(k2, x2.shape[0], bs2, idx.shape[0])
 
 
-def _streams(phase: Phase) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+# A phase's data: (x [n, dim], y [n], x2 [n2, dim] | None, y2 [n2] | None).
+Streams = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]
+
+
+def _streams(phase: Phase) -> Streams:
     x2, y2 = (None, None) if phase.paired is None else phase.paired[:2]
     return phase.x, phase.y, x2, y2
 
 
-def gather_batch(streams, rows):
-    """The ``loss_fn`` batch of one step from a phase's ``streams`` and one step's ``rows``."""
+def gather_batch(streams: Streams, rows: BatchRows) -> Any:
+    """The ``loss_fn`` batch of one step from a phase's ``streams`` and one step's ``rows``
+    (``idx [bs]``, ``weight [bs]``, ``idx2 [bs2] | None``): ``(x, y, weight)``, or a pair of
+    them for a paired phase (the second stream's weights all 1)."""
     x, y, x2, y2 = streams
     idx, w, idx2 = rows
     batch = (x[idx], y[idx], w)
@@ -377,7 +309,7 @@ def train_loop(
         range(1, stopping.max_epochs + 1), desc=method, disable=not progress, leave=False
     )
     for epoch in bar:
-        opt_state = _set_lr(opt_state, lr_at_epoch(optimizer, epoch))
+        opt_state = set_lr(opt_state, lr_at_epoch(optimizer, epoch))
         key, epoch_key = jax.random.split(key)
         losses = []
         for i, (phase, (epoch_fn, per_call, context, streams)) in enumerate(
@@ -385,7 +317,8 @@ def train_loop(
         ):
             if not phase.active(epoch):
                 continue
-            rows = phase_rows(phase, jax.random.fold_in(epoch_key, i))
+            # Shuffling is data loading: on the device before the clock starts.
+            rows = jax.device_put(phase_rows(phase, jax.random.fold_in(epoch_key, i)))
             with Timer() as t:
                 params, opt_state, phase_losses = epoch_fn(
                     params, opt_state, context, streams, rows
