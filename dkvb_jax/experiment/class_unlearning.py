@@ -559,8 +559,15 @@ def _exact_core(stats, forget_rows, estimator):
     return exact.values_without(stats, forget_rows, estimator)[0]
 
 
+# What a cached row holds and how it was measured; bump it when that changes, so that rows
+# cached by an older version (e.g. baselines stopped on a plateau, no retain-train accuracy)
+# are measured again rather than reused. 2: baselines run to the DKVB row's forget accuracy.
+ROWS_VERSION = 2
+
+
 def _run_id(config: ExperimentConfig, *arrays) -> str:
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256(f"rows v{ROWS_VERSION}".encode())
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     h.update(data_fingerprint(*arrays).encode())
     return h.hexdigest()[:16]
 

@@ -176,6 +176,16 @@ def test_rerun_reuses_cached_rows(result):
     assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
 
 
+def test_rows_cached_by_an_older_version_are_not_reused(tmp_path, monkeypatch):
+    from dkvb_jax.experiment import class_unlearning as cu
+
+    arrays = (np.arange(4.0),)
+    old = cu._RowCache(tmp_path, cu._run_id(TINY, *arrays))
+    old.put("finetune", {"method": "finetune"})
+    monkeypatch.setattr(cu, "ROWS_VERSION", cu.ROWS_VERSION + 1)
+    assert cu._RowCache(tmp_path, cu._run_id(TINY, *arrays)).get("finetune") is None
+
+
 def test_fold_standardization_keeps_codes():
     x, _ = clustered_embeddings(3, 64, dim=16)
     x = x * 3 + 5  # far from standardised
