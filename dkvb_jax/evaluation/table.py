@@ -290,6 +290,7 @@ class ResultsTable:
         def num(v, fmt):
             return "-" if v is None else format(v, fmt)
 
+        records = self.records()
         body = [
             [
                 rec["method"],
@@ -302,14 +303,14 @@ class ResultsTable:
                 _reached_cell(rec["reached"], row),
                 "-" if rec["cost_vs_dkvb"] is None else f"{rec['cost_vs_dkvb']:.3g}x",
             ]
-            for rec, row in zip(self.records(), self.rows, strict=True)
+            for rec, row in zip(records, self.rows, strict=True)
         ]
         table = tabulate(body, headers=_HEADERS, tablefmt="github", disable_numparse=True)
-        return "\n\n".join([table, *self._notes(body)])
+        return "\n\n".join([table, *self._notes(records)])
 
-    def _notes(self, body: list[list[str]]) -> list[str]:
+    def _notes(self, records: list[dict[str, Any]]) -> list[str]:
         notes = []
-        if any(NOISE_MARK in cells[4] for cells in body):
+        if any(rec["mia_within_noise"] for rec in records):
             notes.append(
                 f"{NOISE_MARK} MIA change from the row's original model within noise: "
                 "|Δ| <= sqrt(std² + std_original²), std over the attack's folds."
