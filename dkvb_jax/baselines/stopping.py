@@ -3,12 +3,17 @@
 Stop when forget accuracy reaches the target (default 0: the forgotten class is no longer
 recognised), or when it has stopped improving (decreasing) for ``patience`` epochs, or at the
 epoch cap. The cost of a run is recorded at the stopping epoch.
+
+A cost comparison is only fair at equal forgetting, so the comparisons (``dkvb compare``, the
+unlearning-cost benchmark) set the target to the DKVB method's measured forget accuracy and
+turn the plateau rule off: a baseline runs until it forgets as much, or to its cap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 __all__ = ["StoppingConfig", "stop_reason"]
 
@@ -24,12 +29,21 @@ class StoppingConfig:
       patience: stop after this many epochs without forget accuracy dropping by more than
         ``min_delta`` below its best; None disables it.
       min_delta: smallest decrease that counts as improvement.
+      split: the monitored split whose accuracy the rule reads: ``forget`` (the forget training
+        rows, the paper's rule) or ``val_forget`` (held-out rows of the forgotten class, the
+        split a results table compares on).
     """
 
     max_epochs: int = 10
     forget_target: float | None = 0.0
     patience: int | None = 3
     min_delta: float = 1e-3
+    split: Literal["forget", "val_forget"] = "forget"
+
+    @property
+    def reads_accuracy(self) -> bool:
+        """Whether the rule needs the accuracy of ``split`` (a target or a patience is set)."""
+        return self.forget_target is not None or self.patience is not None
 
     def __post_init__(self):
         if not isinstance(self.max_epochs, int) or self.max_epochs < 1:
@@ -46,6 +60,10 @@ class StoppingConfig:
             )
         if not self.min_delta >= 0.0:
             raise ValueError(f"StoppingConfig.min_delta must be >= 0, got {self.min_delta!r}.")
+        if self.split not in ("forget", "val_forget"):
+            raise ValueError(
+                f"StoppingConfig.split must be 'forget' or 'val_forget', got {self.split!r}."
+            )
 
 
 def stop_reason(forget_acc: Sequence[float], config: StoppingConfig) -> str | None:

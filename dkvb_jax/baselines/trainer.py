@@ -2,9 +2,11 @@
 
 Only ``variables['params']`` is trained; every other collection (DKVB keys, projections, masks) is
 passed through unchanged. An epoch runs one or more *phases* (e.g. SCRUB's max-step over forget
-batches, then its min-step over retain batches); each phase is one ahead-of-time compiled step
-called once per shuffled, padded minibatch, so the FLOPs counted by XLA are those of the exact
-executable that ran (see ``dkvb_jax.evaluation.cost`` for the counting rule).
+batches, then its min-step over retain batches); each phase's epoch is one ahead-of-time
+compiled ``lax.scan`` of its training step over the shuffled, padded minibatches, so a cost
+measures the method and not one Python dispatch and host round trip per step. XLA's cost
+analysis counts a loop body once, so the FLOPs are those of the same step compiled alone, times
+the steps that ran (see ``dkvb_jax.evaluation.cost`` for the counting rule).
 
 What the cost record counts: the training steps only. Per-epoch accuracy measurements (the
 trajectory and the stopping check) are reported separately as ``extra['monitor_forward_flops']``
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ import numpy as np
 import optax
 
 from dkvb_jax._progress import progress_bar
+from dkvb_jax.baselines.optim import OptimizerConfig, lr_at_epoch, make_optimizer, set_lr
 from dkvb_jax.baselines.stopping import StoppingConfig, stop_reason
 from dkvb_jax.baselines.types import (
     ApplyFn,
@@ -43,89 +46,17 @@ __all__ = [
     "distill_kl",
     "epoch_batches",
     "fit_classifier",
+    "gather_batch",
     "lr_at_epoch",
+    "make_epoch",
     "make_optimizer",
     "merge_params",
+    "phase_rows",
     "train_loop",
 ]
 
 Batch = tuple[jax.Array, jax.Array, jax.Array]  # x [b, dim], y [b], weight [b] (0 = padding)
 LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]  # (params, context, batch) -> (loss, aux)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer with a step-wise learning-rate decay at given epochs (the repdistiller rule SCRUB uses).
-
-    Attributes:
-      name: ``'sgd'`` (with ``momentum``) or ``'adam'``.
-      learning_rate: initial learning rate.
-      momentum: SGD momentum (ignored by Adam); 0 disables it.
-      weight_decay: L2 penalty added to the gradient (PyTorch-style ``weight_decay``).
-      grad_clip: global-norm clipping, or None.
-      lr_decay_epochs: epochs (1-based) after which the rate is multiplied by ``lr_decay_rate``.
-      lr_decay_rate: the multiplier.
-    """
-
-    name: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    lr_decay_epochs: tuple[int, ...] = ()
-    lr_decay_rate: float = 0.1
-
-    def __post_init__(self):
-        if self.name not in ("sgd", "adam"):
-            raise ValueError(f"OptimizerConfig.name must be 'sgd' or 'adam', got {self.name!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate!r}."
-            )
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"OptimizerConfig.momentum must be in [0, 1), got {self.momentum!r}.")
-        if not self.weight_decay >= 0:
-            raise ValueError(
-                f"OptimizerConfig.weight_decay must be >= 0, got {self.weight_decay!r}."
-            )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(
-                f"OptimizerConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}."
-            )
-        if not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(
-                f"OptimizerConfig.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate!r}."
-            )
-
-
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """The optax transformation; its learning rate is an injected hyperparameter set per epoch."""
-
-    def build(learning_rate):
-        parts = []
-        if config.grad_clip is not None:
-            parts.append(optax.clip_by_global_norm(config.grad_clip))
-        if config.weight_decay:
-            parts.append(optax.add_decayed_weights(config.weight_decay))
-        if config.name == "sgd":
-            parts.append(optax.sgd(learning_rate, momentum=config.momentum or None))
-        else:
-            parts.append(optax.adam(learning_rate))
-        return optax.chain(*parts)
-
-    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
-
-
-def lr_at_epoch(config: OptimizerConfig, epoch: int) -> float:
-    """Learning rate for 1-based ``epoch``: decayed once for every decay epoch already passed."""
-    steps = sum(epoch > e for e in config.lr_decay_epochs)
-    return config.learning_rate * config.lr_decay_rate**steps
-
-
-def _set_lr(opt_state: Any, lr: float) -> Any:
-    hyper = dict(opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hyper["learning_rate"]).dtype)
-    return opt_state._replace(hyperparams=hyper)
 
 
 def merge_params(variables: Mapping[str, Any], params: Any) -> dict[str, Any]:
@@ -209,16 +140,64 @@ def _make_step(optimizer: optax.GradientTransformation, loss_fn: LossFn):
     return step
 
 
-def _phase_batches(phase: Phase, key: jax.Array):
+# One epoch's minibatch rows of a phase: (idx [nb, bs], weight [nb, bs], idx2 [nb, bs2] | None).
+BatchRows = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def phase_rows(phase: Phase, key: jax.Array) -> BatchRows:
+    """The shuffled, padded minibatch rows of one epoch of ``phase`` (see :func:`epoch_batches`).
+
+    Returns:
+      ``(idx [nb, bs], weight [nb, bs], idx2)``: ``idx2`` [nb, bs2] are the paired stream's rows,
+      drawn cyclically (one batch per step), or None for an unpaired phase.
+    """
     k1, k2 = jax.random.split(key)
     idx, w = epoch_batches(k1, phase.x.shape[0], phase.batch_size)
-    xs, ys, ws = phase.x[idx], phase.y[idx], jnp.asarray(w)
     if phase.paired is None:
-        return [(xs[i], ys[i], ws[i]) for i in range(idx.shape[0])]
-    x2, y2, bs2 = phase.paired
-    idx2 = _cycled_batches(k2, x2.shape[0], bs2, idx.shape[0])
-    x2s, y2s, w2 = x2[idx2], y2[idx2], jnp.ones((bs2,), jnp.float32)
-    return [((xs[i], ys[i], ws[i]), (x2s[i], y2s[i], w2)) for i in range(idx.shape[0])]
+        return idx, w, None
+    x2, _, bs2 = phase.paired
+    return idx, w, _cycled_batches(k2, x2.shape[0], bs2, idx.shape[0])
+
+
+# A phase's data: (x [n, dim], y [n], x2 [n2, dim] | None, y2 [n2] | None).
+Streams = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]
+
+
+def _streams(phase: Phase) -> Streams:
+    x2, y2 = (None, None) if phase.paired is None else phase.paired[:2]
+    return phase.x, phase.y, x2, y2
+
+
+def gather_batch(streams: Streams, rows: BatchRows) -> Any:
+    """The ``loss_fn`` batch of one step from a phase's ``streams`` and one step's ``rows``
+    (``idx [bs]``, ``weight [bs]``, ``idx2 [bs2] | None``): ``(x, y, weight)``, or a pair of
+    them for a paired phase (the second stream's weights all 1)."""
+    x, y, x2, y2 = streams
+    idx, w, idx2 = rows
+    batch = (x[idx], y[idx], w)
+    if x2 is None:
+        return batch
+    return batch, (x2[idx2], y2[idx2], jnp.ones(idx2.shape, jnp.float32))
+
+
+def make_epoch(optimizer: optax.GradientTransformation, loss_fn: LossFn):
+    """One epoch of a phase as a single ``lax.scan`` over its minibatches (jit it).
+
+    ``epoch(params, opt_state, context, streams, rows) -> (params, opt_state, losses [nb])``:
+    the same steps, in the same order, as calling the training step once per row of ``rows``,
+    without a Python dispatch or a host round trip per step.
+    """
+    step = _make_step(optimizer, loss_fn)
+
+    def epoch(params, opt_state, context, streams, rows):
+        def body(carry, step_rows):
+            params, opt_state, loss = step(*carry, context, gather_batch(streams, step_rows))
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), rows)
+        return params, opt_state, losses
+
+    return epoch
 
 
 def _all_finite(tree: Any) -> bool:
@@ -253,8 +232,8 @@ def train_loop(
       phases: the passes of each epoch, in order.
       key: PRNG key for shuffling.
       optimizer: optimizer config (one optimizer state is shared by all phases, as in SCRUB).
-      stopping: stopping rule; the forget target and patience use ``monitor['forget']``, and
-        without it only ``max_epochs`` applies.
+      stopping: stopping rule; its target and patience read ``monitor[stopping.split]``
+        (which must then be given); with neither set only ``max_epochs`` applies.
       monitor: splits measured after every epoch, any of ``'forget'``, ``'retain'``,
         ``'val_forget'``, ``'val_retain'`` (None entries skipped).
       progress: show a tqdm bar over epochs.
@@ -273,25 +252,38 @@ def train_loop(
         raise ValueError(
             f"variables must contain a 'params' collection to train; got collections {sorted(variables)}."
         )
+    monitors = {name: split for name, split in monitor.items() if split is not None}
+    if stopping.reads_accuracy and stopping.split not in monitors:
+        raise ValueError(
+            f"{method}: StoppingConfig.split={stopping.split!r} is not among the monitored splits "
+            f"{sorted(monitors)}; pass it in `monitor` (e.g. data.val_forget_x/val_forget_y) or "
+            "set forget_target=None and patience=None."
+        )
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
     opt = make_optimizer(optimizer)
     opt_state = opt.init(params)
 
-    # Compile every phase's step once (static padded shapes), and split its FLOPs.
+    # Compile every phase's epoch once (static padded shapes). XLA counts a scan body once, so
+    # the per-step FLOPs come from the step compiled alone (the scan's body), times the steps.
     compiled = []
     for phase in phases:
-        example = _phase_batches(phase, jax.random.key(0))[0]
-        context = (rest, phase.context)
-        step, per_call = step_flops(
+        context, streams = (rest, phase.context), _streams(phase)
+        rows = phase_rows(phase, jax.random.key(0))
+        example = gather_batch(streams, jax.tree.map(lambda r: r[0], rows))
+        _, per_call = step_flops(
             phase.loss_fn,
             _make_step(opt, phase.loss_fn),
             (params, context, example),
             (params, opt_state, context, example),
         )
-        compiled.append((step, per_call, context))
+        epoch_fn = (
+            jax.jit(make_epoch(opt, phase.loss_fn))
+            .lower(params, opt_state, context, streams, rows)
+            .compile()
+        )
+        compiled.append((epoch_fn, per_call, context, streams))
 
-    monitors = {name: split for name, split in monitor.items() if split is not None}
     meter, meter_flops = compiled_accuracy(
         apply_fn, variables, monitors, batch_size=eval_batch_size
     )
@@ -310,27 +302,31 @@ def train_loop(
     accs = measure(params)
     traj.append(epoch=0, wall_s=0.0, **{f"{k}_acc": v for k, v in accs.items()})
     snapshots = [params] if keep_snapshots else []
-    forget_hist = [accs["forget"]] if "forget" in accs else None
+    forget_hist = [accs[stopping.split]] if stopping.reads_accuracy else None
     reason = None
 
     bar = progress_bar(
         range(1, stopping.max_epochs + 1), desc=method, disable=not progress, leave=False
     )
     for epoch in bar:
-        opt_state = _set_lr(opt_state, lr_at_epoch(optimizer, epoch))
+        opt_state = set_lr(opt_state, lr_at_epoch(optimizer, epoch))
         key, epoch_key = jax.random.split(key)
         losses = []
-        for i, (phase, (step, per_call, context)) in enumerate(zip(phases, compiled, strict=True)):
+        for i, (phase, (epoch_fn, per_call, context, streams)) in enumerate(
+            zip(phases, compiled, strict=True)
+        ):
             if not phase.active(epoch):
                 continue
-            batches = _phase_batches(phase, jax.random.fold_in(epoch_key, i))
+            # Shuffling is data loading: on the device before the clock starts.
+            rows = jax.device_put(phase_rows(phase, jax.random.fold_in(epoch_key, i)))
             with Timer() as t:
-                for batch in batches:
-                    params, opt_state, loss = step(params, opt_state, context, batch)
-                    losses.append(loss)
+                params, opt_state, phase_losses = epoch_fn(
+                    params, opt_state, context, streams, rows
+                )
                 jax.block_until_ready(params)
-            cost = cost.add_calls(per_call, len(batches), backward=True, wall_s=t.seconds)
-        epoch_loss = float(jnp.mean(jnp.stack(losses))) if losses else None
+            losses.append(phase_losses)
+            cost = cost.add_calls(per_call, rows[0].shape[0], backward=True, wall_s=t.seconds)
+        epoch_loss = float(jnp.mean(jnp.concatenate(losses))) if losses else None
         if (epoch_loss is not None and not np.isfinite(epoch_loss)) or not _all_finite(params):
             raise NonFiniteLossError(
                 f"{method}: loss or parameters became NaN/inf in epoch {epoch} (mean loss {epoch_loss}); "
@@ -347,7 +343,7 @@ def train_loop(
             snapshots.append(params)
         bar.set_postfix({k: f"{v:.3f}" for k, v in accs.items()})
         if forget_hist is not None:
-            forget_hist.append(accs["forget"])
+            forget_hist.append(accs[stopping.split])
             reason = stop_reason(forget_hist, stopping)
         elif epoch >= stopping.max_epochs:
             reason = "max_epochs"

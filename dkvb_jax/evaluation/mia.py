@@ -19,7 +19,7 @@ import numpy as np
 from dkvb_jax.evaluation.metrics import per_example_loss
 from dkvb_jax.evaluation.splits import ApplyFn
 
-__all__ = ["MIAResult", "membership_inference", "mia_attack"]
+__all__ = ["MIAResult", "membership_inference", "mia_attack", "within_noise"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,20 @@ class MIAResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MIAResult:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+def within_noise(a: MIAResult, b: MIAResult) -> bool:
+    """Whether two attack accuracies differ by no more than their combined spread over folds.
+
+    The test is ``|a - b| <= sqrt(std_a^2 + std_b^2)``: a change that small could come from the
+    choice of folds and the members drawn, so it is no evidence that forgetting changed what
+    the attacker sees (e.g. 61% -> 57% from 50 examples per side with a fold std of 5 points).
+    """
+    return abs(a.accuracy - b.accuracy) <= float(np.hypot(a.std, b.std))
 
 
 def mia_attack(

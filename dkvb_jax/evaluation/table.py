@@ -13,9 +13,16 @@ from typing import Any
 from tabulate import tabulate
 
 from dkvb_jax.evaluation.cost import CostRecord
-from dkvb_jax.evaluation.mia import MIAResult
+from dkvb_jax.evaluation.mia import MIAResult, within_noise
 
-__all__ = ["ResultRow", "ResultsTable", "METHOD_ORDER"]
+__all__ = [
+    "FORGET_TOLERANCE",
+    "METHOD_ORDER",
+    "REFERENCE_ORDER",
+    "ResultRow",
+    "ResultsTable",
+    "forget_target",
+]
 
 METHOD_ORDER = (
     "original",
@@ -29,11 +36,15 @@ METHOD_ORDER = (
 )
 """The paper's row order; other methods follow in insertion order."""
 
+REFERENCE_ORDER = ("DKVB-UvA", "DKVB-UvE", "DKVB-exact")
+"""The DKVB unlearning rows a table's costs are relative to, first present wins."""
+
 _HEADERS = (
     "method",
     "retain-test acc (%)",
+    "retain-train acc (%)",
     "forget-test acc (%)",
-    "MIA (%)",
+    "MIA (%) ± fold std (n/side)",
     "wall s",
     "GFLOPs",
     "reached DKVB forget acc",
@@ -41,6 +52,12 @@ _HEADERS = (
 )
 FORGET_TOLERANCE = 0.01
 """A row reaches the reference's forget accuracy when it is at most this much (1 point) above."""
+NOISE_MARK = "†"
+
+
+def forget_target(reference_forget_acc: float) -> float:
+    """The forget accuracy a row must get to (<=) to count as forgetting as much as the reference."""
+    return reference_forget_acc + FORGET_TOLERANCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +69,12 @@ class ResultRow:
       retain_test_acc, forget_test_acc, mia: fractions in [0, 1].
       wall_s: wall seconds of the method.
       flops: total FLOPs (forward + backward + optimizer).
-      extra: anything else (deltas, per-class accuracy, the full cost record), JSON-serialisable.
+      extra: anything else (deltas, per-class accuracy, the full cost record, the MIA's
+        ``MIAResult.to_dict()`` as ``'mia'``, and as ``'original_row'`` the name of the row
+        holding the model this one was unlearned from), JSON-serialisable.
+      retain_train_acc: accuracy on the retained training rows, a fraction in [0, 1] (an
+        unlearned model may keep retain-test accuracy while losing its fit to the training
+        rows, which a retrain oracle keeps).
     """
 
     method: str
@@ -62,11 +84,12 @@ class ResultRow:
     wall_s: float | None = None
     flops: float | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    retain_train_acc: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.method, str) or not self.method:
             raise ValueError(f"ResultRow.method must be a non-empty string, got {self.method!r}.")
-        for name in ("retain_test_acc", "forget_test_acc", "mia", "wall_s", "flops"):
+        for name in _NUMBERS:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -74,7 +97,7 @@ class ResultRow:
                 raise ValueError(
                     f"ResultRow({self.method!r}).{name} must be a finite number or None, got {value!r}."
                 )
-            if name in ("retain_test_acc", "forget_test_acc", "mia") and not 0.0 <= value <= 1.0:
+            if name in _FRACTIONS and not 0.0 <= value <= 1.0:
                 raise ValueError(
                     f"ResultRow({self.method!r}).{name} must be a fraction in [0, 1], got {value!r}."
                 )
@@ -102,6 +125,7 @@ class ResultRow:
         return cls(
             method=method,
             retain_test_acc=_opt_float(accuracies.get("retain_test")),
+            retain_train_acc=_opt_float(accuracies.get("retain_train")),
             forget_test_acc=_opt_float(accuracies.get("forget_test")),
             mia=_opt_float(mia),
             wall_s=None if cost is None else float(cost.wall_s),
@@ -109,9 +133,43 @@ class ResultRow:
             extra=extra,
         )
 
+    @property
+    def mia_result(self) -> MIAResult | None:
+        """The attack with its spread over folds, when the row recorded one."""
+        d = self.extra.get("mia")
+        return MIAResult.from_dict(d) if isinstance(d, Mapping) else None
+
+
+_FRACTIONS = ("retain_test_acc", "retain_train_acc", "forget_test_acc", "mia")
+_NUMBERS = (*_FRACTIONS, "wall_s", "flops")
+
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def default_reference(methods: Iterable[str]) -> str | None:
+    """The first of :data:`REFERENCE_ORDER` in `methods`, else the first ``DKVB*`` one, or None."""
+    methods = list(methods)
+    preferred = [m for m in REFERENCE_ORDER if m in methods]
+    dkvb = [m for m in methods if m.startswith("DKVB")]
+    return (preferred or dkvb or [None])[0]
+
+
+def _mia_cell(rec: Mapping[str, Any]) -> str:
+    if rec["mia"] is None:
+        return "-"
+    if rec["mia_std"] is None:
+        return f"{100 * rec['mia']:.2f}"
+    mark = NOISE_MARK if rec["mia_within_noise"] else ""
+    return f"{100 * rec['mia']:.1f} ± {100 * rec['mia_std']:.1f} ({rec['mia_n_per_side']}){mark}"
+
+
+def _reached_cell(reached: bool | None, row: ResultRow) -> str:
+    if reached is None:
+        return "-"
+    epochs = row.extra.get("cost", {}).get("extra", {}).get("epochs")
+    return ("yes" if reached else "no") + ("" if epochs is None else f" ({epochs} ep)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +178,8 @@ class ResultsTable:
 
     Attributes:
       rows: the rows, one per method (names unique).
-      reference: method whose FLOPs are the unit of "cost vs DKVB"; default: ``'DKVB-UvA'`` if
-        present, else the first method whose name starts with ``'DKVB'``.
+      reference: method whose FLOPs are the unit of "cost vs DKVB"; default: the first of
+        :data:`REFERENCE_ORDER` present, else the first method whose name starts with ``'DKVB'``.
       meta: free-form description (dataset, encoder, seed, machine), stored in the JSON.
     """
 
@@ -143,10 +201,7 @@ class ResultsTable:
                 f"ResultsTable.reference {self.reference!r} is not a row (rows: {names})."
             )
         if self.reference is None:
-            dkvb = [n for n in names if n == "DKVB-UvA"] or [
-                n for n in names if n.startswith("DKVB")
-            ]
-            object.__setattr__(self, "reference", dkvb[0] if dkvb else None)
+            object.__setattr__(self, "reference", default_reference(names))
 
     @classmethod
     def from_rows(
@@ -168,15 +223,27 @@ class ResultsTable:
     def methods(self) -> list[str]:
         return [r.method for r in self.rows]
 
+    def row(self, method: str) -> ResultRow | None:
+        return next((r for r in self.rows if r.method == method), None)
+
     def reached(self, row: ResultRow) -> bool | None:
         """Whether a costed row forgot as much as the reference DKVB row (within
         :data:`FORGET_TOLERANCE`); None for rows without a cost or forget accuracy."""
         if self.reference is None or row.flops is None or row.forget_test_acc is None:
             return None
-        ref = next(r for r in self.rows if r.method == self.reference)
+        ref = self.row(self.reference)
         if ref.forget_test_acc is None:
             return None
-        return row.forget_test_acc <= ref.forget_test_acc + FORGET_TOLERANCE
+        return row.forget_test_acc <= forget_target(ref.forget_test_acc)
+
+    def mia_within_noise(self, row: ResultRow) -> bool | None:
+        """Whether the row's MIA differs from its original model's by no more than their
+        combined fold spread (:func:`~dkvb_jax.evaluation.mia.within_noise`); None when either
+        attack or the original row is missing."""
+        original = self.row(row.extra.get("original_row", ""))
+        if original is None or row.mia_result is None or original.mia_result is None:
+            return None
+        return within_noise(row.mia_result, original.mia_result)
 
     def relative_cost(self, row: ResultRow) -> float | None:
         """``row.flops / reference.flops``, or None when either is missing, the reference is 0,
@@ -195,8 +262,12 @@ class ResultsTable:
             {
                 "method": r.method,
                 "retain_test_acc": r.retain_test_acc,
+                "retain_train_acc": r.retain_train_acc,
                 "forget_test_acc": r.forget_test_acc,
                 "mia": r.mia,
+                "mia_std": None if r.mia_result is None else r.mia_result.std,
+                "mia_n_per_side": None if r.mia_result is None else r.mia_result.n_per_side,
+                "mia_within_noise": self.mia_within_noise(r),
                 "wall_s": r.wall_s,
                 "gflops": None if r.flops is None else r.flops / 1e9,
                 "reached": self.reached(r),
@@ -206,7 +277,12 @@ class ResultsTable:
         ]
 
     def to_markdown(self) -> str:
-        """GitHub-flavoured Markdown; accuracies in percent, missing entries as '-'."""
+        """GitHub-flavoured Markdown, then notes on the MIA and cost columns.
+
+        Accuracies are in percent, missing entries '-'. The MIA cell is the attack's mean ± std
+        over folds and the examples per side, marked when the change from the row's original
+        model is within noise; the reached cell gives a trained baseline's epochs.
+        """
 
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f}"
@@ -214,20 +290,38 @@ class ResultsTable:
         def num(v, fmt):
             return "-" if v is None else format(v, fmt)
 
+        records = self.records()
         body = [
             [
                 rec["method"],
                 pct(rec["retain_test_acc"]),
+                pct(rec["retain_train_acc"]),
                 pct(rec["forget_test_acc"]),
-                pct(rec["mia"]),
+                _mia_cell(rec),
                 num(rec["wall_s"], ".3f"),
                 num(rec["gflops"], ".4g"),
-                {None: "-", True: "yes", False: "no"}[rec["reached"]],
+                _reached_cell(rec["reached"], row),
                 "-" if rec["cost_vs_dkvb"] is None else f"{rec['cost_vs_dkvb']:.3g}x",
             ]
-            for rec in self.records()
+            for rec, row in zip(records, self.rows, strict=True)
         ]
-        return tabulate(body, headers=_HEADERS, tablefmt="github", disable_numparse=True)
+        table = tabulate(body, headers=_HEADERS, tablefmt="github", disable_numparse=True)
+        return "\n\n".join([table, *self._notes(records)])
+
+    def _notes(self, records: list[dict[str, Any]]) -> list[str]:
+        notes = []
+        if any(rec["mia_within_noise"] for rec in records):
+            notes.append(
+                f"{NOISE_MARK} MIA change from the row's original model within noise: "
+                "|Δ| <= sqrt(std² + std_original²), std over the attack's folds."
+            )
+        if self.reference is not None:
+            notes.append(
+                f"Cost vs DKVB: FLOPs over {self.reference}'s, only for rows whose forget-test "
+                f"accuracy is at most {100 * FORGET_TOLERANCE:g} point above {self.reference}'s "
+                "(a cost ratio means something only at equal forgetting)."
+            )
+        return notes
 
     def save_csv(self, path: str | os.PathLike) -> None:
         """Writes ``records()`` as CSV (empty cell = not measured)."""

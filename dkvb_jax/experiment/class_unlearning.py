@@ -5,8 +5,9 @@ as the paper does), sweeps N_a / N_e for the smallest setting that drives forget
 target, unlearns with UvA (from the per-class histogram stored at training time: no data pass)
 and UvE, forgets exactly with closed-form values from label counts (the same keys), runs the
 optimisation baselines on a linear head trained on the same embeddings (and fine-tuning on the
-DKVB values), and measures every row the same way: accuracy on the four
-splits, SCRUB's membership-inference attack, wall time and XLA-counted FLOPs.
+DKVB values) until they forget as much as DKVB or reach their epoch cap, and measures every row
+the same way: accuracy on the four splits, SCRUB's membership-inference attack (with its spread
+over folds), wall time and XLA-counted FLOPs.
 
     result = run_class_unlearning((x_tr, y_tr), (x_te, y_te), ExperimentConfig())
     print(result.table.to_markdown())
@@ -44,6 +45,7 @@ from dkvb_jax.evaluation import (
     membership_inference,
     per_class_accuracy,
 )
+from dkvb_jax.evaluation.table import default_reference, forget_target
 from dkvb_jax.experiment.fitting import FittedDKVB, standardizer
 from dkvb_jax.experiment.recipe import fit_from_config
 from dkvb_jax.model import DKVB
@@ -132,8 +134,9 @@ class ExperimentConfig:
         ``neggrad+``, ``scrub``.
       dkvb_finetune: also fine-tune the DKVB values on retain data (a baseline on DKVB itself).
       head_epochs: training epochs of the original linear head and of the retrain oracle.
-      baseline_max_epochs: epoch cap of fine-tune / NegGrad+ / SCRUB (stopping rule as in the
-        paper: forget accuracy at target, or no longer improving).
+      baseline_max_epochs: epoch cap of fine-tune / NegGrad+ / SCRUB; they run until their
+        forget-test accuracy is as low as the DKVB row's they are costed against (within the
+        table's tolerance) or to this cap, never stopping on a plateau.
       neggrad_alpha: NegGrad+ retain weight.
       mia: run the membership-inference attack on every row.
       seed: PRNG seed of model init, training, shuffles and the attack.
@@ -505,8 +508,26 @@ def fit_head(
     return LinearHeadModel(head, v, mu, sd, cost)
 
 
-def _baseline_config(name: str, config: ExperimentConfig, init_fn, progress: bool):
-    stopping = bl.StoppingConfig(max_epochs=config.baseline_max_epochs, forget_target=config.target)
+def _baseline_config(
+    name: str,
+    *,
+    config: ExperimentConfig,
+    target: float | None,
+    progress: bool,
+    init_fn=None,
+):
+    """A baseline's config; fine-tune, NegGrad+ and SCRUB stop at forget-test accuracy <= `target`
+    or at ``config.baseline_max_epochs``, never on a plateau (without `target`: at
+    ``config.target`` on the forget training rows, the paper's rule)."""
+    if target is None:
+        stopping = bl.StoppingConfig(
+            max_epochs=config.baseline_max_epochs, forget_target=config.target, patience=None
+        )
+    else:
+        stopping = bl.StoppingConfig(
+            max_epochs=config.baseline_max_epochs, forget_target=min(target, 1.0),
+            patience=None, split="val_forget",
+        )  # fmt: skip
     if name == "retrain":
         return bl.RetrainConfig(init_fn=init_fn, epochs=config.head_epochs, progress=progress)
     if name == "finetune":
@@ -548,8 +569,17 @@ def _exact_core(stats, forget_rows, estimator):
     return exact.values_without(stats, forget_rows, estimator)[0]
 
 
+# What a cached row holds and how it was measured; bump it when that changes, so that rows
+# cached by an older version (e.g. baselines stopped on a plateau, no retain-train accuracy)
+# are measured again rather than reused. 2: baselines run to the DKVB row's forget accuracy.
+ROWS_VERSION = 2
+
+
 def _run_id(config: ExperimentConfig, *arrays) -> str:
-    return _fingerprint.json_sha256(config.to_dict(), arrays_sha256(*arrays), length=16)
+    return _fingerprint.sha256(
+        f"rows v{ROWS_VERSION}", _fingerprint.json_sha256(config.to_dict()), arrays_sha256(*arrays),
+        length=16,
+    )
 
 
 class _RowCache:
@@ -590,9 +620,14 @@ def _measure(
     *,
     config: ExperimentConfig,
     cost: CostRecord | None,
-    reference: Mapping[str, float] | None,
+    original: ResultRow | None,
     **extra: Any,
 ) -> ResultRow:
+    """One row: accuracies on the four splits, the MIA, per-class test accuracy, the cost.
+
+    `original` is the row of the model this one was unlearned from (None for an original):
+    the row records its name and the accuracy deltas against it.
+    """
     accs = evaluate_unlearning(apply_fn, variables, data)
     mia = None
     if config.mia:
@@ -602,8 +637,9 @@ def _measure(
         )  # fmt: skip
     per_class = per_class_accuracy(apply_fn, variables, jnp.asarray(test[0]), jnp.asarray(test[1]))
     extra = {"per_class_test_acc": {str(c): a for c, a in per_class.items()}, **extra}
-    if reference is not None:
-        extra["delta_vs_original"] = deltas(accs, reference)
+    if original is not None:
+        extra["original_row"] = original.method
+        extra["delta_vs_original"] = deltas(accs, original.extra["accuracies"])
     return ResultRow.from_results(method, accs, mia=mia, cost=cost, **extra)
 
 
@@ -706,14 +742,13 @@ def run_class_unlearning(
     rows["original"] = cached_row(
         "original",
         lambda: measure(
-            "original", apply_dkvb, variables, cost=None, reference=None, model="dkvb"
+            "original", apply_dkvb, variables, cost=None, original=None, model="dkvb"
         ),  # fmt: skip
     )
-    reference = rows["original"].extra["accuracies"]
     unlearned: dict[str, dict] = {}
     audits: dict[str, AuditRecord] = {}
 
-    def dkvb_row(method, name, unlearn, core, core_args, *, reference, cost_extra=None,
+    def dkvb_row(method, name, unlearn, core, core_args, *, original, cost_extra=None,
                  checks=None, flops_core=None, **extra):  # fmt: skip
         """Unlearns through the library call (timed), costs its pure core, measures the row."""
         with Timer() as t:
@@ -729,7 +764,7 @@ def run_class_unlearning(
                 apply_dkvb,
                 v,
                 cost=cost,
-                reference=reference,
+                original=original,
                 model="dkvb",
                 audit=json.loads(rec.to_json()),
                 **extra,
@@ -762,7 +797,7 @@ def run_class_unlearning(
             ),
             functools.partial(_uva_core, n=n_a, mode=mode), (variables, usage, forget_mask),
             flops_core=functools.partial(_uva_core, n=n_a, mode=mode, loop_free=True),
-            reference=reference, cost_extra={"source": "usage histogram"}, n_a=n_a,
+            original=rows["original"], cost_extra={"source": "usage histogram"}, n_a=n_a,
             reached_target=sweeps["uva"].smallest_n is not None,
         )  # fmt: skip
     if "uve" in config.methods:
@@ -779,7 +814,8 @@ def run_class_unlearning(
             ),
             functools.partial(_uve_core, model, mode=mode), (variables, jnp.asarray(forget_x[:n_e])),
             flops_core=functools.partial(_uve_core, dense_lookup_model(model), mode=mode),
-            reference=reference, n_e=n_e, reached_target=sweeps["uve"].smallest_n is not None,
+            original=rows["original"], n_e=n_e,
+            reached_target=sweeps["uve"].smallest_n is not None,
         )  # fmt: skip
     steps.update()
 
@@ -805,7 +841,7 @@ def run_class_unlearning(
                 apply_dkvb,
                 v_cf,
                 cost=None,
-                reference=None,
+                original=None,
                 model="dkvb closed form",
                 fit_seconds=t.seconds,
                 estimator=dataclasses.asdict(estimator),
@@ -822,7 +858,7 @@ def run_class_unlearning(
             "exact", "DKVB-exact",
             lambda: exact.forget_classes(v_cf, stats, forget, estimator=estimator)[::2],
             functools.partial(_exact_core, estimator=estimator), (stats, forget_rows),
-            reference=rows[ORIGINAL_EXACT].extra["accuracies"],
+            original=rows[ORIGINAL_EXACT],
             cost_extra={"source": "label counts"},
             checks=lambda rec: {
                 # The audit record already fingerprints the unlearned variables.
@@ -833,18 +869,27 @@ def run_class_unlearning(
         )  # fmt: skip
     steps.update()
 
+    # --- the baselines run until they forget as much as the DKVB method the table costs them
+    # against (its measured forget-test accuracy), or to their cap: a cost ratio means something
+    # only at equal forgetting.
+    reference = default_reference(rows)
+    target = None if reference is None else forget_target(rows[reference].forget_test_acc)
+    make_config = functools.partial(_baseline_config, config=config, target=target,
+                                    progress=progress)  # fmt: skip
+
     # --- fine-tuning the DKVB values themselves
     steps.set_postfix_str("DKVB fine-tune")
     if config.dkvb_finetune:
 
         def dkvb_finetune():
-            cfg = _baseline_config("finetune", config, None, progress)
+            cfg = make_config("finetune")
             try:
                 v, cost, traj = bl.finetune(apply_dkvb, variables, data, cfg, key=k_base)
             except bl.NonFiniteLossError as e:
                 return ResultRow(DKVB_FINETUNE, extra={"error": str(e)})
-            return measure(DKVB_FINETUNE, apply_dkvb, v, cost=cost, reference=reference,
-                           model="dkvb", trajectory=traj.to_dict())  # fmt: skip
+            return measure(DKVB_FINETUNE, apply_dkvb, v, cost=cost, original=rows["original"],
+                           model="dkvb", trajectory=traj.to_dict(),
+                           stopping=dataclasses.asdict(cfg.stopping))  # fmt: skip
 
         rows[DKVB_FINETUNE] = cached_row(DKVB_FINETUNE, dkvb_finetune)
     steps.update()
@@ -867,19 +912,18 @@ def run_class_unlearning(
                 head.head.apply,
                 head.variables,
                 cost=None,
-                reference=None,
+                original=None,
                 model="linear head",
                 training_cost=head.cost.to_dict(),
             ),  # fmt: skip
         )
-        head_ref = rows[ORIGINAL_HEAD].extra["accuracies"]
         steps.update()
         init_fn = bl.params_initializer(head.head, x_tr.shape[1])
         for i, name in enumerate(config.baselines):
             steps.set_postfix_str(name)
 
             def run_baseline(name=name, i=i):
-                cfg = _baseline_config(name, config, init_fn, progress)
+                cfg = make_config(name, init_fn=init_fn)
                 try:
                     v, cost, traj = bl.BASELINES[name](
                         head.head.apply, head.variables, hdata, cfg,
@@ -887,8 +931,10 @@ def run_class_unlearning(
                     )  # fmt: skip
                 except bl.NonFiniteLossError as e:
                     return ResultRow(name, extra={"error": str(e), "model": "linear head"})
-                return hmeasure(name, head.head.apply, v, cost=cost, reference=head_ref,
-                                model="linear head", trajectory=traj.to_dict())  # fmt: skip
+                stopping = getattr(cfg, "stopping", None)  # the retrain oracle has none
+                return hmeasure(name, head.head.apply, v, cost=cost, original=rows[ORIGINAL_HEAD],
+                                model="linear head", trajectory=traj.to_dict(),
+                                stopping=stopping and dataclasses.asdict(stopping))  # fmt: skip
 
             rows[name] = cached_row(name, run_baseline)
     else:
@@ -910,7 +956,9 @@ def run_class_unlearning(
         **dict(meta or {}),
     }
     ordered = [rows[name] for name in ROW_ORDER if name in rows]
-    table = ResultsTable.from_rows(ordered, meta=table_meta, sort=False)
+    table = ResultsTable.from_rows(
+        ordered, reference=reference, meta=table_meta, sort=False
+    )
     return ClassUnlearningResult(
         table, sweeps, tuple(forget), n_a, n_e, fitted, unlearned, audits, config
     )

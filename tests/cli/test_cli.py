@@ -148,7 +148,8 @@ def test_compare_writes_table_json_and_plots(npz, tmp_path, capsys):
     saved = json.loads((out_dir / "results.json").read_text())
     assert {"reference", "meta", "rows", "summary"} <= set(saved)
     for rec in saved["summary"]:
-        assert set(rec) == {"method", "retain_test_acc", "forget_test_acc", "mia", "wall_s",
+        assert set(rec) == {"method", "retain_test_acc", "retain_train_acc", "forget_test_acc",
+                            "mia", "mia_std", "mia_n_per_side", "mia_within_noise", "wall_s",
                             "gflops", "reached", "cost_vs_dkvb"}  # fmt: skip
     assert len((out_dir / "results.csv").read_text().splitlines()) == 1 + len(saved["rows"])
     for png in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dkvb_jax.evaluation import membership_inference, mia_attack
+from dkvb_jax.evaluation import MIAResult, membership_inference, mia_attack
+from dkvb_jax.evaluation.mia import within_noise
 
 DIM, N = 32, 60
 
@@ -71,3 +72,17 @@ def test_mia_balances_and_is_seeded():
 def test_mia_bad_input(members, nonmembers, kwargs, match):
     with pytest.raises(ValueError, match=match):
         mia_attack(np.asarray(members), np.asarray(nonmembers), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ((0.61, 0.05), (0.57, 0.04), True),  # 4 points apart, combined spread 6.4
+        ((0.61, 0.03), (0.57, 0.0), False),  # 4 points apart, combined spread 3
+        ((0.50, 0.0), (0.50, 0.0), True),
+    ],
+)
+def test_within_noise_compares_the_change_with_the_combined_fold_spread(a, b, expected):
+    ra, rb = MIAResult(*a, 50, 5), MIAResult(*b, 50, 5)
+    assert within_noise(ra, rb) is expected is within_noise(rb, ra)
+    assert MIAResult.from_dict(ra.to_dict()) == ra

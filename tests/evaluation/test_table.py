@@ -6,6 +6,7 @@ import math
 import pytest
 
 from dkvb_jax.evaluation import CostRecord, MIAResult, ResultRow, ResultsTable
+from dkvb_jax.evaluation.table import NOISE_MARK
 
 ACCS = {"retain_test": 0.9, "forget_test": 0.0, "retain_train": 0.95, "forget_train": 0.0}
 
@@ -42,10 +43,69 @@ def test_rows_ordered_and_cost_relative_to_uva():
 
 def test_markdown_has_headers_and_every_row():
     md = make_table().to_markdown()
-    lines = md.splitlines()
+    lines = md.split("\n\n")[0].splitlines()
     assert "retain-test acc (%)" in lines[0] and "cost vs DKVB" in lines[0]
+    assert "retain-train acc (%)" in lines[0]
     assert len(lines) == 2 + 5
     assert "| scrub" in md and "90x" in md and "93.00" in md
+    # Retain-train beside retain-test; the MIA with its fold spread and examples per side.
+    cells = next(line for line in lines if line.startswith("| scrub")).split("|")
+    assert [c.strip() for c in cells[2:6]] == ["90.00", "95.00", "0.00", "55.0 ± 2.0 (40)"]
+    assert "Cost vs DKVB: FLOPs over DKVB-UvA's" in md
+
+
+def _mia_table(original, unlearned):
+    rows = [
+        ResultRow.from_results("original", ACCS, mia=original),
+        ResultRow.from_results(
+            "DKVB-UvA",
+            ACCS,
+            mia=unlearned,
+            original_row="original",
+            cost=CostRecord("u", forward_flops=1e8),
+        ),  # fmt: skip
+    ]
+    return ResultsTable.from_rows(rows)
+
+
+@pytest.mark.parametrize(
+    "original, unlearned, noise",
+    [
+        # The case: 61% -> 57% with a fold std of about 5 points is no evidence.
+        (MIAResult(0.61, 0.05, 50, 5), MIAResult(0.57, 0.04, 50, 5), True),
+        (MIAResult(0.80, 0.01, 1000, 5), MIAResult(0.52, 0.01, 1000, 5), False),
+        (0.8, 0.5, None),  # bare accuracies carry no spread: nothing to say
+    ],
+    ids=["within-noise", "real-change", "no-spread"],
+)
+def test_mia_change_within_noise_is_marked(original, unlearned, noise):
+    table = _mia_table(original, unlearned)
+    rec = {r["method"]: r for r in table.records()}["DKVB-UvA"]
+    assert rec["mia_within_noise"] is noise
+    md = table.to_markdown()
+    line = next(s for s in md.splitlines() if s.startswith("| DKVB-UvA"))
+    assert (NOISE_MARK in line) is bool(noise) and ("within noise" in md) is bool(noise)
+    if noise is not None:
+        assert rec["mia_std"] == unlearned.std and rec["mia_n_per_side"] == unlearned.n_per_side
+
+
+def test_reference_prefers_dkvb_unlearning_rows_over_dkvb_finetune():
+    rows = [ResultRow(m) for m in ("original", "DKVB-finetune", "DKVB-exact", "DKVB-UvE")]
+    assert ResultsTable.from_rows(rows).reference == "DKVB-UvE"
+    assert ResultsTable.from_rows(rows[:3]).reference == "DKVB-exact"
+    assert ResultsTable.from_rows(rows[:2]).reference == "DKVB-finetune"
+    assert ResultsTable.from_rows(rows[:1]).reference is None
+
+
+def test_reached_cell_gives_a_trained_baselines_epochs():
+    cost = CostRecord("f", forward_flops=9e9).with_extra(epochs=10, stop_reason="max_epochs")
+    rows = [
+        ResultRow.from_results("DKVB-UvA", ACCS, cost=CostRecord("u", forward_flops=1e8)),
+        ResultRow.from_results("finetune", {**ACCS, "forget_test": 0.5}, cost=cost),
+    ]
+    line = next(s for s in ResultsTable.from_rows(rows).to_markdown().splitlines()
+                if s.startswith("| finetune"))  # fmt: skip
+    assert "| no (10 ep) " in line and line.rstrip(" |").endswith("-")
 
 
 def test_save_csv_json_and_round_trip(tmp_path):
@@ -65,6 +125,7 @@ def test_save_csv_json_and_round_trip(tmp_path):
     [
         ({"mia": math.nan}, "finite"),
         ({"retain_test_acc": 1.5}, r"\[0, 1\]"),
+        ({"retain_train_acc": -0.1}, r"retain_train_acc must be a fraction in \[0, 1\]"),
         ({"wall_s": -1.0}, ">= 0"),
         ({"method": ""}, "non-empty"),
     ],
@@ -90,10 +151,14 @@ def test_table_rejects_duplicates_and_unknown_reference(tmp_path):
 )
 def test_no_cost_ratio_for_a_row_that_did_not_forget_as_much(forget, reached, cost):
     rows = [
-        ResultRow.from_results("DKVB-UvA", ACCS, cost=CostRecord("u", wall_s=0.1,
-                                                                 forward_flops=1e8)),  # fmt: skip
-        ResultRow.from_results("finetune", {**ACCS, "forget_test": forget},
-                               cost=CostRecord("f", wall_s=1.0, forward_flops=9e9)),  # fmt: skip
+        ResultRow.from_results(
+            "DKVB-UvA", ACCS, cost=CostRecord("u", wall_s=0.1, forward_flops=1e8)
+        ),  # fmt: skip
+        ResultRow.from_results(
+            "finetune",
+            {**ACCS, "forget_test": forget},
+            cost=CostRecord("f", wall_s=1.0, forward_flops=9e9),
+        ),  # fmt: skip
     ]
     table = ResultsTable.from_rows(rows)
     rec = {r["method"]: r for r in table.records()}["finetune"]

@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from dkvb_jax.baselines import StoppingConfig
 from dkvb_jax.cli.common import RECIPE_CHOICES
 from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import ResultsTable
+from dkvb_jax.evaluation.table import FORGET_TOLERANCE
 from dkvb_jax.experiment import (
     DKVB_METHODS,
     ExperimentConfig,
@@ -19,7 +21,7 @@ from dkvb_jax.experiment import (
     save_plots,
     standardizer,
 )
-from dkvb_jax.experiment.class_unlearning import RECIPES
+from dkvb_jax.experiment.class_unlearning import RECIPES, _baseline_config
 from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import Affine, fold_affine
@@ -70,6 +72,45 @@ def test_rows_and_forgetting(result):
     assert res.audits["uva"].forgotten_classes == list(res.forget_classes)
 
 
+def test_rows_report_retain_train_and_the_mia_spread(result):
+    res, _ = result
+    for row in res.table.rows:
+        assert row.retain_train_acc == row.extra["accuracies"]["retain_train"]
+        assert row.mia_result.n_per_side > 0 and row.mia_result.std >= 0
+    row = {r.method: r for r in res.table.rows}
+    assert row["DKVB-UvA"].extra["original_row"] == "original"
+    assert row["finetune"].extra["original_row"] == "original (linear head)"
+    assert row["DKVB-exact"].extra["original_row"] == "original (DKVB closed form)"
+
+
+def test_baselines_run_to_the_dkvb_rows_forget_accuracy_or_their_cap(result):
+    res, _ = result
+    row = {r.method: r for r in res.table.rows}
+    assert res.table.reference == "DKVB-UvA"
+    target = row["DKVB-UvA"].forget_test_acc + FORGET_TOLERANCE
+    stopping = row["finetune"].extra["stopping"]
+    assert stopping["forget_target"] == pytest.approx(target) and stopping["patience"] is None
+    assert stopping["split"] == "val_forget"
+    traj = row["finetune"].extra["trajectory"]
+    reached = [e for e, a in zip(traj["epoch"], traj["val_forget_acc"], strict=True)
+               if e and a <= target]  # fmt: skip
+    expected = reached[0] if reached else TINY.baseline_max_epochs
+    assert traj["stop_epoch"] == expected
+    assert traj["stop_reason"] == ("target" if reached else "max_epochs")
+    assert res.table.reached(row["finetune"]) is bool(reached)
+
+
+def test_baseline_config_has_no_plateau_and_reads_held_out_forget_rows():
+    cfg = _baseline_config("neggrad+", config=TINY, target=0.3, progress=False)
+    assert cfg.stopping == StoppingConfig(
+        max_epochs=TINY.baseline_max_epochs, forget_target=0.3, patience=None, split="val_forget"
+    )
+    # Without a DKVB row to match, the paper's target on the forget training rows, no plateau.
+    cfg = _baseline_config("scrub", config=TINY, target=None, progress=False)
+    assert cfg.stopping.split == "forget" and cfg.stopping.patience is None
+    assert cfg.stopping.forget_target == TINY.target
+
+
 def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
     res, _ = result
     row = {r.method: r for r in res.table.rows}["DKVB-exact"]
@@ -118,10 +159,10 @@ def test_saved_files_and_plots(result, tmp_path):
     paths.update(save_plots(res, tmp_path))
     for name in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
-    md = (tmp_path / "results.md").read_text().splitlines()
+    md = (tmp_path / "results.md").read_text().split("\n\n")[0].splitlines()
     assert len(md) == 2 + len(res.table.rows)
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("method,retain_test_acc,forget_test_acc,mia")
+    assert csv_rows[0].startswith("method,retain_test_acc,retain_train_acc,forget_test_acc,mia")
     loaded = ResultsTable.load_json(tmp_path / "results.json")
     assert loaded.methods == res.table.methods
     sweeps = json.loads((tmp_path / "sweeps.json").read_text())
@@ -135,6 +176,16 @@ def test_rerun_reuses_cached_rows(result):
                                  fitted=res.fitted)  # fmt: skip
     # Rows come from the cache: wall times identical to the first run.
     assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
+
+
+def test_rows_cached_by_an_older_version_are_not_reused(tmp_path, monkeypatch):
+    from dkvb_jax.experiment import class_unlearning as cu
+
+    arrays = (np.arange(4.0),)
+    old = cu._RowCache(tmp_path, cu._run_id(TINY, *arrays))
+    old.put("finetune", {"method": "finetune"})
+    monkeypatch.setattr(cu, "ROWS_VERSION", cu.ROWS_VERSION + 1)
+    assert cu._RowCache(tmp_path, cu._run_id(TINY, *arrays)).get("finetune") is None
 
 
 def test_folded_standardization_keeps_codes():
