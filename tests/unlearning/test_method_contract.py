@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from dkvb_jax import exact
-from dkvb_jax.unlearning import METHODS, AuditRecord, ForgetData, stack_sets, unlearn
+from dkvb_jax.unlearning import (
+    METHODS,
+    AuditRecord,
+    ForgetData,
+    masking_methods,
+    stack_sets,
+    unlearn,
+)
 from dkvb_jax.unlearning.spec import select_over_sets
 
 FORGET, OTHER = 2, 4
@@ -109,11 +116,9 @@ def test_jit_equals_eager(name, problem):
     assert _same(eager, jitted)
 
 
-@names
+@pytest.mark.parametrize("name", [*masking_methods(), README_METHOD])
 def test_vmap_over_sizes_equals_loop(name, problem):
     method, model, variables, stats, n = _setup(name, problem)
-    if method.select is None:
-        pytest.skip(f"{name} has no size to sweep")
     grid = [g for g in method.size.default_grid if g <= method.upper(model.config, stats)][:3]
     swept = jax.vmap(method.select, in_axes=(None, 0))(stats, jnp.asarray(grid))
     for i, g in enumerate(grid):
