@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
-
 from dkvb_jax.errors import InputError
 from dkvb_jax.model import DKVB
 from dkvb_jax.unlearning import _checks, masking
@@ -65,13 +63,15 @@ def unlearn(
     if eval_fn is not None and not callable(eval_fn):
         raise InputError(f"eval_fn must map variables to a dict, got {type(eval_fn).__name__}.")
     if method.exact:
-        new, record = _exact(method, variables, data)
+        check_size(method, model, None, n)  # exact removal has no size: refuse one given
+        method.statistics(model, variables, data)  # its checks: statistics, one request kind
+        new, record = _exact(variables, data)
         if eval_fn is not None:
             record = record.with_effect({"before": eval_fn(variables), "after": eval_fn(new)})
         return new, record
     stats = method.statistics(model, variables, data)
     n = check_size(method, model, stats, n)
-    new = jax.jit(method.edit, static_argnums=3)(variables, stats, n, mode)
+    new = method.edit(variables, stats, n, mode)
     record = make_record(
         method=method.name,
         params={method.size.name: n, "mode": mode},
@@ -84,13 +84,10 @@ def unlearn(
     return new, record
 
 
-def _exact(method: UnlearningMethod, variables: dict, data: ForgetData):
+def _exact(variables: dict, data: ForgetData):
+    """The exact API's removal for a request the statistics step has checked."""
     from dkvb_jax.exact import api as exact_api  # exact builds on unlearning: import late
 
-    if data.label_stats is None:
-        method.statistics(None, variables, data)  # raises the statistics step's message
-    if (data.classes is None) == (data.example_ids is None):
-        raise InputError("exact removal: name exactly one of classes or example_ids.")
     if data.classes is not None:
         new, _, record = exact_api.forget_classes(variables, data.label_stats, data.classes)
     else:

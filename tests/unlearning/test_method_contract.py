@@ -190,3 +190,11 @@ def test_named_wrapper_runs_the_registered_spec(name, kwargs, problem):
     np.testing.assert_array_equal(
         new["mask"]["search"], method.edit(variables, stats, n)["mask"]["search"]
     )
+
+
+def test_unlearn_refuses_a_size_for_a_method_without_one(problem):
+    from dkvb_jax.errors import InputError
+
+    method, model, variables, stats, _ = _setup("exact", problem)
+    with pytest.raises(InputError, match="has no size parameter"):
+        unlearn("exact", model, variables, _data(method, problem, FORGET), 8)
