@@ -91,8 +91,12 @@ def _eval(model: DKVB, variables: dict, split: Coded, chunk: int = 4096):
     """Predictions and per-example cross-entropy `[n]` of a split."""
     preds, losses = [], []
     for a in range(0, split.y.size, chunk):
-        logits = _logits(model, variables, jnp.asarray(split.idx[a : a + chunk]),
-                         jnp.asarray(split.valid[a : a + chunk]))  # fmt: skip
+        logits = _logits(
+            model,
+            variables,
+            jnp.asarray(split.idx[a : a + chunk]),
+            jnp.asarray(split.valid[a : a + chunk]),
+        )
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
         y = jnp.asarray(split.y[a : a + chunk])
         preds.append(np.asarray(logits.argmax(-1)))
@@ -107,8 +111,9 @@ def _acc(model, variables, split: Coded) -> float | None:
 
 
 def _mia(model, variables, members: Coded, nonmembers: Coded, seed: int) -> dict:
-    result = mia_attack(_eval(model, variables, members)[1],
-                        _eval(model, variables, nonmembers)[1], seed=seed)  # fmt: skip
+    result = mia_attack(
+        _eval(model, variables, members)[1], _eval(model, variables, nonmembers)[1], seed=seed
+    )
     return result.to_dict()
 
 
@@ -144,8 +149,9 @@ class Setup:
         """Closed-form values refitted on the retained rows (same frozen parts)."""
         codes = np.where(self.train.valid[keep], self.train.idx[keep], -1)
         ids = np.asarray(self.stats.ids)[keep]
-        return exact.fit_exact(self.model, self.variables, codes, self.train.y[keep], ids,
-                               estimator=self.estimator)[0]  # fmt: skip
+        return exact.fit_exact(
+            self.model, self.variables, codes, self.train.y[keep], ids, estimator=self.estimator
+        )[0]
 
 
 def _request(s: Setup, after: dict, rec, forget_rows: np.ndarray, nonmembers: Coded, seed: int):
@@ -160,33 +166,33 @@ def _request(s: Setup, after: dict, rec, forget_rows: np.ndarray, nonmembers: Co
         "examples": int(forget_rows.size),
         "seconds": rec.params["update_seconds"],
         "bit_identical_to_oracle": _same(after, oracle),
-        "test_acc": {"before": _acc(s.model, s.variables, s.test),
-                     "after": _acc(s.model, after, s.test),
-                     "oracle": _acc(s.model, oracle, s.test)},  # fmt: skip
-        "forgotten_train_acc": {"before": _acc(s.model, s.variables, forgotten),
-                                "after": _acc(s.model, after, forgotten)},  # fmt: skip
-        "retain_train_acc": {"before": _acc(s.model, s.variables, retained),
-                             "after": _acc(s.model, after, retained)},  # fmt: skip
-        "mia": {"before": _mia(s.model, s.variables, forgotten, nonmembers, seed),
-                "after": _mia(s.model, after, forgotten, nonmembers, seed),
-                "oracle": _mia(s.model, oracle, forgotten, nonmembers, seed)},  # fmt: skip
+        "test_acc": _accs(s, s.test, after=after, oracle=oracle),
+        "forgotten_train_acc": _accs(s, forgotten, after=after),
+        "retain_train_acc": _accs(s, retained, after=after),
+        "mia": {
+            name: _mia(s.model, v, forgotten, nonmembers, seed)
+            for name, v in {"before": s.variables, "after": after, "oracle": oracle}.items()
+        },
     }
 
 
+def _accs(s: Setup, split: Coded, **states: dict) -> dict:
+    """Accuracy on `split` of the model before the request and of each named state."""
+    return {name: _acc(s.model, v, split) for name, v in {"before": s.variables, **states}.items()}
+
+
 def forget_classes(s: Setup, classes: tuple[int, ...], seed: int) -> dict:
-    after, _, rec = _warm(exact.forget_classes, s.variables, s.stats, classes,
-                          estimator=s.estimator)  # fmt: skip
+    after, _, rec = _warm(
+        exact.forget_classes, s.variables, s.stats, classes, estimator=s.estimator
+    )
     rows = np.flatnonzero(np.isin(s.train.y, classes))
-    out = _request(s, after, rec, rows, s.test.take(np.flatnonzero(np.isin(s.test.y, classes))),
-                   seed)  # fmt: skip
     test_forget = s.test.take(np.flatnonzero(np.isin(s.test.y, classes)))
     test_retain = s.test.take(np.flatnonzero(~np.isin(s.test.y, classes)))
+    out = _request(s, after, rec, rows, test_forget, seed)
     out.update(
         classes=list(classes),
-        forget_test_acc={"before": _acc(s.model, s.variables, test_forget),
-                         "after": _acc(s.model, after, test_forget)},  # fmt: skip
-        retain_test_acc={"before": _acc(s.model, s.variables, test_retain),
-                         "after": _acc(s.model, after, test_retain)},  # fmt: skip
+        forget_test_acc=_accs(s, test_forget, after=after),
+        retain_test_acc=_accs(s, test_retain, after=after),
     )
     return out
 
@@ -227,12 +233,14 @@ def sequential(s: Setup, rng, requests: int, progress: bool) -> dict:
     _warm(exact.remove_examples, s.variables, s.stats, ids[0], estimator=s.estimator)
     variables, stats, seconds, certified = s.variables, s.stats, [], True
     for batch in tqdm(ids, desc="sequential requests", leave=False, disable=not progress):
-        variables, stats, rec = exact.remove_examples(variables, stats, batch,
-                                                      estimator=s.estimator)  # fmt: skip
+        variables, stats, rec = exact.remove_examples(
+            variables, stats, batch, estimator=s.estimator
+        )
         seconds.append(rec.params["update_seconds"])
         certified &= rec.certified
-    union, ustats, urec = _warm(exact.remove_examples, s.variables, s.stats, ids.reshape(-1),
-                                estimator=s.estimator)  # fmt: skip
+    union, ustats, urec = _warm(
+        exact.remove_examples, s.variables, s.stats, ids.reshape(-1), estimator=s.estimator
+    )
     tenth = max(1, requests // 10)
     return {
         "requests": requests,
@@ -254,43 +262,70 @@ def full_oracle(s: Setup, fit, x, y, rows: np.ndarray, dataset: str) -> dict:
     d_rows, held, cfg = fit.rows[keep], fit.holdout, s.cfg
     key_rows = held[key_data_rows(held.size, cfg.key_max_examples, cfg.seed)]
     refit = fit_dkvb(
-        cfg.dkvb_config(x.shape[1], s.stats.num_classes), x[d_rows], y[d_rows],
-        key=jax.random.key(cfg.seed), key_data=x[key_rows], key_rows=Rows(dataset, key_rows),
-        key_config=cfg.key_config(), value_config=cfg.value_config(),
-        stats_config=cfg.stats_config(), preprocess=cfg.preprocess,
-        preprocess_data=(x[held], y[held]), preprocess_rows=Rows(dataset, held, labels=True),
-        dataset=dataset, ids=d_rows, progress=False,
-    )  # fmt: skip
-    after, _, _ = exact.remove_examples(s.variables, s.stats, fit.rows[rows],
-                                        estimator=s.estimator)  # fmt: skip
+        cfg.dkvb_config(x.shape[1], s.stats.num_classes),
+        x[d_rows],
+        y[d_rows],
+        key=jax.random.key(cfg.seed),
+        key_data=x[key_rows],
+        key_rows=Rows(dataset, key_rows),
+        key_config=cfg.key_config(),
+        value_config=cfg.value_config(),
+        stats_config=cfg.stats_config(),
+        preprocess=cfg.preprocess,
+        preprocess_data=(x[held], y[held]),
+        preprocess_rows=Rows(dataset, held, labels=True),
+        dataset=dataset,
+        ids=d_rows,
+        progress=False,
+    )
+    after, _, _ = exact.remove_examples(s.variables, s.stats, fit.rows[rows], estimator=s.estimator)
     leaves = {
-        name: bool(np.array_equal(np.asarray(after[col][name]), np.asarray(refit.variables[col][name])))
+        name: bool(
+            np.array_equal(np.asarray(after[col][name]), np.asarray(refit.variables[col][name]))
+        )
         for col, name in (("frozen", "keys"), ("frozen", "projection"), ("params", "values"))
     }
-    return {"examples": int(rows.size), "leaves_bit_identical": leaves,
-            "all_bit_identical": _same(after, refit.variables)}  # fmt: skip
+    return {
+        "examples": int(rows.size),
+        "leaves_bit_identical": leaves,
+        "all_bit_identical": _same(after, refit.variables),
+    }
 
 
 def old_way(cfg: ExperimentConfig, x, y, encoder: str, dataset: str, rng) -> dict:
     """The same removal on a model whose LDA and keys were fitted on D: not certified."""
     old = cfg.replace(holdout_fraction=0.0, key_max_examples=cfg.key_max_examples or 10_000)
-    fitted = fit_from_config(old, x, y, num_classes=int(y.max()) + 1, dataset=dataset,
-                             encoder=encoder, progress=False).fitted  # fmt: skip
+    fitted = fit_from_config(
+        old, x, y, num_classes=int(y.max()) + 1, dataset=dataset, encoder=encoder, progress=False
+    ).fitted
     ids = np.asarray(fitted.stats.ids)
     forget = np.sort(rng.choice(ids, max(1, ids.size // 100), replace=False))
-    _, _, rec = exact.remove_examples(fitted.variables, fitted.stats, forget,
-                                      estimator=old.value_config())  # fmt: skip
+    _, _, rec = exact.remove_examples(
+        fitted.variables, fitted.stats, forget, estimator=old.value_config()
+    )
     return {"certificate": rec.certificate, "examples": int(forget.size)}
 
 
-def run(encoder: str, x, y, xt, yt, cfg: ExperimentConfig, *, three: tuple[int, ...],
-        dataset: str = DATASET, requests: int = 100, progress: bool = True) -> dict:  # fmt: skip
+def run(
+    encoder: str,
+    x,
+    y,
+    xt,
+    yt,
+    cfg: ExperimentConfig,
+    *,
+    three: tuple[int, ...],
+    dataset: str = DATASET,
+    requests: int = 100,
+    progress: bool = True,
+) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     num_classes = int(max(y.max(), yt.max())) + 1
     steps = tqdm(total=7, desc=encoder, disable=not progress)
     steps.set_postfix_str("fit")
-    fit = fit_from_config(cfg, x, y, num_classes=num_classes, dataset=dataset, encoder=encoder,
-                          progress=False)  # fmt: skip
+    fit = fit_from_config(
+        cfg, x, y, num_classes=num_classes, dataset=dataset, encoder=encoder, progress=False
+    )
     fitted = fit.fitted
     fit_seconds = time.perf_counter() - start
     model, variables, stats = fitted.model, fitted.variables, fitted.stats
@@ -327,14 +362,16 @@ def run(encoder: str, x, y, xt, yt, cfg: ExperimentConfig, *, three: tuple[int, 
     requests = [*classes, *fractions]
     return {
         "encoder": encoder,
-        "certified": all(r["certificate"]["certified"] for r in requests)
-        and seq["all_certified"],
+        "certified": all(r["certificate"]["certified"] for r in requests) and seq["all_certified"],
         "test_accuracy": test_accuracy,
         "probe_accuracy": probe,
         "gap_points": 100 * (probe - test_accuracy),
         "experiment": cfg.to_dict(),
-        "rows": {"values": int(fit.rows.size), "held_out": int(fit.holdout.size),
-                 "test": int(yt.size)},  # fmt: skip
+        "rows": {
+            "values": int(fit.rows.size),
+            "held_out": int(fit.holdout.size),
+            "test": int(yt.size),
+        },
         "provenance": fitted.provenance.to_dict(),
         "fit_seconds": fit_seconds,
         "classes": classes,
@@ -358,57 +395,111 @@ def _mia_cell(m: dict) -> str:
     return f"{100 * m['accuracy']:.1f} ± {100 * m['std']:.1f} (n={m['n_per_side']})"
 
 
+SUMMARY_COLUMNS = (
+    "encoder",
+    "test acc",
+    "probe",
+    "gap (points)",
+    "certified",
+    "values rows",
+    "held-out rows",
+)
+CLASS_COLUMNS = (
+    "classes",
+    "forget-test acc",
+    "retain-test Δ",
+    "retain-train acc",
+    "MIA after (%)",
+    "MIA oracle (%)",
+    "= oracle",
+    "certified",
+    "ms",
+)
+FRACTION_COLUMNS = (
+    "rows",
+    "test acc (after / oracle)",
+    "MIA after (%)",
+    "MIA oracle (%)",
+    "= oracle",
+    "certified",
+    "ms",
+    "masking API: pairs masked",
+    "masking API: retain-train acc",
+)
+
+
+def _summary_row(r: dict) -> list:
+    rows = r["rows"]
+    gap = f"{r['gap_points']:.2f}"
+    return [
+        r["encoder"],
+        _pct(r["test_accuracy"]),
+        _pct(r["probe_accuracy"]),
+        gap,
+        r["certified"],
+        rows["values"],
+        rows["held_out"],
+    ]
+
+
+def _class_row(c: dict) -> list:
+    retain_test, retain_train = c["retain_test_acc"], c["retain_train_acc"]
+    return [
+        ",".join(map(str, c["classes"])),
+        _pct(c["forget_test_acc"]["after"]),
+        f"{100 * (retain_test['after'] - retain_test['before']):+.2f}",
+        f"{_pct(retain_train['before'])} -> {_pct(retain_train['after'])}",
+        *_shared_cells(c),
+    ]
+
+
+def _fraction_row(f: dict) -> list:
+    m, test = f["masking"], f["test_acc"]
+    return [
+        f"{100 * f['fraction']:g}% ({f['examples']})",
+        f"{_pct(test['after'])} / {_pct(test['oracle'])}",
+        *_shared_cells(f),
+        f"{m['pairs_masked']:,} / {m['pairs_total']:,}",
+        f"{_pct(f['retain_train_acc']['before'])} -> {_pct(m['retain_train_acc_after'])}",
+    ]
+
+
+def _shared_cells(request: dict) -> list:
+    """MIA after and of the oracle, = oracle, certified, ms: the cells both tables share."""
+    mia = request["mia"]
+    return [
+        _mia_cell(mia["after"]),
+        _mia_cell(mia["oracle"]),
+        request["bit_identical_to_oracle"],
+        request["certificate"]["certified"],
+        f"{1000 * request['seconds']:.0f}",
+    ]
+
+
+def _sequential_line(r: dict) -> str:
+    q, o, old = r["sequential"], r["full_oracle"], r["old_way"]["certificate"]
+    return (
+        f"Sequential: {q['requests']} requests of {q['rows_per_request']} rows equal one "
+        f"request of their union bit for bit: {q['bit_identical_to_union']}; "
+        f"{1000 * q['seconds_first_10pct_mean']:.0f} ms per request over the first tenth, "
+        f"{1000 * q['seconds_last_10pct_mean']:.0f} ms over the last. Full retrain oracle "
+        f"({o['examples']} rows): every leaf bit-identical: {o['all_bit_identical']}. "
+        f"Old way (LDA and keys on D): certified {old['certified']} ({old['reason'][:160]}...)."
+    )
+
+
 def to_markdown(results: dict[str, dict]) -> str:
-    lines = []
-    head = [["encoder", "test acc", "probe", "gap (points)", "certified", "values rows",
-             "held-out rows"]]  # fmt: skip
+    lines = [
+        tabulate([_summary_row(r) for r in results.values()], SUMMARY_COLUMNS, tablefmt="github")
+    ]
     for r in results.values():
-        head.append([r["encoder"], _pct(r["test_accuracy"]), _pct(r["probe_accuracy"]),
-                     f"{r['gap_points']:.2f}", r["certified"], r["rows"]["values"],
-                     r["rows"]["held_out"]])  # fmt: skip
-    lines.append(tabulate(head[1:], head[0], tablefmt="github"))
-    for r in results.values():
-        rows = []
-        for c in r["classes"]:
-            rows.append([
-                ",".join(map(str, c["classes"])), _pct(c["forget_test_acc"]["after"]),
-                f"{100 * (c['retain_test_acc']['after'] - c['retain_test_acc']['before']):+.2f}",
-                f"{_pct(c['retain_train_acc']['before'])} -> {_pct(c['retain_train_acc']['after'])}",
-                _mia_cell(c["mia"]["after"]), _mia_cell(c["mia"]["oracle"]),
-                c["bit_identical_to_oracle"], c["certificate"]["certified"],
-                f"{1000 * c['seconds']:.0f}",
-            ])  # fmt: skip
-        lines += ["", f"### {r['encoder']}: classes forgotten", "", tabulate(rows, [
-            "classes", "forget-test acc", "retain-test Δ", "retain-train acc",
-            "MIA after (%)", "MIA oracle (%)", "= oracle", "certified", "ms"],
-            tablefmt="github")]  # fmt: skip
-        rows = []
-        for f in r["fractions"]:
-            m = f["masking"]
-            rows.append([
-                f"{100 * f['fraction']:g}% ({f['examples']})",
-                f"{_pct(f['test_acc']['after'])} / {_pct(f['test_acc']['oracle'])}",
-                _mia_cell(f["mia"]["after"]), _mia_cell(f["mia"]["oracle"]),
-                f["bit_identical_to_oracle"], f["certificate"]["certified"],
-                f"{1000 * f['seconds']:.0f}",
-                f"{m['pairs_masked']:,} / {m['pairs_total']:,}",
-                f"{_pct(f['retain_train_acc']['before'])} -> {_pct(m['retain_train_acc_after'])}",
-            ])  # fmt: skip
-        lines += ["", f"### {r['encoder']}: random rows of D forgotten", "", tabulate(rows, [
-            "rows", "test acc (after / oracle)", "MIA after (%)", "MIA oracle (%)", "= oracle",
-            "certified", "ms", "masking API: pairs masked", "masking API: retain-train acc"],
-            tablefmt="github")]  # fmt: skip
-        q, o = r["sequential"], r["full_oracle"]
-        lines += [
-            "",
-            f"Sequential: {q['requests']} requests of {q['rows_per_request']} rows equal one "
-            f"request of their union bit for bit: {q['bit_identical_to_union']}; "
-            f"{1000 * q['seconds_first_10pct_mean']:.0f} ms per request over the first tenth, "
-            f"{1000 * q['seconds_last_10pct_mean']:.0f} ms over the last. Full retrain oracle "
-            f"({o['examples']} rows): every leaf bit-identical: {o['all_bit_identical']}. "
-            f"Old way (LDA and keys on D): certified {r['old_way']['certificate']['certified']}"
-            f" ({r['old_way']['certificate']['reason'][:160]}...).",
-        ]
+        for title, columns, rows in (
+            ("classes forgotten", CLASS_COLUMNS, map(_class_row, r["classes"])),
+            ("random rows of D forgotten", FRACTION_COLUMNS, map(_fraction_row, r["fractions"])),
+        ):
+            table = tabulate(list(rows), columns, tablefmt="github")
+            lines += ["", f"### {r['encoder']}: {title}", "", table]
+        lines += ["", _sequential_line(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -418,8 +509,10 @@ def to_markdown(results: dict[str, dict]) -> str:
 def _load(encoder: str, data_dir, cache_dir):
     from dkvb_jax.embedding import embed_dataset
 
-    splits = [embed_dataset(encoder, "cifar10", s, data_dir=data_dir, cache_dir=cache_dir)
-              for s in ("train", "test")]  # fmt: skip
+    splits = [
+        embed_dataset(encoder, "cifar10", s, data_dir=data_dir, cache_dir=cache_dir)
+        for s in ("train", "test")
+    ]
     return tuple(a for c in splits for a in (c.embeddings.astype(np.float32), np.asarray(c.labels)))
 
 
@@ -432,18 +525,33 @@ def _synthetic():
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--encoder", nargs="+", default=list(ENCODERS), help="encoders to measure")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (e.g. ../shared/data/cifar10)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default $DKVB_CACHE_DIR)")
     p.add_argument("--synthetic", action="store_true", help="clustered data, for a quick check")
-    p.add_argument("--three", type=int, nargs=3, default=[3, 5, 7],
-                   help="the three classes forgotten at once (default cat, dog, horse)")  # fmt: skip
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="ExperimentConfig overrides of the certified recipe, as JSON values")
-    p.add_argument("--sequential", type=int, default=100,
-                   help=f"sequential requests of {SEQUENTIAL_ROWS} rows each (default 100)")
+    p.add_argument(
+        "--three",
+        type=int,
+        nargs=3,
+        default=[3, 5, 7],
+        help="the three classes forgotten at once (default cat, dog, horse)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="ExperimentConfig overrides of the certified recipe, as JSON values",
+    )
+    p.add_argument(
+        "--sequential",
+        type=int,
+        default=100,
+        help=f"sequential requests of {SEQUENTIAL_ROWS} rows each (default 100)",
+    )
     p.add_argument("--out", required=True, help="folder for the JSON files and results.md")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -466,8 +574,15 @@ def main(argv=None) -> dict[str, dict]:
 
             data = _load(name, args.data_dir, args.cache_dir or DEFAULT_CACHE_DIR)
             encoder, dataset = name, DATASET
-        r = run(encoder, *data, cfg, three=tuple(args.three), dataset=dataset,
-                requests=args.sequential, progress=not args.no_progress)  # fmt: skip
+        r = run(
+            encoder,
+            *data,
+            cfg,
+            three=tuple(args.three),
+            dataset=dataset,
+            requests=args.sequential,
+            progress=not args.no_progress,
+        )
         r["command"] = " ".join(["python", "experiments/certified_unlearning.py", *sys.argv[1:]])
         (out / f"certified_{name}.json").write_text(json.dumps(r, indent=2))
         results[name] = r

@@ -278,9 +278,13 @@ def fit_recipe(recipe: Recipe, data: Data, seed: int = 0) -> tuple[DKVB, dict, d
     elif recipe.preprocess != "none":
         variables = fold_affine(variables, fit_affine(key_x, recipe.preprocess))
     variables, report = fit_keys(
-        model, variables, key_x, key=k_keys, config=KeyInitConfig(**recipe.key_init),
+        model,
+        variables,
+        key_x,
+        key=k_keys,
+        config=KeyInitConfig(**recipe.key_init),
         progress=False,
-    )  # fmt: skip
+    )
     jax.block_until_ready(variables)
     t1 = time.perf_counter()
     if recipe.values == "exact":
@@ -289,9 +293,14 @@ def fit_recipe(recipe: Recipe, data: Data, seed: int = 0) -> tuple[DKVB, dict, d
         )
     else:
         variables, _ = train_values(
-            model, variables, data.x, data.y, key=k_vals,
-            config=ValueTrainConfig(**recipe.train), progress=False,
-        )  # fmt: skip
+            model,
+            variables,
+            data.x,
+            data.y,
+            key=k_vals,
+            config=ValueTrainConfig(**recipe.train),
+            progress=False,
+        )
     jax.block_until_ready(variables)
     t2 = time.perf_counter()
     times = dict(
@@ -351,9 +360,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         if not args.no_unlearning:
             usage = key_usage(model, variables, data.x, data.y)
             row["unlearning"] = unlearning_scan(
-                model, variables, data, usage, eval_rows=args.unlearn_eval_rows,
-                max_n_uva=args.max_n_uva, max_n_uve=args.max_n_uve, mode=args.mask_mode,
-            )  # fmt: skip
+                model,
+                variables,
+                data,
+                usage,
+                eval_rows=args.unlearn_eval_rows,
+                max_n_uva=args.max_n_uva,
+                max_n_uve=args.max_n_uve,
+                mode=args.mask_mode,
+            )
             row["unlearning"]["mask_mode"] = args.mask_mode
         rows.append(row)
         print(_markdown_row(row), flush=True)
@@ -446,8 +461,15 @@ def run_suite(args: argparse.Namespace) -> list[tuple[str, dict]]:
     results = []
     for entry in entries:
         out = pathlib.Path(args.out) / entry["name"]
-        run_argv = [*entry.get("args", []), "--cache-dir", args.cache_dir,
-                    "--data-dir", args.data_dir, "--out", str(out)]  # fmt: skip
+        run_argv = [
+            *entry.get("args", []),
+            "--cache-dir",
+            args.cache_dir,
+            "--data-dir",
+            args.data_dir,
+            "--out",
+            str(out),
+        ]
         saved = out / "model_quality.json"
         if saved.exists() and not args.force:
             result = json.loads(saved.read_text())
@@ -501,12 +523,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-n-uva", type=int, default=256, help="largest N_a tried (doubling grid)")
     p.add_argument("--max-n-uve", type=int, default=256, help="largest N_e tried (doubling grid)")
     p.add_argument("--no-unlearning", action="store_true")
-    p.add_argument("--mask-mode", choices=MASK_MODES, default="search",
-                   help="how UvA/UvE mask the selected pairs")  # fmt: skip
+    p.add_argument(
+        "--mask-mode",
+        choices=MASK_MODES,
+        default="search",
+        help="how UvA/UvE mask the selected pairs",
+    )
     p.add_argument("--synthetic", action="store_true", help="small synthetic data (smoke test)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--suite", default=None,
-                   help="JSON list of runs ({name, args}); one combined table in --out")  # fmt: skip
+    p.add_argument(
+        "--suite",
+        default=None,
+        help="JSON list of runs ({name, args}); one combined table in --out",
+    )
     p.add_argument("--force", action="store_true", help="with --suite: rerun saved runs too")
     return p.parse_args(argv)
 

@@ -248,58 +248,18 @@ def train_loop(
       NonFiniteLossError: when a loss or a parameter becomes NaN/inf; nothing is returned then.
     """
     variables = dict(variables)
-    if "params" not in variables:
-        raise ValueError(
-            f"variables must contain a 'params' collection to train; got collections {sorted(variables)}."
-        )
-    monitors = {name: split for name, split in monitor.items() if split is not None}
-    if stopping.reads_accuracy and stopping.split not in monitors:
-        raise ValueError(
-            f"{method}: StoppingConfig.split={stopping.split!r} is not among the monitored splits "
-            f"{sorted(monitors)}; pass it in `monitor` (e.g. data.val_forget_x/val_forget_y) or "
-            "set forget_target=None and patience=None."
-        )
+    monitors = _checked_monitors(method, variables, stopping, monitor)
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
     opt = make_optimizer(optimizer)
     opt_state = opt.init(params)
-
-    # Compile every phase's epoch once (static padded shapes). XLA counts a scan body once, so
-    # the per-step FLOPs come from the step compiled alone (the scan's body), times the steps.
-    compiled = []
-    for phase in phases:
-        context, streams = (rest, phase.context), _streams(phase)
-        rows = phase_rows(phase, jax.random.key(0))
-        example = gather_batch(streams, jax.tree.map(lambda r: r[0], rows))
-        _, per_call = step_flops(
-            phase.loss_fn,
-            _make_step(opt, phase.loss_fn),
-            (params, context, example),
-            (params, opt_state, context, example),
-        )
-        epoch_fn = (
-            jax.jit(make_epoch(opt, phase.loss_fn))
-            .lower(params, opt_state, context, streams, rows)
-            .compile()
-        )
-        compiled.append((epoch_fn, per_call, context, streams))
-
+    compiled = _compile_phases(phases, opt, rest, params, opt_state)
     meter, meter_flops = compiled_accuracy(
         apply_fn, variables, monitors, batch_size=eval_batch_size
     )
-    monitor_flops, monitor_wall = 0.0, 0.0
-
-    def measure(params):
-        nonlocal monitor_flops, monitor_wall
-        with Timer() as t:
-            accs = {name: float(acc) for name, acc in meter(merge_params(rest, params)).items()}
-        monitor_wall += t.seconds
-        monitor_flops += meter_flops
-        return accs
-
-    cost = CostRecord(method)
-    traj = Trajectory(method)
-    accs = measure(params)
+    accs, monitor_wall = _measure(meter, rest, params)
+    monitor_calls = 1
+    cost, traj = CostRecord(method), Trajectory(method)
     traj.append(epoch=0, wall_s=0.0, **{f"{k}_acc": v for k, v in accs.items()})
     snapshots = [params] if keep_snapshots else []
     forget_hist = [accs[stopping.split]] if stopping.reads_accuracy else None
@@ -311,28 +271,11 @@ def train_loop(
     for epoch in bar:
         opt_state = set_lr(opt_state, lr_at_epoch(optimizer, epoch))
         key, epoch_key = jax.random.split(key)
-        losses = []
-        for i, (phase, (epoch_fn, per_call, context, streams)) in enumerate(
-            zip(phases, compiled, strict=True)
-        ):
-            if not phase.active(epoch):
-                continue
-            # Shuffling is data loading: on the device before the clock starts.
-            rows = jax.device_put(phase_rows(phase, jax.random.fold_in(epoch_key, i)))
-            with Timer() as t:
-                params, opt_state, phase_losses = epoch_fn(
-                    params, opt_state, context, streams, rows
-                )
-                jax.block_until_ready(params)
-            losses.append(phase_losses)
-            cost = cost.add_calls(per_call, rows[0].shape[0], backward=True, wall_s=t.seconds)
-        epoch_loss = float(jnp.mean(jnp.concatenate(losses))) if losses else None
-        if (epoch_loss is not None and not np.isfinite(epoch_loss)) or not _all_finite(params):
-            raise NonFiniteLossError(
-                f"{method}: loss or parameters became NaN/inf in epoch {epoch} (mean loss {epoch_loss}); "
-                "lower the learning rate or, for NegGrad+, raise alpha. No results were written."
-            )
-        accs = measure(params)
+        params, opt_state, cost, epoch_loss = _run_epoch(
+            method, epoch, epoch_key, phases, compiled, params, opt_state, cost
+        )
+        accs, seconds = _measure(meter, rest, params)
+        monitor_wall, monitor_calls = monitor_wall + seconds, monitor_calls + 1
         traj.append(
             epoch=epoch,
             loss=epoch_loss,
@@ -355,10 +298,95 @@ def train_loop(
     cost = cost.with_extra(
         epochs=traj.stop_epoch,
         stop_reason=traj.stop_reason,
-        monitor_forward_flops=monitor_flops,
+        monitor_forward_flops=float(monitor_calls * meter_flops),
         monitor_wall_s=monitor_wall,
     )
     return merge_params(variables, params), cost, traj, snapshots
+
+
+def _checked_monitors(method, variables, stopping, monitor) -> dict[str, Any]:
+    """The monitored splits that were given; refuses variables without ``params`` and a
+    stopping rule whose split is not monitored."""
+    if "params" not in variables:
+        raise ValueError(
+            f"variables must contain a 'params' collection to train; got collections {sorted(variables)}."
+        )
+    monitors = {name: split for name, split in monitor.items() if split is not None}
+    if stopping.reads_accuracy and stopping.split not in monitors:
+        raise ValueError(
+            f"{method}: StoppingConfig.split={stopping.split!r} is not among the monitored splits "
+            f"{sorted(monitors)}; pass it in `monitor` (e.g. data.val_forget_x/val_forget_y) or "
+            "set forget_target=None and patience=None."
+        )
+    return monitors
+
+
+# A phase compiled for the loop: (epoch_fn, FLOPs of one step, context, streams).
+CompiledPhase = tuple[Any, float, Any, Streams]
+
+
+def _compile_phases(phases, opt, rest, params, opt_state) -> list[CompiledPhase]:
+    """Every phase's epoch compiled once (static padded shapes), with its per-step FLOPs.
+
+    XLA counts a scan body once, so the per-step FLOPs come from the step compiled alone (the
+    scan's body); the loop multiplies them by the steps that ran.
+    """
+    compiled = []
+    for phase in phases:
+        context, streams = (rest, phase.context), _streams(phase)
+        rows = phase_rows(phase, jax.random.key(0))
+        example = gather_batch(streams, jax.tree.map(lambda r: r[0], rows))
+        _, per_call = step_flops(
+            phase.loss_fn,
+            _make_step(opt, phase.loss_fn),
+            (params, context, example),
+            (params, opt_state, context, example),
+        )
+        epoch_fn = (
+            jax.jit(make_epoch(opt, phase.loss_fn))
+            .lower(params, opt_state, context, streams, rows)
+            .compile()
+        )
+        compiled.append((epoch_fn, per_call, context, streams))
+    return compiled
+
+
+def _run_epoch(method, epoch, key, phases, compiled, params, opt_state, cost: CostRecord):
+    """One epoch of every active phase, timed into `cost`.
+
+    Returns:
+      ``(params, opt_state, cost, mean loss or None when no phase ran)``.
+
+    Raises:
+      NonFiniteLossError: a loss or a parameter became NaN/inf.
+    """
+    losses = []
+    for i, (phase, (epoch_fn, per_call, context, streams)) in enumerate(
+        zip(phases, compiled, strict=True)
+    ):
+        if not phase.active(epoch):
+            continue
+        # Shuffling is data loading: on the device before the clock starts.
+        rows = jax.device_put(phase_rows(phase, jax.random.fold_in(key, i)))
+        with Timer() as t:
+            params, opt_state, phase_losses = epoch_fn(params, opt_state, context, streams, rows)
+            jax.block_until_ready(params)
+        losses.append(phase_losses)
+        cost = cost.add_calls(per_call, rows[0].shape[0], backward=True, wall_s=t.seconds)
+    epoch_loss = float(jnp.mean(jnp.concatenate(losses))) if losses else None
+    if (epoch_loss is not None and not np.isfinite(epoch_loss)) or not _all_finite(params):
+        raise NonFiniteLossError(
+            f"{method}: loss or parameters became NaN/inf in epoch {epoch} (mean loss {epoch_loss}); "
+            "lower the learning rate or, for NegGrad+, raise alpha. No results were written."
+        )
+    return params, opt_state, cost, epoch_loss
+
+
+def _measure(meter, rest, params) -> tuple[dict[str, float], float]:
+    """Accuracy of every monitored split, and the seconds it took (counted apart from cost)."""
+    with Timer() as t:
+        accs = {name: float(acc) for name, acc in meter(merge_params(rest, params)).items()}
+    return accs, t.seconds
 
 
 @dataclasses.dataclass(frozen=True)

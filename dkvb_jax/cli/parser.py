@@ -105,6 +105,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dkvb`` command line: one subcommand per step (embed, fit, unlearn, ...)."""
     parser = argparse.ArgumentParser(
         prog="dkvb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="one of these; dkvb COMMAND --help for its options",
     )
+    _add_embed(sub)
+    _add_fit(sub)
+    _add_unlearn(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_demo(sub)
+    return parser
 
+
+def _add_embed(sub) -> None:
+    """dkvb embed: encode a dataset into the embedding cache."""
     p = sub.add_parser("embed", help="encode a dataset into the embedding cache")
     add_data_args(p, embeddings=False)
     p.add_argument(
@@ -134,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(fn=cmd_embed)
 
+
+def _add_fit(sub) -> None:
+    """dkvb fit: keys and values on cached embeddings, into a checkpoint folder."""
     p = sub.add_parser("fit", help="fit keys (unlabelled) and values; save a checkpoint")
     add_data_args(p)
     add_model_args(p)
@@ -148,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(fn=cmd_fit)
 
+
+def _add_unlearn(sub) -> None:
+    """dkvb unlearn: forget classes or examples, saved as a new step."""
     p = sub.add_parser("unlearn", help="forget classes or examples; save a new checkpoint")
     add_data_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'dkvb fit'")
@@ -178,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(fn=cmd_unlearn)
 
+
+def _add_evaluate(sub) -> None:
+    """dkvb evaluate: accuracy, per-class accuracy and MIA of a checkpoint."""
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and MIA of a checkpoint")
     add_data_args(p)
     p.add_argument(
@@ -190,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
+
+def _add_compare(sub) -> None:
+    """dkvb compare: the class-unlearning experiment against the baselines."""
     p = sub.add_parser("compare", help="the paper's class-unlearning experiment, end to end")
     add_data_args(p)
     add_model_args(p)
@@ -219,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.set_defaults(fn=cmd_compare)
 
+
+def _add_demo(sub) -> None:
+    """dkvb demo: the offline end-to-end run on the shipped sample."""
     p = sub.add_parser("demo", help="fit, forget the best-learned class, compare (offline)")
     p.add_argument("--encoder", default=None, help="encoder (default mobilenet_v1, shipped)")
     p.add_argument("--dataset", default=None, help="dataset (default cifar10_sample, shipped)")
@@ -232,4 +258,3 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_args(p)
     add_common_args(p)
     p.set_defaults(fn=cmd_demo)
-    return parser

@@ -51,7 +51,7 @@ def cmd_unlearn(args) -> int:
 
     from dkvb_jax.experiment import load_fitted, save_fitted
     from dkvb_jax.experiment.fitted import FittedDKVB, earlier_state
-    from dkvb_jax.unlearning import accuracy_effect, get_method, sweep, unlearn
+    from dkvb_jax.unlearning import accuracy_effect, get_method, unlearn
 
     if (args.classes is None) == (args.examples is None):
         raise CLIError("give exactly one of --classes or --examples.")
@@ -78,34 +78,15 @@ def cmd_unlearn(args) -> int:
     n = args.n
     new_stats = None  # masking changes the codes, so label statistics no longer apply
     method = get_method(args.method)
-    request = "classes" if classes is not None else "examples"
-    if request not in method.requests:
-        able = [m.name for m in METHODS.values() if request in m.requests]
-        raise CLIError(
-            f"--method {method.name} {method.summary}: it cannot forget {request}; "
-            f"use one of {', '.join(able)}."
-        )
+    _check_request(method, "classes" if classes is not None else "examples")
     if method.exact:
         new_vars, record, new_stats = _exact_unlearn(
             fitted, info, emb, classes, rows_forget, effect
         )
     else:
         data = _forget_data(fitted, emb, classes, rows_forget)
-        if n is None and classes is not None:
-            n = _swept_n(
-                args,
-                method,
-                info,
-                emb,
-                classes,
-                lambda grid, x, y: sweep(method, model, variables, data, x, y, grid, clip=True),
-            )
-        elif n is None:  # examples: no class split to sweep against
-            if method.size.counts is None:
-                raise CLIError(
-                    f"--method {method.name} on --examples needs --n ({method.size.description})."
-                )
-            n = len(rows_forget)
+        if n is None:
+            n = _default_n(args, method, info, emb, classes, rows_forget, model, variables, data)
         new_vars, record = unlearn(method, model, variables, data, n, eval_fn=effect)
     secs = time.perf_counter() - start
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.checkpoint)
@@ -134,8 +115,6 @@ def cmd_unlearn(args) -> int:
         usage_recounted=new_stats is not None,
     )
     rec = json.loads(record.to_json())
-    eff = rec.get("effect") or {}
-    before, after = eff.get("before", {}), eff.get("after", {})
     payload = {
         "checkpoint": str(out),
         "step": step,
@@ -145,22 +124,54 @@ def cmd_unlearn(args) -> int:
         "audit": rec,
         **held,
     }
-    text = format_table(
-        [
-            [
-                "before",
-                percent(before.get("forget_accuracy")),
-                percent(before.get("retain_accuracy")),
-            ],
-            ["after", percent(after.get("forget_accuracy")), percent(after.get("retain_accuracy"))],
-        ],
-        ["model", "forget-test acc (%)", "retain-test acc (%)"],
-    ) + (
+    text = _effect_table(rec.get("effect") or {}) + (
         f"\n{args.method} (N={n}) in {secs:.2f} s; saved step {step} of {out} with its audit "
         f"record\n{_certificate_line(record)}\n{held_text}"
     )
     emit(args, payload, text)
     return 0
+
+
+def _check_request(method, request: str) -> None:
+    """Refuses a method that cannot forget this kind of request (``classes`` / ``examples``)."""
+    if request not in method.requests:
+        able = [m.name for m in METHODS.values() if request in m.requests]
+        raise CLIError(
+            f"--method {method.name} {method.summary}: it cannot forget {request}; "
+            f"use one of {', '.join(able)}."
+        )
+
+
+def _default_n(args, method, info, emb, classes, rows_forget, model, variables, data) -> int:
+    """The size a masking method runs at without --n: swept for classes, every example else."""
+    from dkvb_jax.unlearning import sweep
+
+    if classes is not None:
+        return _swept_n(
+            args,
+            method,
+            info,
+            emb,
+            classes,
+            lambda grid, x, y: sweep(method, model, variables, data, x, y, grid, clip=True),
+        )
+    # examples: no class split to sweep against
+    if method.size.counts is None:
+        raise CLIError(
+            f"--method {method.name} on --examples needs --n ({method.size.description})."
+        )
+    return len(rows_forget)
+
+
+def _effect_table(effect: dict) -> str:
+    """Forget- and retain-test accuracy before and after, from the audit record's effect."""
+    rows = []
+    for name in ("before", "after"):
+        accs = effect.get(name, {})
+        rows.append(
+            [name, percent(accs.get("forget_accuracy")), percent(accs.get("retain_accuracy"))]
+        )
+    return format_table(rows, ["model", "forget-test acc (%)", "retain-test acc (%)"])
 
 
 def _forget_data(fitted, emb, classes, rows_forget):

@@ -104,8 +104,9 @@ def _check_values(variables: dict, shape: tuple[int, ...]) -> None:
 def _as_ids(ids, n: int | None, name: str = "ids") -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise TypeError(f"{name} must be a 1-D array of integer example ids, got {arr.dtype} "
-                        f"{arr.shape}.")  # fmt: skip
+        raise TypeError(
+            f"{name} must be a 1-D array of integer example ids, got {arr.dtype} {arr.shape}."
+        )
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} examples.")
     if arr.size and (arr.min() < 0 or arr.max() > _INT32_MAX):
@@ -314,8 +315,9 @@ def add_examples(
         prov = prov.with_part(
             Part("values", "label_counts", (Rows(prov.data, grown, labels=True),), True)
         )
-    counts = stats.counts + _count_rows(codes, labels, stats.rank_weights, cfg.num_keys,
-                                        cfg.num_classes)  # fmt: skip
+    counts = stats.counts + _count_rows(
+        codes, labels, stats.rank_weights, cfg.num_keys, cfg.num_classes
+    )
     new = stats.replace(
         counts=counts,
         codes=jnp.asarray(np.concatenate([np.asarray(stats.codes), codes])),
@@ -330,8 +332,7 @@ def add_examples(
         values_exact=True,
         reason="rows added, nothing forgotten: the values equal a closed-form fit on the union",
     )
-    rec = _record("exact_add", cert, ids, None, estimator, variables, out,
-                  stats.counts, counts, t0)  # fmt: skip
+    rec = _record("exact_add", cert, ids, None, estimator, variables, out, stats.counts, counts, t0)
     return out, new, rec
 
 
@@ -412,8 +413,8 @@ def remove_examples(
     )
     values = _derive(counts, estimator)
     out = _with_values(variables, values)
-    rec = _record(_method, certify(stats.provenance, ids), ids, _classes, estimator, variables, out,
-                  stats.counts, counts, t0)  # fmt: skip
+    cert = certify(stats.provenance, ids)
+    rec = _record(_method, cert, ids, _classes, estimator, variables, out, stats.counts, counts, t0)
     return out, new, rec
 
 
@@ -452,7 +453,11 @@ def forget_classes(
         )
     ids = np.asarray(stats.ids)[np.isin(labels, cls)]
     return remove_examples(
-        variables, stats, ids, estimator=estimator,
-        verify_keys=verify_keys, _method="exact_forget_classes",
+        variables,
+        stats,
+        ids,
+        estimator=estimator,
+        verify_keys=verify_keys,
+        _method="exact_forget_classes",
         _classes=tuple(int(c) for c in cls),
-    )  # fmt: skip
+    )

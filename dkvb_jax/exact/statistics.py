@@ -130,8 +130,13 @@ def counts_from_codes(
     return jnp.zeros((num_codebooks, num_keys, num_classes), jnp.int32).at[cb, safe, lab].add(w)
 
 
-def subtract_rows(stats_counts: jax.Array, codes: jax.Array, labels: jax.Array,
-                  rank_weights: jax.Array, forget: jax.Array) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+def subtract_rows(
+    stats_counts: jax.Array,
+    codes: jax.Array,
+    labels: jax.Array,
+    rank_weights: jax.Array,
+    forget: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
     """Counts with the rows selected by `forget` removed; pure, jittable, vmappable over `forget`.
 
     Args:
@@ -146,8 +151,9 @@ def subtract_rows(stats_counts: jax.Array, codes: jax.Array, labels: jax.Array,
       when the rows were counted into `stats_counts`; False flags a corrupted state).
     """
     num_codebooks, num_keys, num_classes = stats_counts.shape
-    removed = counts_from_codes(codes, labels, num_keys, num_classes, rank_weights,
-                                forget.astype(jnp.int32))  # fmt: skip
+    removed = counts_from_codes(
+        codes, labels, num_keys, num_classes, rank_weights, forget.astype(jnp.int32)
+    )
     out = stats_counts - removed
     return out, jnp.all(out >= 0)
 

@@ -91,11 +91,14 @@ def save_fitted(
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     step = checkpoints.save_model(
-        directory / "model", fitted.config, fitted.variables, encoder=encoder,
+        directory / "model",
+        fitted.config,
+        fitted.variables,
+        encoder=encoder,
         audit=list(fitted.audit),
         provenance=None if fitted.provenance is None else fitted.provenance.to_dict(),
         purge_earlier=purge_earlier,
-    )  # fmt: skip
+    )
     _save_stats(directory / STATS_FILE, fitted.stats, step)
     if purge_earlier:
         for name in RESUME_FOLDERS:
@@ -179,10 +182,15 @@ def _save_stats(path: pathlib.Path, stats: LabelStats | None, step: int) -> None
         return
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(
-        tmp, step=step, counts=np.asarray(stats.counts), codes=np.asarray(stats.codes),
-        labels=np.asarray(stats.labels), ids=np.asarray(stats.ids),
-        rank_weights=np.asarray(stats.rank_weights), fingerprint=np.asarray(stats.fingerprint),
-    )  # fmt: skip
+        tmp,
+        step=step,
+        counts=np.asarray(stats.counts),
+        codes=np.asarray(stats.codes),
+        labels=np.asarray(stats.labels),
+        ids=np.asarray(stats.ids),
+        rank_weights=np.asarray(stats.rank_weights),
+        fingerprint=np.asarray(stats.fingerprint),
+    )
     tmp.replace(path)  # a crash leaves the old file or the new one, never half of one
 
 
@@ -194,11 +202,14 @@ def _load_stats(path: pathlib.Path, step: int, variables: dict, provenance) -> L
         if int(f["step"]) != step:
             return None  # they belong to another step: removal from them would not be exact
         stats = LabelStats(
-            counts=jnp.asarray(f["counts"]), codes=jnp.asarray(f["codes"]),
-            labels=jnp.asarray(f["labels"]), ids=jnp.asarray(f["ids"]),
-            rank_weights=jnp.asarray(f["rank_weights"]), provenance=provenance,
+            counts=jnp.asarray(f["counts"]),
+            codes=jnp.asarray(f["codes"]),
+            labels=jnp.asarray(f["labels"]),
+            ids=jnp.asarray(f["ids"]),
+            rank_weights=jnp.asarray(f["rank_weights"]),
+            provenance=provenance,
             fingerprint=str(f["fingerprint"]),
-        )  # fmt: skip
+        )
     if stats.fingerprint != exact_fingerprint(variables):
         raise checkpoints.CheckpointError(
             f"{path} was counted under other keys than step {step} of the model holds; the "

@@ -127,84 +127,54 @@ def fit_dkvb(
     Returns:
       The fitted model, with its :class:`~dkvb_jax.provenance.Provenance`.
     """
-    x = np.asarray(x, np.float32)
-    if x.ndim != 2 or x.shape[1] != config.embed_dim:
-        raise ValueError(
-            f"x must be [n, {config.embed_dim}] embeddings for this config, got {x.shape}."
-        )
-    keys_on_x = key_data is None
-    key_data = x if keys_on_x else np.asarray(key_data, np.float32)
-    if key_data.ndim != 2 or key_data.shape[1] != config.embed_dim:
-        raise ValueError(
-            f"key_data must be [m, {config.embed_dim}] embeddings like x, got {key_data.shape}; "
-            "keys must be fitted on embeddings of the same encoder."
-        )
-    if preprocess not in KINDS:
-        raise ValueError(f"fit_dkvb: preprocess must be one of {KINDS}, got {preprocess!r}.")
-    provenance = _provenance(
-        x,
-        dataset,
-        ids,
-        encoder,
-        None if keys_on_x else key_rows,
-        keys_on_x,
-        preprocess,
-        preprocess_data,
-        preprocess_rows,
-        value_config,
-    )
-    settings = fit_settings(
+    data = _FitData.checked(
         config,
         x,
         y,
+        key_data,
+        dataset=dataset,
+        ids=ids,
+        encoder=encoder,
+        key_rows=key_rows,
+        preprocess=preprocess,
+        preprocess_data=preprocess_data,
+        preprocess_rows=preprocess_rows,
+    )
+    provenance = data.provenance(value_config)
+    if not isinstance(value_config, EstimatorConfig):
+        stats_config = None  # only closed-form values count examples
+    settings = fit_settings(
+        config,
+        data,
         key=key,
-        key_data=key_data,
         key_config=key_config,
         value_config=value_config,
-        preprocess=preprocess,
-        stats_config=stats_config if isinstance(value_config, EstimatorConfig) else None,
-        preprocess_data=preprocess_data,
-        record={
-            "dataset": dataset,
-            "encoder": encoder,
-            "ids": None if ids is None else arrays_sha256(np.asarray(ids)),
-            "key_rows": None if key_rows is None else key_rows.digest,
-            "preprocess_rows": None if preprocess_rows is None else preprocess_rows.digest,
-        },
+        stats_config=stats_config,
     )
-    k_init, k_keys, k_values = jax.random.split(key, 3)
+    run_info = {**(run_info or {}), "data_fingerprint": data.fingerprint(), SETTINGS: settings}
     ckpt = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
-    run_info = {
-        **(run_info or {}),
-        "data_fingerprint": arrays_sha256(x, y, key_data),
-        SETTINGS: settings,
-    }
     if ckpt is not None:
         _claim_folder(ckpt, settings, run_info)
         done = restore_final(ckpt, config)
         if done is not None:
             return done
+    k_init, k_keys, k_values = jax.random.split(key, 3)
     model, variables = build_model(config, k_init)
     keys_dir = None if ckpt is None else ckpt / "keys"
-    variables, report = _fit_frozen(
-        model, variables, x, y, key_data, preprocess=preprocess, preprocess_data=preprocess_data,
-        key=k_keys, key_config=key_config, keys_dir=keys_dir, encoder=encoder, progress=progress,
-    )  # fmt: skip
-    stats = None
-    if isinstance(value_config, EstimatorConfig):
-        # Closed form from per-pair label counts: every removal is a subtraction.
-        variables, stats = exact.fit_exact(
-            model, variables, x, y, ids, estimator=value_config,
-            stats_config=stats_config or exact.StatsConfig(), provenance=provenance,
-        )  # fmt: skip
-        history = None
-        provenance = stats.provenance
-    else:
-        variables, history = train_values(
-            model, variables, x, y, key=k_values, config=value_config, eval_data=eval_data,
-            progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "values",
-        )  # fmt: skip
-    usage = key_usage(model, variables, x, y)
+    variables, report = _fit_frozen(model, variables, data, k_keys, key_config, keys_dir, progress)
+    variables, history, stats, provenance = _fit_values(
+        model,
+        variables,
+        data,
+        value_config,
+        stats_config,
+        provenance,
+        k_values,
+        eval_data,
+        progress,
+        None if ckpt is None else ckpt / "values",
+    )
+    usage = key_usage(model, variables, data.x, data.y)
     fitted = FittedDKVB(
         model, variables, usage, report, history, provenance=provenance, stats=stats
     )
@@ -213,68 +183,207 @@ def fit_dkvb(
     return fitted
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _FitData:
+    """What :func:`fit_dkvb` fits each part on: the arrays, and the rows the caller named.
+
+    The provenance record, the run settings and the frozen and value steps all read these
+    together (the arguments of the same names of :func:`fit_dkvb`).
+    """
+
+    x: np.ndarray  # [n, embed_dim] float32, labelled
+    y: np.ndarray  # [n] int labels
+    key_data: np.ndarray  # [m, embed_dim] float32; `x` itself when keys_on_x
+    keys_on_x: bool  # no key data was given: the keys are fitted on the labelled rows
+    dataset: str | None
+    ids: np.ndarray | None
+    encoder: str | None
+    key_rows: Rows | None
+    preprocess: Kind
+    preprocess_data: tuple[np.ndarray, np.ndarray] | None
+    preprocess_rows: Rows | None
+
+    @classmethod
+    def checked(cls, config: DKVBConfig, x, y, key_data, **names) -> _FitData:
+        """Checks the embeddings against `config` and the preprocessing kind."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 2 or x.shape[1] != config.embed_dim:
+            raise ValueError(
+                f"x must be [n, {config.embed_dim}] embeddings for this config, got {x.shape}."
+            )
+        keys_on_x = key_data is None
+        key_data = x if keys_on_x else np.asarray(key_data, np.float32)
+        if key_data.ndim != 2 or key_data.shape[1] != config.embed_dim:
+            raise ValueError(
+                f"key_data must be [m, {config.embed_dim}] embeddings like x, got "
+                f"{key_data.shape}; keys must be fitted on embeddings of the same encoder."
+            )
+        if names["preprocess"] not in KINDS:
+            raise ValueError(
+                f"fit_dkvb: preprocess must be one of {KINDS}, got {names['preprocess']!r}."
+            )
+        return cls(x=x, y=y, key_data=key_data, keys_on_x=keys_on_x, **names)
+
+    def fingerprint(self) -> str:
+        """sha256 of the labelled data and the key data."""
+        return arrays_sha256(self.x, self.y, self.key_data)
+
+    def record(self) -> dict[str, Any]:
+        """What the provenance is derived from besides the arrays, as JSON (ids as digests)."""
+        return {
+            "dataset": self.dataset,
+            "encoder": self.encoder,
+            "ids": None if self.ids is None else arrays_sha256(np.asarray(self.ids)),
+            "key_rows": None if self.key_rows is None else self.key_rows.digest,
+            "preprocess_rows": None
+            if self.preprocess_rows is None
+            else self.preprocess_rows.digest,
+        }
+
+    def provenance(self, value_config) -> Provenance:
+        """What each part is fitted on, recorded before it is fitted."""
+        n, preprocess, preprocess_data = len(self.x), self.preprocess, self.preprocess_data
+        ids = np.arange(n) if self.ids is None else np.asarray(self.ids)
+        if ids.shape != (n,):
+            raise ValueError(f"ids must give one row id per row of x ({n}), got shape {ids.shape}.")
+        if preprocess_data is not None:
+            if preprocess != "lda":
+                raise ValueError(
+                    f"preprocess_data is fitted by 'lda' only; preprocess={preprocess!r} fits on "
+                    "the key data."
+                )
+            if not isinstance(self.preprocess_rows, Rows):
+                raise ValueError(
+                    "preprocess_data needs preprocess_rows (a dkvb_jax.provenance.Rows naming "
+                    "its rows), so that certificates can tell whether it holds forgotten rows."
+                )
+        data = self.dataset or UNNAMED
+        labelled = Rows(data, ids, labels=True)
+        if self.dataset is None:
+            # The encoder's training data cannot be compared with rows that have no name.
+            enc = Part("encoder", encoder_provenance(self.encoder).method, None)
+        else:
+            enc = encoder_provenance(self.encoder)
+        if self.keys_on_x:
+            keys = (Rows(data, ids),)
+        else:  # key rows not named: unrecorded, so nothing is certified
+            keys = None if self.key_rows is None else (self.key_rows,)
+        if preprocess == "lda":
+            pre = (labelled,) if preprocess_data is None else (self.preprocess_rows,)
+        elif preprocess == "none":
+            pre = ()
+        else:  # statistics of the key data
+            pre = keys
+        optimizer = getattr(value_config, "optimizer", "label_counts")
+        return Provenance(
+            data,
+            (
+                enc,
+                Part("preprocess", preprocess, pre),
+                Part("keys", "ema_kmeans", keys),
+                Part("values", optimizer, (labelled,)),
+            ),
+            data_within=drawn_from(data),
+        )
+
+
 def _fit_frozen(
-    model,
-    variables,
-    x,
-    y,
-    key_data,
-    *,
-    preprocess,
-    preprocess_data,
-    key,
-    key_config,
-    keys_dir,
-    encoder,
-    progress,
+    model: DKVB,
+    variables: dict,
+    data: _FitData,
+    key: jax.Array,
+    config: KeyInitConfig,
+    keys_dir: pathlib.Path | None,
+    progress: bool,
 ) -> tuple[dict, KeyInitReport | None]:
     """The frozen part: the input map folded into the projection, then the keys (resumable)."""
-    report = None
     if keys_dir is not None and checkpoints.list_steps(keys_dir):
         variables = checkpoints.restore_model(keys_dir, config=model.config).variables
         if progress:
             note(f"resuming: keys restored from {keys_dir}")
+        return variables, None
+    preprocess, key_data = data.preprocess, data.key_data
+    if preprocess == "standardize":
+        mu, sd = standardizer(key_data)
+        variables, report = fit_keys(
+            model, variables, (key_data - mu) / sd, key=key, config=config, progress=progress
+        )
+        # The diagonal case of the affine fold: (x - mu) * (1 / sd).
+        variables = fold_affine(variables, Affine(mu, (1.0 / sd).astype(np.float32)))
     else:
-        if preprocess == "standardize":
-            mu, sd = standardizer(key_data)
-            variables, report = fit_keys(
-                model, variables, (key_data - mu) / sd, key=key, config=key_config,
-                progress=progress,
-            )  # fmt: skip
-            # The diagonal case of the affine fold: (x - mu) * (1 / sd).
-            variables = fold_affine(variables, Affine(mu, (1.0 / sd).astype(np.float32)))
-        else:
-            if preprocess != "none":
-                # Folded first: the keys are then fitted on the model's own queries.
-                labelled = preprocess == "lda"
-                lda_x, lda_y = (x, y) if preprocess_data is None else preprocess_data
-                affine = fit_affine(
-                    np.asarray(lda_x, np.float32) if labelled else key_data,
-                    preprocess,
-                    labels=np.asarray(lda_y) if labelled else None,
-                )
-                variables = fold_affine(variables, affine)
-            variables, report = fit_keys(
-                model, variables, key_data, key=key, config=key_config, progress=progress
+        if preprocess != "none":
+            # Folded first: the keys are then fitted on the model's own queries.
+            labelled = preprocess == "lda"
+            lda_x, lda_y = (
+                (data.x, data.y) if data.preprocess_data is None else data.preprocess_data
             )
-        if keys_dir is not None:
-            checkpoints.save_model(keys_dir, model.config, variables, encoder=encoder)
+            affine = fit_affine(
+                np.asarray(lda_x, np.float32) if labelled else key_data,
+                preprocess,
+                labels=np.asarray(lda_y) if labelled else None,
+            )
+            variables = fold_affine(variables, affine)
+        variables, report = fit_keys(
+            model, variables, key_data, key=key, config=config, progress=progress
+        )
+    if keys_dir is not None:
+        checkpoints.save_model(keys_dir, model.config, variables, encoder=data.encoder)
     return variables, report
+
+
+def _fit_values(
+    model: DKVB,
+    variables: dict,
+    data: _FitData,
+    config: ValueTrainConfig | EstimatorConfig,
+    stats_config: StatsConfig | None,
+    provenance: Provenance,
+    key: jax.Array,
+    eval_data: tuple[np.ndarray, np.ndarray] | None,
+    progress: bool,
+    values_dir: pathlib.Path | None,
+) -> tuple[dict, Any, exact.LabelStats | None, Provenance]:
+    """The values on the fitted keys: closed form from label counts, or trained (resumably).
+
+    Returns:
+      The variables, the training history (None in closed form), the label statistics (None
+      when trained) and the provenance (the statistics' own in closed form).
+    """
+    if isinstance(config, EstimatorConfig):
+        # Closed form from per-pair label counts: every removal is a subtraction.
+        variables, stats = exact.fit_exact(
+            model,
+            variables,
+            data.x,
+            data.y,
+            data.ids,
+            estimator=config,
+            stats_config=stats_config or exact.StatsConfig(),
+            provenance=provenance,
+        )
+        return variables, None, stats, stats.provenance
+    variables, history = train_values(
+        model,
+        variables,
+        data.x,
+        data.y,
+        key=key,
+        config=config,
+        eval_data=eval_data,
+        progress=progress,
+        checkpoint_dir=values_dir,
+    )
+    return variables, history, None, provenance
 
 
 def fit_settings(
     config: DKVBConfig,
-    x: np.ndarray,
-    y: np.ndarray,
+    data: _FitData,
     *,
     key: jax.Array,
-    key_data: np.ndarray,
     key_config: KeyInitConfig,
     value_config: ValueTrainConfig | EstimatorConfig,
-    preprocess: str,
     stats_config: StatsConfig | None = None,
-    preprocess_data: tuple[np.ndarray, np.ndarray] | None = None,
-    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every input of :func:`fit_dkvb` that changes its result or its record, as JSON (data as
     sha256)."""
@@ -285,21 +394,22 @@ def fit_settings(
         }
     else:  # a raw uint32 key
         key_json = {"impl": "raw", "data": np.asarray(key).tolist()}
+    pre = data.preprocess_data
     settings = {
         "model_config": config.to_dict(),
         "key_config": dataclasses.asdict(key_config),
         "value_config": dataclasses.asdict(value_config),
-        "preprocess": preprocess,
+        "preprocess": data.preprocess,
         "key": key_json,
-        "data": arrays_sha256(np.asarray(x, np.float32), np.asarray(y)),
-        "key_data": arrays_sha256(np.asarray(key_data, np.float32)),
+        "data": arrays_sha256(data.x, np.asarray(data.y)),
+        "key_data": arrays_sha256(data.key_data),
         "values": type(value_config).__name__,
         "stats_config": None if stats_config is None else dataclasses.asdict(stats_config),
         "preprocess_data": None
-        if preprocess_data is None
-        else arrays_sha256(np.asarray(preprocess_data[0], np.float32), preprocess_data[1]),
+        if pre is None
+        else arrays_sha256(np.asarray(pre[0], np.float32), pre[1]),
         # What the provenance record is built from (it is derived from these and the above).
-        "record": record,
+        "record": data.record(),
     }
     return json.loads(json.dumps(settings))
 
@@ -363,59 +473,3 @@ def _claim_folder(directory: pathlib.Path, settings: dict, run_info: dict) -> No
             f"{directory} holds a model fitted with other settings ({'; '.join(differ)}). "
             "Use a new checkpoint folder, or the settings it was fitted with."
         )
-
-
-def _provenance(
-    x,
-    dataset,
-    ids,
-    encoder,
-    key_rows,
-    keys_on_x,
-    preprocess,
-    preprocess_data,
-    preprocess_rows,
-    value_config,
-) -> Provenance:
-    """What :func:`fit_dkvb` fits each part on, recorded before it fits them."""
-    n = len(x)
-    ids = np.arange(n) if ids is None else np.asarray(ids)
-    if ids.shape != (n,):
-        raise ValueError(f"ids must give one row id per row of x ({n}), got shape {ids.shape}.")
-    if preprocess_data is not None:
-        if preprocess != "lda":
-            raise ValueError(
-                f"preprocess_data is fitted by 'lda' only; preprocess={preprocess!r} fits on the "
-                "key data."
-            )
-        if not isinstance(preprocess_rows, Rows):
-            raise ValueError(
-                "preprocess_data needs preprocess_rows (a dkvb_jax.provenance.Rows naming its "
-                "rows), so that certificates can tell whether it holds forgotten rows."
-            )
-    data = dataset or UNNAMED
-    labelled = Rows(data, ids, labels=True)
-    if dataset is None:
-        # The encoder's training data cannot be compared with rows that have no name.
-        enc = Part("encoder", encoder_provenance(encoder).method, None)
-    else:
-        enc = encoder_provenance(encoder)
-    keys = (Rows(data, ids),) if keys_on_x else (None if key_rows is None else (key_rows,))
-    if preprocess == "lda":
-        pre = (labelled,) if preprocess_data is None else (preprocess_rows,)
-    elif preprocess == "none":
-        pre = ()
-    else:  # statistics of the key data
-        pre = keys
-    optimizer = getattr(value_config, "optimizer", "label_counts")
-    within = drawn_from(data)
-    return Provenance(
-        data,
-        (
-            enc,
-            Part("preprocess", preprocess, pre),
-            Part("keys", "ema_kmeans", keys),
-            Part("values", optimizer, (labelled,)),
-        ),
-        data_within=within,
-    )

@@ -21,6 +21,7 @@ from dkvb_jax.provenance import UNNAMED, Rows
 if TYPE_CHECKING:
     from dkvb_jax.experiment.class_unlearning import ExperimentConfig
 
+
 def key_data_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
     """Sorted indices of at most `limit` random rows out of `n` (all rows for None)."""
     if limit is None or n <= limit:
@@ -47,7 +48,10 @@ def holdout_rows(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarr
     take = np.floor(share).astype(int)
     take[np.argsort(share - take)[::-1][: n - take.sum()]] += 1
     held = np.concatenate(
-        [rng.choice(np.flatnonzero(y == c), t, replace=False) for c, t in zip(classes, take, strict=True)]
+        [
+            rng.choice(np.flatnonzero(y == c), t, replace=False)
+            for c, t in zip(classes, take, strict=True)
+        ]
     )
     held = np.sort(held)
     return held, np.setdiff1d(np.arange(y.size), held)
@@ -122,11 +126,23 @@ def fit_from_config(
             preprocess_rows=Rows(namespace, ids[held], labels=True),
         )
     fitted = fit_dkvb(
-        config.dkvb_config(x.shape[1], num_classes), x[rows], y[rows],
-        key=jax.random.key(config.seed) if key is None else key, key_data=source[picked], key_rows=source_rows,
-        key_config=config.key_config(), value_config=config.value_config(),
-        stats_config=config.stats_config(), preprocess=config.preprocess, eval_data=eval_data,
-        checkpoint_dir=checkpoint_dir, encoder=encoder, run_info=run_info, progress=progress,
-        dataset=dataset, ids=ids[rows], **(held_lda or {}),
-    )  # fmt: skip
+        config.dkvb_config(x.shape[1], num_classes),
+        x[rows],
+        y[rows],
+        key=jax.random.key(config.seed) if key is None else key,
+        key_data=source[picked],
+        key_rows=source_rows,
+        key_config=config.key_config(),
+        value_config=config.value_config(),
+        stats_config=config.stats_config(),
+        preprocess=config.preprocess,
+        eval_data=eval_data,
+        checkpoint_dir=checkpoint_dir,
+        encoder=encoder,
+        run_info=run_info,
+        progress=progress,
+        dataset=dataset,
+        ids=ids[rows],
+        **(held_lda or {}),
+    )
     return Fit(fitted, rows, held)

@@ -199,27 +199,48 @@ def _loss_and_grads(forward, smoothing, axis, variables, params, inputs, y, w):
     return total((loss, grads, jnp.sum((logits.argmax(-1) == y) & w)))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "use_codes", "tx", "batch_size", "smoothing", "mesh")
-)
-def _train_epoch(
-    model, use_codes, tx, batch_size, smoothing, mesh, variables, opt_state, inputs, y, rng
-):
+@dataclasses.dataclass(frozen=True)
+class EpochSpec:
+    """The static part of a value-training epoch: what to run, how it is batched and where.
+
+    Hashable, so one compiled epoch serves every epoch of a run (a static jit argument).
+
+    Attributes:
+      model: the DKVB module.
+      use_codes: train on precomputed codes (False for the learned splitter: on embeddings).
+      tx: the optimiser.
+      batch_size: minibatch size (divisible by the mesh's ``'data'`` size on a mesh).
+      smoothing: label smoothing of the cross-entropy.
+      mesh: split every minibatch over this mesh's ``'data'`` axis; None for one device.
+    """
+
+    model: DKVB
+    use_codes: bool
+    tx: optax.GradientTransformation
+    batch_size: int
+    smoothing: float
+    mesh: Mesh | None = None
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _train_epoch(spec: EpochSpec, variables, opt_state, inputs, y, rng):
     """One epoch: a `lax.scan` over shuffled, padded minibatches of `(inputs, y)` `[n, ...]`.
 
-    On a mesh each minibatch is split over ``'data'`` (`batch_size` divisible by its size);
-    the shuffle, padding and update order are those of one device, so the same `rng` gives the
-    same parameters up to float summation order.
+    On a mesh each minibatch is split over ``'data'``; the shuffle, padding and update order
+    are those of one device, so the same `rng` gives the same parameters up to float summation
+    order.
 
     Returns:
       `(params, opt_state, mean loss, accuracy)` over the epoch.
     """
-    n = y.shape[0]
+    n, tx, mesh = y.shape[0], spec.tx, spec.mesh
     perm = jax.random.permutation(rng, n)
-    batched = [_batching.pad_to_batches(a[perm], batch_size)[0] for a in (*inputs, y)]
-    weights = _batching.pad_to_batches(jnp.ones((n,)), batch_size)[1]
+    batched = [_batching.pad_to_batches(a[perm], spec.batch_size)[0] for a in (*inputs, y)]
+    weights = _batching.pad_to_batches(jnp.ones((n,)), spec.batch_size)[1]
     frozen = {k: v for k, v in variables.items() if k != "params"}
-    grads_fn = functools.partial(_loss_and_grads, _forward(model, use_codes), smoothing)
+    grads_fn = functools.partial(
+        _loss_and_grads, _forward(spec.model, spec.use_codes), spec.smoothing
+    )
     if mesh is None:
         grads_fn = functools.partial(grads_fn, None)
     else:
@@ -365,6 +386,7 @@ def train_values(
     inputs = compute_codes(model, variables, x, mesh=mesh) if use_codes else (jnp.asarray(x),)
     evaluate = _eval_fn(model, variables, eval_data, use_codes, mesh)
     tx = config.optimizer_for(steps_per_epoch=-(-n // batch_size))
+    spec = EpochSpec(model, use_codes, tx, batch_size, config.label_smoothing, mesh)
     # On a mesh scalars such as the step count would start on one device; a restore takes its
     # shardings from this state, so all of it goes where the epoch runs.
     opt_state = _rows.replicate(tx.init(variables["params"]), mesh)
@@ -380,14 +402,16 @@ def train_values(
                 f"resuming value training from epoch {start} of {config.epochs} ({checkpoint_dir})"
             )
         bar = progress_bar(
-            range(start, config.epochs), desc="value training", initial=start,
-            total=config.epochs, disable=not progress,
-        )  # fmt: skip
+            range(start, config.epochs),
+            desc="value training",
+            initial=start,
+            total=config.epochs,
+            disable=not progress,
+        )
         for epoch in bar:
             params, opt_state, loss, acc = _train_epoch(
-                model, use_codes, tx, batch_size, config.label_smoothing, mesh,
-                variables, opt_state, inputs, y, epoch_keys[epoch],
-            )  # fmt: skip
+                spec, variables, opt_state, inputs, y, epoch_keys[epoch]
+            )
             variables = {**variables, "params": params}
             _record_epoch(history, loss, acc, variables, evaluate, config)
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", acc=f"{history.accuracy[-1]:.3f}")

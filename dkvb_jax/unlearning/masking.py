@@ -7,10 +7,13 @@ unmasked pairs stay bit-identical.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
+from dkvb_jax.errors import InputError, InputTypeError
 
 MaskMode = Literal["search", "readout"]
 MASK_MODES: tuple[str, ...] = ("search", "readout")
@@ -28,6 +31,60 @@ def check_mode(mode: str) -> None:
             f"mode must be one of {MASK_MODES} ('search': excluded from the nearest-key search, "
             f"'readout': found but read as zero), got {mode!r}."
         )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskingOptions:
+    """How a selection `[codebooks, keys]` is applied: masked, or hard-deleted and re-keyed.
+
+    The options every masking wrapper forwards together to :func:`apply_selection` /
+    :func:`hard_delete`, checked once when the pack is built.
+
+    Attributes:
+      mode: mask collection to set, ``search`` or ``readout`` (see :func:`apply_selection`).
+      hard: also zero the values of the selected pairs (:func:`hard_delete`).
+      rekey: with `hard`, re-place their keys: None, ``'far'`` or ``'random'`` (needs `rng`).
+      rng: PRNG key from ``jax.random.key`` for ``rekey='random'``.
+    """
+
+    mode: MaskMode = "search"
+    hard: bool = False
+    rekey: Rekey = None
+    rng: jax.Array | None = None
+
+    def __post_init__(self):
+        check_mode(self.mode)
+        if self.rekey not in REKEY_MODES:
+            raise InputError(f"rekey must be one of {REKEY_MODES}, got {self.rekey!r}.")
+        if self.rekey is not None and not self.hard:
+            raise InputError("rekey re-places keys of hard-deleted pairs: pass hard=True with it.")
+        if self.rekey == "random" and self.rng is None:
+            raise InputError("rekey='random' needs rng=jax.random.key(...).")
+        if self.rng is not None and not _is_prng_key(self.rng):
+            rng = self.rng
+            raise InputTypeError(
+                f"rng must be a PRNG key from jax.random.key(seed), got {type(rng).__name__} "
+                f"{getattr(rng, 'dtype', '')} {getattr(rng, 'shape', '')}."
+            )
+
+    def apply(self, variables: dict, selection: jax.Array) -> dict:
+        """New variables with `selection` masked (and, with `hard`, deleted)."""
+        if self.hard:
+            return hard_delete(variables, selection, mode=self.mode, rekey=self.rekey, rng=self.rng)
+        return apply_selection(variables, selection, self.mode)
+
+    def params(self) -> dict:
+        """The audit record's view of the edit (the key itself is not recorded)."""
+        return {"mode": self.mode, "hard": self.hard, "rekey": self.rekey}
+
+
+def _is_prng_key(rng) -> bool:
+    dtype = getattr(rng, "dtype", None)
+    if dtype is None or getattr(rng, "shape", None) is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return rng.shape == ()
+    return dtype == jnp.uint32 and tuple(rng.shape) == (2,)  # a raw jax.random.PRNGKey
 
 
 def apply_selection(variables: dict, selection: jax.Array, mode: MaskMode = "search") -> dict:

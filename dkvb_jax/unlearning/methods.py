@@ -93,47 +93,40 @@ def _check_codes(codes, config, name) -> Codes:
     return jnp.asarray(idx), jnp.asarray(valid)
 
 
-def _common_checks(model, variables, mode, rekey, rng, hard, eval_fn):
+def _common_checks(model, variables, mode, rekey, rng, hard, eval_fn) -> masking.MaskingOptions:
+    """Checks what every wrapper takes; returns the masking options as one pack."""
     _checks.check_variables(model.config, variables)
-    masking.check_mode(mode)
-    if rekey not in masking.REKEY_MODES:
-        raise InputError(f"rekey must be one of {masking.REKEY_MODES}, got {rekey!r}.")
-    if rekey is not None and not hard:
-        raise InputError("rekey re-places keys of hard-deleted pairs: pass hard=True with it.")
-    if rekey == "random" and rng is None:
-        raise InputError("rekey='random' needs rng=jax.random.key(...).")
-    if rng is not None and not _is_prng_key(rng):
-        raise InputTypeError(
-            f"rng must be a PRNG key from jax.random.key(seed), got {type(rng).__name__} "
-            f"{getattr(rng, 'dtype', '')} {getattr(rng, 'shape', '')}."
-        )
+    options = masking.MaskingOptions(mode=mode, hard=hard, rekey=rekey, rng=rng)
     if eval_fn is not None and not callable(eval_fn):
         raise InputTypeError(f"eval_fn must map variables to a dict, got {type(eval_fn).__name__}.")
-
-
-def _is_prng_key(rng) -> bool:
-    dtype = getattr(rng, "dtype", None)
-    if dtype is None or getattr(rng, "shape", None) is None:
-        return False
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return rng.shape == ()
-    return dtype == jnp.uint32 and tuple(rng.shape) == (2,)  # a raw jax.random.PRNGKey
+    return options
 
 
 def _finish(
-    variables, selection, *, method, params, mode, hard, rekey, rng, spared, eval_fn,
-    classes=None, examples=None,
-) -> tuple[dict, AuditRecord]:  # fmt: skip
-    if hard:
-        new = masking.hard_delete(variables, selection, mode=mode, rekey=rekey, rng=rng)
-    else:
-        new = masking.apply_selection(variables, selection, mode)
-    params = {**params, "mode": mode, "hard": hard, "rekey": rekey}
+    variables: dict,
+    selection: jax.Array,
+    options: masking.MaskingOptions,
+    *,
+    method: str,
+    params: dict,
+    spared,
+    eval_fn: EvalFn | None,
+    classes=None,
+    examples=None,
+) -> tuple[dict, AuditRecord]:
+    """Applies `selection` `[codebooks, keys]` as `options` say and records the call."""
+    new = options.apply(variables, selection)
     effect = None if eval_fn is None else {"before": eval_fn(variables), "after": eval_fn(new)}
     record = make_record(
-        method=method, params=params, before=variables, after=new, forgotten_classes=classes,
-        forgotten_examples=examples, spared=spared, effect=effect,
-    )  # fmt: skip
+        method=method,
+        params={**params, **options.params()},
+        before=variables,
+        after=new,
+        forgotten_classes=classes,
+        forgotten_examples=examples,
+        spared=spared,
+        effect=effect,
+    )
     return new, record
 
 
@@ -208,7 +201,7 @@ def unlearn_via_activations(
     cfg = model.config
     traced = dict(variables=variables, forget_x=forget_x, usage=usage, retain_x=retain_x)
     _checks.check_concrete("unlearn_via_activations", **traced)
-    _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
+    options = _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     n_a = _checks.check_n(n_a, cfg.num_keys, "n_a")
     if (forget_x is None) == (usage is None):
         raise InputError("unlearn_via_activations: pass exactly one of forget_x or usage.")
@@ -217,41 +210,68 @@ def unlearn_via_activations(
             raise InputError("unlearn_via_activations: usage needs the forget classes= as well.")
         classes = _checks.check_classes(classes, cfg.num_classes)
         _checks.check_histogram(usage, cfg, classes=classes)
-        usage = jnp.asarray(usage)
-        # registry.UVA's selection, with the classes known: only their rows are ranked (the
-        # spec ranks every class, as it must when the forget set is traced; at 1000 classes
-        # that is 1000 times the work).
-        forget_rows = usage[jnp.asarray(classes)]
-        selection = sel_lib.mask_top_n(forget_rows, n_a).any(axis=0)
-        forget_counts = jnp.sum(forget_rows, axis=0)
-        retain_counts = None
-        if retain_aware is not None:
-            retain_counts = jnp.sum(usage, axis=0) - forget_counts
-        source = "usage histogram"
+        counted = _uva_from_usage(jnp.asarray(usage), classes, n_a, retain_aware is not None)
+        name, source = registry.UVA.name, "usage histogram"
     else:
         if classes is not None:
             classes = _checks.check_classes(classes, cfg.num_classes)
-        idx, valid = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
-        stats = registry.CodesStats(idx, valid, jnp.ones(idx.shape[:1], bool), cfg.num_keys)
-        selection = registry.UVA_PASS.select(stats, n_a)
-        forget_counts = usage_from_codes(idx, valid, cfg.num_keys)
-        retain_counts = None
-        if retain_aware is not None:
-            if retain_x is None:
-                raise InputError("retain_aware with forget_x needs retain_x (retain embeddings).")
-            retain_counts = usage_from_codes(
-                *_codes_of(model, variables, retain_x, "retain_x", count_with_masks), cfg.num_keys
-            )
-        source = "data pass"
+        counted = _uva_from_pass(
+            model, variables, forget_x, retain_x, n_a, count_with_masks, retain_aware is not None
+        )
+        name, source = registry.UVA_PASS.name, "data pass"
+    selection, forget_counts, retain_counts = counted
     selection, spared, extra = _apply_retain_aware(
         selection, forget_counts, retain_counts, retain_aware
     )
     params = {"n_a": n_a, "source": source, "count_with_masks": count_with_masks, **extra}
-    name = registry.UVA.name if usage is not None else registry.UVA_PASS.name
     return _finish(
-        variables, selection, method=name, params=params, mode=mode, hard=hard, rekey=rekey,
-        rng=rng, spared=spared, eval_fn=eval_fn, classes=classes,
-    )  # fmt: skip
+        variables,
+        selection,
+        options,
+        method=name,
+        params=params,
+        spared=spared,
+        eval_fn=eval_fn,
+        classes=classes,
+    )
+
+
+def _uva_from_usage(usage: jax.Array, classes, n_a: int, with_retain: bool):
+    """UvA on a per-class histogram `[classes, codebooks, keys]`: each class's top `n_a`.
+
+    Returns:
+      The selection, the forget counts `[codebooks, keys]` and, `with_retain`, the other
+      classes' counts (else None).
+    """
+    # registry.UVA's selection, with the classes known: only their rows are ranked (the spec
+    # ranks every class, as it must when the forget set is traced; at 1000 classes that is
+    # 1000 times the work).
+    forget_rows = usage[jnp.asarray(classes)]
+    selection = sel_lib.mask_top_n(forget_rows, n_a).any(axis=0)
+    forget_counts = jnp.sum(forget_rows, axis=0)
+    retain_counts = jnp.sum(usage, axis=0) - forget_counts if with_retain else None
+    return selection, forget_counts, retain_counts
+
+
+def _uva_from_pass(model, variables, forget_x, retain_x, n_a, count_with_masks, with_retain):
+    """UvA on one data pass over `forget_x`: the top `n_a` of the pooled counts.
+
+    Returns:
+      As :func:`_uva_from_usage`; the retain counts come from `retain_x`.
+    """
+    num_keys = model.config.num_keys
+    idx, valid = _codes_of(model, variables, forget_x, "forget_x", count_with_masks)
+    stats = registry.CodesStats(idx, valid, jnp.ones(idx.shape[:1], bool), num_keys)
+    selection = registry.UVA_PASS.select(stats, n_a)
+    forget_counts = usage_from_codes(idx, valid, num_keys)
+    retain_counts = None
+    if with_retain:
+        if retain_x is None:
+            raise InputError("retain_aware with forget_x needs retain_x (retain embeddings).")
+        retain_counts = usage_from_codes(
+            *_codes_of(model, variables, retain_x, "retain_x", count_with_masks), num_keys
+        )
+    return selection, forget_counts, retain_counts
 
 
 def unlearn_via_examples(
@@ -293,7 +313,7 @@ def unlearn_via_examples(
     cfg = model.config
     traced = dict(variables=variables, forget_x=forget_x, codes=codes, retain_x=retain_x)
     _checks.check_concrete(method, **traced, retain_codes=retain_codes)
-    _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
+    options = _common_checks(model, variables, mode, rekey, rng, hard, eval_fn)
     if (forget_x is None) == (codes is None):
         raise InputError(f"{method}: pass exactly one of forget_x or codes.")
     if classes is not None:
@@ -323,9 +343,16 @@ def unlearn_via_examples(
     )
     params = {"n_e": int(idx.shape[0]), "count_with_masks": count_with_masks, **extra}
     return _finish(
-        variables, selection, method=method, params=params, mode=mode, hard=hard, rekey=rekey,
-        rng=rng, spared=spared, eval_fn=eval_fn, classes=classes, examples=example_ids,
-    )  # fmt: skip
+        variables,
+        selection,
+        options,
+        method=method,
+        params=params,
+        spared=spared,
+        eval_fn=eval_fn,
+        classes=classes,
+        examples=example_ids,
+    )
 
 
 def forget_classes(
@@ -410,6 +437,12 @@ def forget_examples(
     if retain_aware is not None and retain_codes is None:
         raise InputError("forget_examples: every example is named, nothing is left to retain.")
     return unlearn_via_examples(
-        model, variables, codes=(idx[ids], valid[ids]), retain_codes=retain_codes,
-        retain_aware=retain_aware, method="forget_examples", example_ids=ids.tolist(), **kwargs,
-    )  # fmt: skip
+        model,
+        variables,
+        codes=(idx[ids], valid[ids]),
+        retain_codes=retain_codes,
+        retain_aware=retain_aware,
+        method="forget_examples",
+        example_ids=ids.tolist(),
+        **kwargs,
+    )

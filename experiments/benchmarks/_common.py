@@ -81,6 +81,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def forwarded_flags(args, names: tuple[str, ...]) -> list[str]:
+    """``["--batch-size", "256", ...]``: the parsed `args` named, as flags for a child process."""
+    return [
+        part for name in names for part in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
+    ]
+
+
 def run_isolated(script: str | Path, args: list[str], timeout_s: float = 900) -> dict:
     """Runs `python <script> <args>` in a fresh process; parses its last stdout line as JSON.
 

@@ -70,10 +70,10 @@ def worker(args: argparse.Namespace) -> dict:
         tx = optax.sgd(0.3)
         opt_state = tx.init(variables["params"])
 
+        spec = values_lib.EpochSpec(model, True, tx, args.batch, 0.1)
+
         def epoch(v, s, codes, y):
-            return values_lib._train_epoch(
-                model, True, tx, args.batch, 0.1, None, v, s, codes, y, jax.random.key(4)
-            )
+            return values_lib._train_epoch(spec, v, s, codes, y, jax.random.key(4))
 
         t = time_call(epoch, variables, opt_state, codes, y, repeats=args.repeats)
         items = n

@@ -29,6 +29,17 @@ NOTE = (
     "Forced CPU devices share the same physical cores ({cores} here): numbers show partitioning "
     "overhead, not hardware scaling."
 )
+# The settings each device-count worker is started with (the rest are the parent's own).
+WORKER_FLAGS = (
+    "examples",
+    "batch_size",
+    "codebooks",
+    "keys",
+    "key_dim",
+    "embed_dim",
+    "repeats",
+    "platform",
+)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -102,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    from _common import forwarded_flags
+
     args = parse_args(argv)
     if args._worker:
         args.devices = args._count
@@ -111,9 +124,7 @@ def main(argv=None) -> None:
     for count in args.devices:
         env = {**os.environ, "JAX_PLATFORMS": args.platform}
         cmd = [sys.executable, __file__, "--_worker", "--_count", str(count)]
-        for name in ("examples", "batch_size", "codebooks", "keys", "key_dim", "embed_dim",
-                     "repeats", "platform"):  # fmt: skip
-            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        cmd += forwarded_flags(args, WORKER_FLAGS)
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"device count {count} failed:\n{out.stderr[-3000:]}")
@@ -138,7 +149,7 @@ def main(argv=None) -> None:
                     f"{r['accuracy']:.4f}",
                 ]
                 for r in rows
-            ],  # fmt: skip
+            ],
             headers=["devices", "examples/s", "vs first", "ms / run", "accuracy"],
         )
     )
@@ -149,10 +160,16 @@ def main(argv=None) -> None:
         settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "json"}
         with open(args.json, "w") as f:
             json.dump(
-                {"settings": settings, "results": rows, "accuracy_identical": len(accuracies) == 1,
-                 "note": note, "cpu_count": os.cpu_count()},
-                f, indent=2,
-            )  # fmt: skip
+                {
+                    "settings": settings,
+                    "results": rows,
+                    "accuracy_identical": len(accuracies) == 1,
+                    "note": note,
+                    "cpu_count": os.cpu_count(),
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.json}")
 
 

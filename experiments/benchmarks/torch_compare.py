@@ -120,25 +120,26 @@ def main(argv=None) -> int:
         )
         return 0
 
-    from _common import print_table, run_isolated, write_json
+    from _common import forwarded_flags, print_table, run_isolated, write_json
 
-    common = ["--embed", str(args.embed), "--codebooks", str(args.codebooks), "--keys",
-              str(args.keys), "--threads", str(args.threads), "--repeats", str(args.repeats)]  # fmt: skip
+    common = forwarded_flags(args, ("embed", "codebooks", "keys", "threads", "repeats"))
     rows = []
     for batch in args.batch:
         m = {
             side: run_isolated(Path(__file__), ["--worker", side, "--batch", str(batch), *common])
             for side in ("torch", "jax")
         }
-        rows.append({
-            "batch": batch,
-            "pytorch emb/s": m["torch"]["emb_per_s"],
-            "dkvb_jax emb/s": m["jax"]["emb_per_s"],
-            "speed ratio": m["jax"]["emb_per_s"] / m["torch"]["emb_per_s"],
-            "pytorch peak MiB": m["torch"]["peak_mib"],
-            "dkvb_jax peak MiB": m["jax"]["peak_mib"],
-            "memory ratio": m["torch"]["peak_mib"] / m["jax"]["peak_mib"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "pytorch emb/s": m["torch"]["emb_per_s"],
+                "dkvb_jax emb/s": m["jax"]["emb_per_s"],
+                "speed ratio": m["jax"]["emb_per_s"] / m["torch"]["emb_per_s"],
+                "pytorch peak MiB": m["torch"]["peak_mib"],
+                "dkvb_jax peak MiB": m["jax"]["peak_mib"],
+                "memory ratio": m["torch"]["peak_mib"] / m["jax"]["peak_mib"],
+            }
+        )
         print(f"batch {batch}: {json.dumps(rows[-1])}", flush=True)
     print_table(rows, "inference: discrete-key-value-bottleneck-pytorch vs dkvb_jax")
     from importlib.metadata import version

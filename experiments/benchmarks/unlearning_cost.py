@@ -64,9 +64,13 @@ def _data(args):
     out = []
     for split in ("train", "test"):
         cached = embed_dataset(
-            args.encoder, "cifar10", split, data_dir=args.data_dir,
-            cache_dir=args.cache_dir or DEFAULT_CACHE_DIR, progress=False,
-        )  # fmt: skip
+            args.encoder,
+            "cifar10",
+            split,
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
+            progress=False,
+        )
         out += [cached.embeddings.astype(np.float32), np.asarray(cached.labels, np.int32)]
     return tuple(out)
 
@@ -175,18 +179,37 @@ def _dkvb_rows(args, fitted, n_a, x_tr, y_tr, x_te, y_te):
         jax.jit(dense.apply).lower(variables, jnp.asarray(x_te)).compile()
     )
     rows = [
-        {"method": "dkvb-histogram (core)", "wall s": core_s, "FLOPs": core_flops,
-         **accs(core_vars)},
-        {"method": "dkvb-histogram (library call)", "wall s": lib_s, "FLOPs": core_flops,
-         **accs(lib_vars)},
-        {"method": f"dkvb-usage-collection (one-time, at fit: {len(y_tr)} training rows)",
-         "wall s": collect_s, "FLOPs": collect_flops},
-        {"method": f"dkvb-data-pass ({int(forget.sum())} embeddings)", "wall s": pass_s,
-         "FLOPs": pass_flops(fx), **accs(pass_vars)},
-        {"method": "dkvb-every-class (10 classes, vmap, test set)", "wall s": every_s,
-         "FLOPs": every_flops, "retain-test acc": float(np.mean(ev_retain)),
-         "forget-test acc (mean)": float(np.mean(ev_forget))},
-    ]  # fmt: skip
+        {
+            "method": "dkvb-histogram (core)",
+            "wall s": core_s,
+            "FLOPs": core_flops,
+            **accs(core_vars),
+        },
+        {
+            "method": "dkvb-histogram (library call)",
+            "wall s": lib_s,
+            "FLOPs": core_flops,
+            **accs(lib_vars),
+        },
+        {
+            "method": f"dkvb-usage-collection (one-time, at fit: {len(y_tr)} training rows)",
+            "wall s": collect_s,
+            "FLOPs": collect_flops,
+        },
+        {
+            "method": f"dkvb-data-pass ({int(forget.sum())} embeddings)",
+            "wall s": pass_s,
+            "FLOPs": pass_flops(fx),
+            **accs(pass_vars),
+        },
+        {
+            "method": "dkvb-every-class (10 classes, vmap, test set)",
+            "wall s": every_s,
+            "FLOPs": every_flops,
+            "retain-test acc": float(np.mean(ev_retain)),
+            "forget-test acc (mean)": float(np.mean(ev_forget)),
+        },
+    ]
     return rows
 
 
@@ -210,29 +233,34 @@ def _baseline_rows(args, head, x_tr, y_tr, x_te, y_te, target):
         "finetune": baselines.FineTuneConfig(stopping=stop, progress=False),
         "retrain": baselines.RetrainConfig(
             init_fn=baselines.params_initializer(head.head, x_tr.shape[1]),
-            epochs=args.head_epochs, progress=False,
+            epochs=args.head_epochs,
+            progress=False,
         ),
         "neggrad+": baselines.NegGradConfig(stopping=stop, progress=False),
         "scrub": baselines.SCRUBConfig(stopping=stop, progress=False),
-    }  # fmt: skip
+    }
 
     def head_acc(v, xs, ys):
         return evaluation.accuracy(head.head.apply, v, head.inputs(xs), ys)
 
     rows, trajectories = [], {}
     for i, (name, cfg) in enumerate(configs.items()):
-        v, cost, traj = baselines.BASELINES[name](head.head.apply, head.variables, data, cfg,
-                                                  key=jax.random.key(4 + i))  # fmt: skip
+        v, cost, traj = baselines.BASELINES[name](
+            head.head.apply, head.variables, data, cfg, key=jax.random.key(4 + i)
+        )
         trajectories[name] = traj
         forget_acc = head_acc(v, x_tr[forget], y_tr[forget])
         rows.append(
-            {"method": f"{name} (linear head, {traj.stop_epoch} epochs, {traj.stop_reason})",
-             "wall s": cost.wall_s, "FLOPs": cost.total_flops,
-             "GFLOP/s": cost.total_flops / 1e9 / max(cost.wall_s, 1e-12),
-             "forget-train acc": forget_acc,
-             "retain-test acc": head_acc(v, x_te[retain_te], y_te[retain_te]),
-             "reached DKVB forget acc": bool(forget_acc <= target)}
-        )  # fmt: skip
+            {
+                "method": f"{name} (linear head, {traj.stop_epoch} epochs, {traj.stop_reason})",
+                "wall s": cost.wall_s,
+                "FLOPs": cost.total_flops,
+                "GFLOP/s": cost.total_flops / 1e9 / max(cost.wall_s, 1e-12),
+                "forget-train acc": forget_acc,
+                "retain-test acc": head_acc(v, x_te[retain_te], y_te[retain_te]),
+                "reached DKVB forget acc": bool(forget_acc <= target),
+            }
+        )
     return rows, trajectories["finetune"]
 
 
@@ -256,16 +284,23 @@ def main(argv=None) -> None:
     c = args.forget_class
     forget, retain_te = y_tr == c, y_te != c
     cfg = DKVBConfig(
-        embed_dim=x_tr.shape[1], num_classes=10, num_codebooks=args.codebooks,
-        num_keys=args.keys, key_dim=14,
-    )  # fmt: skip
+        embed_dim=x_tr.shape[1],
+        num_classes=10,
+        num_codebooks=args.codebooks,
+        num_keys=args.keys,
+        key_dim=14,
+    )
     t0 = time.perf_counter()
     fitted = fit_dkvb(
-        cfg, x_tr, y_tr, key=jax.random.key(0),
+        cfg,
+        x_tr,
+        y_tr,
+        key=jax.random.key(0),
         key_data=x_tr[key_data_rows(len(x_tr), args.key_rows, 0)],
         key_config=KeyInitConfig(epochs=args.key_epochs),
-        value_config=ValueTrainConfig(epochs=args.value_epochs), progress=False,
-    )  # fmt: skip
+        value_config=ValueTrainConfig(epochs=args.value_epochs),
+        progress=False,
+    )
     fit_s = time.perf_counter() - t0
     model, variables, usage = fitted.model, fitted.variables, fitted.usage
 
@@ -306,11 +341,14 @@ def main(argv=None) -> None:
     )
     print_table(rows, title)
     payload = {
-        "args": vars(args), "n_a": n_a, "sweep": {"ns": sweep.ns, "forget": sweep.forget_accuracy,
-                                                  "retain": sweep.retain_accuracy},
-        "fit_seconds": fit_s, "baseline_forget_target": target,
-        "finetune_trajectory": ft_traj.to_dict(), "rows": rows,
-    }  # fmt: skip
+        "args": vars(args),
+        "n_a": n_a,
+        "sweep": {"ns": sweep.ns, "forget": sweep.forget_accuracy, "retain": sweep.retain_accuracy},
+        "fit_seconds": fit_s,
+        "baseline_forget_target": target,
+        "finetune_trajectory": ft_traj.to_dict(),
+        "rows": rows,
+    }
     path = write_json("unlearning_cost", payload, args.out)
     print(f"wrote {path}")
 

@@ -150,3 +150,12 @@ def test_provenance_is_saved_and_loaded(folder):
     save_fitted(folder, dataclasses.replace(fitted, provenance=provenance), run_info=info)
     assert load_fitted(folder)[0].provenance == provenance
     assert isinstance(fitted, FittedDKVB)
+
+
+def test_key_data_given_as_x_itself_is_not_recorded_as_the_labelled_rows(fitted_folder):
+    """Only key_data=None means "the keys are fitted on (x, y)"; the same array passed as key
+    data comes with no row names, so the keys' rows stay unrecorded (nothing is certified)."""
+    x = np.asarray(X, np.float32)  # so that fit_dkvb keeps the very same array
+    given = fit_dkvb(CONFIG, x, Y, key_data=x, **KW)
+    assert fitted_folder[1].provenance.part("keys").rows == (Rows(UNNAMED, np.arange(len(X))),)
+    assert given.provenance.part("keys").rows is None

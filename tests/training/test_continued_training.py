@@ -78,9 +78,8 @@ def _epoch(mesh, model, tx, variables, state, inputs, y, rng):
     """The trainer's epoch, on one device or replicated over a mesh."""
     if mesh is not None:
         variables, state = jax.device_put((variables, state), parallel.replicated(mesh))
-    return values_lib._train_epoch(
-        model, True, tx, BATCH, 0.1, mesh, variables, state, inputs, y, rng
-    )
+    spec = values_lib.EpochSpec(model, True, tx, BATCH, 0.1, mesh)
+    return values_lib._train_epoch(spec, variables, state, inputs, y, rng)
 
 
 @pytest.mark.parametrize("mesh", [None, 8], ids=["one-device", "data8"])

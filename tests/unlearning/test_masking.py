@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from dkvb_jax import DKVB, DKVBConfig
+from dkvb_jax.errors import InputError, InputTypeError
 from dkvb_jax.unlearning import apply_selection, clear_masks, hard_delete, variables_hash
+from dkvb_jax.unlearning.masking import MaskingOptions
 
 CFG = DKVBConfig(embed_dim=8, num_classes=3, num_codebooks=4, num_keys=10, key_dim=2)
 
@@ -93,3 +95,41 @@ def test_clear_masks_restores_soft_but_not_hard(variables):
 def test_bad_arguments(variables, call, err, match):
     with pytest.raises(err, match=match):
         call(variables)
+
+
+@pytest.mark.parametrize(
+    "mode,hard,rekey",
+    [
+        ("search", False, None),
+        ("readout", False, None),
+        ("readout", True, None),
+        ("search", True, "far"),
+        ("search", True, "random"),
+    ],
+)
+def test_masking_options_applies_what_the_functions_it_packs_do(variables, mode, hard, rekey):
+    sel, rng = _selection(5), jax.random.key(3)
+    options = MaskingOptions(mode=mode, hard=hard, rekey=rekey, rng=rng)
+    if hard:
+        want = hard_delete(variables, sel, mode=mode, rekey=rekey, rng=rng)
+    else:
+        want = apply_selection(variables, sel, mode)
+    assert variables_hash(options.apply(variables, sel)) == variables_hash(want)
+    assert options.params() == {"mode": mode, "hard": hard, "rekey": rekey}
+
+
+@pytest.mark.parametrize(
+    "options,err,match",
+    [
+        (dict(mode="zero"), ValueError, "mode must be one of"),
+        (dict(hard=True, rekey="move"), InputError, "rekey must be one of"),
+        (dict(rekey="far"), InputError, "pass hard=True"),
+        (dict(hard=True, rekey="random"), InputError, "needs rng"),
+        (dict(hard=True, rekey="random", rng=np.int32(3)), InputTypeError, "rng must be a PRNG"),
+        (dict(rng=jax.random.split(jax.random.key(0), 2)), InputTypeError, "rng must be a PRNG"),
+    ],
+    ids=["mode", "rekey", "rekey-soft", "no-rng", "int-rng", "key-batch"],
+)
+def test_masking_options_refuses_bad_options(options, err, match):
+    with pytest.raises(err, match=match):
+        MaskingOptions(**options)
