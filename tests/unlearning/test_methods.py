@@ -1,5 +1,6 @@
 """Unlearning methods on a trained model where each class owns distinct clusters."""
 
+import dataclasses
 import json
 
 import jax
@@ -9,7 +10,9 @@ from unlearning_testutil import accuracy, predictions
 
 from dkvb_jax import DKVB
 from dkvb_jax.unlearning import (
+    METHODS,
     AuditRecord,
+    ForgetData,
     RetainAware,
     accuracy_effect,
     clear_masks,
@@ -17,7 +20,9 @@ from dkvb_jax.unlearning import (
     forget_classes,
     forget_examples,
     masked_pairs,
+    masking_methods,
     ranked_codes,
+    unlearn,
     unlearn_every_class,
     unlearn_via_activations,
     unlearn_via_examples,
@@ -208,3 +213,25 @@ def test_retain_aware_selection_spares_keys_and_reports_how_many(trained, ratio)
     # accuracy (not a general guarantee: a spared key can also vote for the forget class).
     keep = t.yt != 0
     assert accuracy(t.model, aware, t.xt, t.yt, keep) >= accuracy(t.model, plain, t.xt, t.yt, keep)
+
+
+@pytest.mark.parametrize("name", masking_methods())
+def test_every_class_metrics_of_each_method_equal_a_loop_of_unlearn(trained, name):
+    """Every registered masking method, each class forgotten alone: the vmapped evaluation equals
+    unlearning that class through the library call and a fresh search of the full model."""
+    t = trained
+    method = METHODS[name]
+    pool = ForgetData(usage=t.usage, codes=t.codes)
+    f, r = every_class_metrics(t.model, t.v, pool, 8, t.xt, t.yt, method=name, pool_labels=t.y)
+    for c in range(t.model.config.num_classes):
+        rows = None if method.reads == "usage" else np.flatnonzero(t.y == c)
+        request = dataclasses.replace(pool, classes=(c,), rows=rows)
+        one, _ = unlearn(name, t.model, t.v, request, 8)
+        assert f[c] == pytest.approx(accuracy(t.model, one, t.xt, t.yt, t.yt == c))
+        assert r[c] == pytest.approx(accuracy(t.model, one, t.xt, t.yt, t.yt != c))
+
+
+def test_every_class_metrics_refuses_a_method_without_a_selection(trained):
+    t = trained
+    with pytest.raises(ValueError, match="evaluates masking methods"):
+        every_class_metrics(t.model, t.v, t.usage, 8, t.xt, t.yt, method="exact")
