@@ -21,7 +21,8 @@ from dkvb_jax.experiment import (
     save_plots,
     standardizer,
 )
-from dkvb_jax.experiment.class_unlearning import RECIPES, _baseline_config
+from dkvb_jax.experiment.baseline_rows import baseline_config
+from dkvb_jax.experiment.config import RECIPES
 from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import Affine, fold_affine
@@ -101,12 +102,12 @@ def test_baselines_run_to_the_dkvb_rows_forget_accuracy_or_their_cap(result):
 
 
 def test_baseline_config_has_no_plateau_and_reads_held_out_forget_rows():
-    cfg = _baseline_config("neggrad+", config=TINY, target=0.3, progress=False)
+    cfg = baseline_config("neggrad+", config=TINY, target=0.3, progress=False)
     assert cfg.stopping == StoppingConfig(
         max_epochs=TINY.baseline_max_epochs, forget_target=0.3, patience=None, split="val_forget"
     )
     # Without a DKVB row to match, the paper's target on the forget training rows, no plateau.
-    cfg = _baseline_config("scrub", config=TINY, target=None, progress=False)
+    cfg = baseline_config("scrub", config=TINY, target=None, progress=False)
     assert cfg.stopping.split == "forget" and cfg.stopping.patience is None
     assert cfg.stopping.forget_target == TINY.target
 
@@ -121,6 +122,29 @@ def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
     assert row.extra["certified_exact"] is False
     assert "the keys (ema_kmeans on " in row.extra["exact_reason"]
     assert res.audits["exact"].forgotten_classes == list(res.forget_classes)
+
+
+def test_any_registered_method_gets_its_row_through_the_registry():
+    """A method the default comparison leaves out (UvA from a data pass) gets its row, sweep,
+    size and cost from its spec like the others: named by its label, costed with its pass over
+    the forget examples."""
+    train, test = _data()
+    cfg = TINY.replace(methods=("uva_pass",), baselines=(), mia=False)
+    res = run_class_unlearning(train, test, cfg, progress=False)
+    assert res.table.methods == ["original", "original (linear head)", "DKVB-UvA (data pass)"]
+    row = res.table.rows[2]
+    sweep = res.sweeps["uva_pass"]
+    assert row.extra["n_a"] == res.sizes["uva_pass"] == res.n_a
+    assert res.n_a == (sweep.smallest_n or max(sweep.ns)) and res.n_e is None
+    assert row.extra["cost"]["extra"]["source"] == "forget examples"
+    assert row.extra["cost"]["forward_flops"] > 0
+    assert res.audits["uva_pass"].method == "uva_pass"
+    assert res.to_dict()["sizes"] == {"uva_pass": res.n_a}
+
+
+def test_config_runs_only_registered_methods():
+    with pytest.raises(ValueError, match=r"methods has unknown entries \['bogus'\]"):
+        TINY.replace(methods=("uva", "bogus"))
 
 
 @pytest.fixture(scope="module")
