@@ -34,9 +34,13 @@ def _rank(model, variables, xb, depth):
     cfg = model.config
     q = model.apply(variables, xb, method=DKVB.queries)
     return nearest_keys(
-        q, variables["frozen"]["keys"], variables["mask"]["search"], top_k=depth,
-        chunk=cfg.lookup_chunk, memory_mb=cfg.lookup_memory_mb,
-    )  # fmt: skip
+        q,
+        variables["frozen"]["keys"],
+        variables["mask"]["search"],
+        top_k=depth,
+        chunk=cfg.lookup_chunk,
+        memory_mb=cfg.lookup_memory_mb,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("model", "depth", "batch_size"))
@@ -228,9 +232,15 @@ def variant_outputs(
     per_row = selections.shape[0] * cfg.num_codebooks * width * _ROW_BYTES_PER_RANK
     batch_size = max(1, int(memory_mb * 2**20) // per_row)
     pred, loss = _variant_outputs(
-        model, variables, jnp.asarray(selections), jnp.asarray(x), jnp.asarray(y, jnp.int32),
-        depth, mode, batch_size,
-    )  # fmt: skip
+        model,
+        variables,
+        jnp.asarray(selections),
+        jnp.asarray(x),
+        jnp.asarray(y, jnp.int32),
+        depth,
+        mode,
+        batch_size,
+    )
     return np.asarray(pred), np.asarray(loss)
 
 

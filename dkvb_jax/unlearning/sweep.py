@@ -99,8 +99,9 @@ def sweep(
     """
     method = get_method(method) if isinstance(method, str) else method
     if method.select is None:
-        raise InputError(f"{method.name} has no size to sweep; masking methods: "
-                         f"{', '.join(masking_methods())}.")  # fmt: skip
+        raise InputError(
+            f"{method.name} has no size to sweep; masking methods: {', '.join(masking_methods())}."
+        )
     classes = _check_request(model, variables, data.classes, val_x, val_y, mode)
     if ns is None:
         ns, clip = method.size.default_grid, True
@@ -119,8 +120,9 @@ def sweep(
     fs, rs = fast_eval.split_accuracies(pred, val_y, forget)
     fs, rs = fs.tolist(), rs.tolist()
     hit = [n for n, f in zip(ns, fs[1:], strict=True) if f <= target]
-    return SweepResult(method.name, ns, fs[1:], rs[1:], (fs[0], rs[0]), target,
-                       hit[0] if hit else None)  # fmt: skip
+    return SweepResult(
+        method.name, ns, fs[1:], rs[1:], (fs[0], rs[0]), target, hit[0] if hit else None
+    )
 
 
 def sweep_uva(

@@ -33,10 +33,19 @@ from dkvb_jax.unlearning import METHODS
 # Trained values, LDA and keys on every training row: the pipeline's masking rows, baselines and
 # the not-certified exact row (test_recipe.py covers the certified default recipe).
 TINY = ExperimentConfig.recipe(
-    "lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=5, head_epochs=5,
-    baseline_max_epochs=2, n_a_grid=(1, 2, 4, 8), n_e_grid=(1, 2, 5, 10, 20),
-    baselines=("finetune",), dkvb_finetune=False,
-)  # fmt: skip
+    "lda_adam",
+    num_codebooks=8,
+    num_keys=32,
+    key_dim=4,
+    key_epochs=2,
+    value_epochs=5,
+    head_epochs=5,
+    baseline_max_epochs=2,
+    n_a_grid=(1, 2, 4, 8),
+    n_e_grid=(1, 2, 5, 10, 20),
+    baselines=("finetune",),
+    dkvb_finetune=False,
+)
 
 
 def _data():
@@ -56,9 +65,14 @@ def test_rows_and_forgetting(result):
     res, _ = result
     methods = res.table.methods
     assert methods == [
-        "original", "original (linear head)", "finetune", "DKVB-UvA", "DKVB-UvE",
-        "original (DKVB closed form)", "DKVB-exact",
-    ]  # fmt: skip
+        "original",
+        "original (linear head)",
+        "finetune",
+        "DKVB-UvA",
+        "DKVB-UvE",
+        "original (DKVB closed form)",
+        "DKVB-exact",
+    ]
     row = {r.method: r for r in res.table.rows}
     # Each class owns its own clusters: UvA with the swept N forgets it and keeps the others.
     assert row["DKVB-UvA"].forget_test_acc == 0.0
@@ -93,8 +107,9 @@ def test_baselines_run_to_the_dkvb_rows_forget_accuracy_or_their_cap(result):
     assert stopping["forget_target"] == pytest.approx(target) and stopping["patience"] is None
     assert stopping["split"] == "val_forget"
     traj = row["finetune"].extra["trajectory"]
-    reached = [e for e, a in zip(traj["epoch"], traj["val_forget_acc"], strict=True)
-               if e and a <= target]  # fmt: skip
+    reached = [
+        e for e, a in zip(traj["epoch"], traj["val_forget_acc"], strict=True) if e and a <= target
+    ]
     expected = reached[0] if reached else TINY.baseline_max_epochs
     assert traj["stop_epoch"] == expected
     assert traj["stop_reason"] == ("target" if reached else "max_epochs")
@@ -168,8 +183,16 @@ def test_exact_row_certified_only_when_no_frozen_state_saw_the_training_rows(
     train, test = _data()
     other, _ = clustered_embeddings(2, 300, num_classes=4, dim=16)
     cfg = TINY.replace(methods=("exact",), baselines=(), mia=False, preprocess=preprocess)
-    res = run_class_unlearning(train, test, cfg, key_data=other, progress=False,
-                               dataset="toy/train", key_rows=key_rows, encoder=features_encoder)  # fmt: skip
+    res = run_class_unlearning(
+        train,
+        test,
+        cfg,
+        key_data=other,
+        progress=False,
+        dataset="toy/train",
+        key_rows=key_rows,
+        encoder=features_encoder,
+    )
     row = {r.method: r for r in res.table.rows}["DKVB-exact"]
     assert row.extra["certified_exact"] is certified
     assert row.extra["bit_identical_to_refit"] is True
@@ -196,8 +219,9 @@ def test_saved_files_and_plots(result, tmp_path):
 def test_rerun_reuses_cached_rows(result):
     res, rows = result
     train, test = _data()
-    again = run_class_unlearning(train, test, TINY, cache_dir=rows, progress=False,
-                                 fitted=res.fitted)  # fmt: skip
+    again = run_class_unlearning(
+        train, test, TINY, cache_dir=rows, progress=False, fitted=res.fitted
+    )
     # Rows come from the cache: wall times identical to the first run.
     assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
 
@@ -231,9 +255,15 @@ def test_fit_dkvb_preprocessing_is_folded_and_checked(preprocess):
 
     (x, y), (xt, yt) = _data()
     fitted = fit_dkvb(
-        TINY.dkvb_config(16, 4), x, y, key=jax.random.key(0), key_config=TINY.key_config(),
-        value_config=TINY.value_config(), preprocess=preprocess, progress=False,
-    )  # fmt: skip
+        TINY.dkvb_config(16, 4),
+        x,
+        y,
+        key=jax.random.key(0),
+        key_config=TINY.key_config(),
+        value_config=TINY.value_config(),
+        preprocess=preprocess,
+        progress=False,
+    )
     pred = np.asarray(fitted.model.apply(fitted.variables, xt)).argmax(-1)
     assert np.mean(pred == yt) > 0.8
 
@@ -251,13 +281,18 @@ def test_checkpointed_fit_resumes(tmp_path):
 
     (x, y), _ = _data()
     cfg = TINY.dkvb_config(16, 4)
-    kw = dict(key=jax.random.key(0), key_config=TINY.key_config(),
-              value_config=dataclasses.replace(TINY.value_config(), epochs=2), progress=False)  # fmt: skip
+    kw = dict(
+        key=jax.random.key(0),
+        key_config=TINY.key_config(),
+        value_config=dataclasses.replace(TINY.value_config(), epochs=2),
+        progress=False,
+    )
     first = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)
     again = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)  # restored, not refitted
     assert again.history is None
-    np.testing.assert_array_equal(first.variables["params"]["values"],
-                                  again.variables["params"]["values"])  # fmt: skip
+    np.testing.assert_array_equal(
+        first.variables["params"]["values"], again.variables["params"]["values"]
+    )
     with pytest.raises(ValueError, match="different model configuration"):
         load_fitted(tmp_path, config=cfg.replace(num_keys=16))
     with pytest.raises(ValueError, match=r"other settings \(data: saved sha256"):
@@ -297,7 +332,10 @@ def test_config_recipes():
     assert (default.preprocess, default.values, default.holdout_fraction) == ("lda", "counts", 0.2)
     lda_adam = ExperimentConfig.recipe("lda_adam")
     assert (lda_adam.values, lda_adam.holdout_fraction, lda_adam.value_optimizer) == (
-        "trained", 0.0, "adam")  # fmt: skip
+        "trained",
+        0.0,
+        "adam",
+    )
     assert (paper.values, paper.holdout_fraction) == ("trained", 0.0)
     assert set(RECIPE_CHOICES) == set(RECIPES)
     assert set(DKVB_METHODS) <= set(METHODS)  # the experiment runs registered methods

@@ -49,15 +49,18 @@ def _data(method, problem, cls):
     """Class `cls` as a request: the histogram, the training codes and rows, the statistics."""
     trained, _, label_stats = problem
     rows = None if method.exact else np.flatnonzero(trained.y == cls)
-    return ForgetData(classes=(cls,), usage=trained.usage, codes=trained.codes, rows=rows,
-                      label_stats=label_stats)  # fmt: skip
+    return ForgetData(
+        classes=(cls,), usage=trained.usage, codes=trained.codes, rows=rows, label_stats=label_stats
+    )
 
 
 def _size(method, model, stats):
     if method.size is None:
         return None
-    return min(method.size.default_grid[len(method.size.default_grid) // 2],
-               method.upper(model.config, stats))  # fmt: skip
+    return min(
+        method.size.default_grid[len(method.size.default_grid) // 2],
+        method.upper(model.config, stats),
+    )
 
 
 def _setup(name, problem, cls=FORGET):
@@ -178,9 +181,11 @@ def test_registry_refuses_a_taken_name():
 
 @pytest.mark.parametrize(
     ("name", "kwargs"),
-    [("uva", lambda t: {"usage": t.usage, "classes": (FORGET,)}),
-     ("uva_pass", lambda t: {"forget_x": t.x[t.y == FORGET], "classes": (FORGET,)})],
-)  # fmt: skip
+    [
+        ("uva", lambda t: {"usage": t.usage, "classes": (FORGET,)}),
+        ("uva_pass", lambda t: {"forget_x": t.x[t.y == FORGET], "classes": (FORGET,)}),
+    ],
+)
 def test_named_wrapper_runs_the_registered_spec(name, kwargs, problem):
     """unlearn_via_activations' two sources are the two UvA specs, pair for pair."""
     from dkvb_jax.unlearning import unlearn_via_activations

@@ -83,7 +83,7 @@ def test_uva_from_histogram_equals_data_pass(trained, n_a):
         lambda t, v: forget_examples(t.model, v, [3, 5, 8], codes=t.codes),
         lambda t, v: forget_classes(
             t.model, v, 1, 8, usage=t.usage, hard=True, rekey="random", rng=jax.random.key(0)
-        ),  # fmt: skip
+        ),
     ],
     ids=["uva-data", "uva-histogram", "uve-readout", "examples", "hard-random"],
 )
@@ -147,8 +147,9 @@ def test_uva_metrics_jit_equals_no_jit(trained, jit):
 def test_audit_record_json_round_trip_with_effect(trained):
     t = trained
     eff = accuracy_effect(t.model, t.xt, t.yt, [4])
-    _, rec = forget_classes(t.model, t.v, 4, N_ALL, usage=t.usage, eval_fn=eff,
-                            retain_aware=RetainAware(ratio=2.0))  # fmt: skip
+    _, rec = forget_classes(
+        t.model, t.v, 4, N_ALL, usage=t.usage, eval_fn=eff, retain_aware=RetainAware(ratio=2.0)
+    )
     text = rec.to_json()
     json.loads(text)  # plain JSON
     assert AuditRecord.from_json(text) == rec
@@ -169,8 +170,9 @@ def test_unmasking_restores_soft_but_not_hard_deletion(trained, cls, rekey):
     t = trained
     rows = t.yt == cls
     soft, _ = forget_classes(t.model, t.v, cls, N_ALL, usage=t.usage)
-    hard, rec = forget_classes(t.model, t.v, cls, N_ALL, usage=t.usage, hard=True, rekey=rekey,
-                               rng=jax.random.key(3))  # fmt: skip
+    hard, rec = forget_classes(
+        t.model, t.v, cls, N_ALL, usage=t.usage, hard=True, rekey=rekey, rng=jax.random.key(3)
+    )
     assert rec.params["hard"] and rec.params["rekey"] == rekey
     assert (
         accuracy(t.model, soft, t.xt, t.yt, rows) == accuracy(t.model, hard, t.xt, t.yt, rows) == 0
@@ -201,8 +203,9 @@ def test_sample_level_forgetting_masks_every_pair_of_the_examples(trained):
 def test_retain_aware_selection_spares_keys_and_reports_how_many(trained, ratio):
     t = trained
     plain, rec0 = forget_classes(t.model, t.v, 0, N_ALL, usage=t.usage)
-    aware, rec = forget_classes(t.model, t.v, 0, N_ALL, usage=t.usage,
-                                retain_aware=RetainAware(ratio=ratio))  # fmt: skip
+    aware, rec = forget_classes(
+        t.model, t.v, 0, N_ALL, usage=t.usage, retain_aware=RetainAware(ratio=ratio)
+    )
     assert rec0.pairs_spared is None
     assert sum(rec.pairs_spared) > 0
     np.testing.assert_array_equal(
