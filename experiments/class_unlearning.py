@@ -2,13 +2,14 @@
 
 For each seed one DKVB model is fitted (:func:`dkvb_jax.experiment.recipe.fit_from_config`, the
 config's recipe; the default is ``certified``) and the original model is measured once. Then
-every class in turn is the forget class, for three methods:
+every class in turn is the forget class, for each registered masking method the config names
+(``methods``; by default UvA and UvE) and the oracle:
 
-- ``UvA``: N_a swept over the config's ``n_a_grid`` on the *training* split (at most
-  ``sweep_max_examples`` forget and retain rows, :func:`sweep_subset`); the smallest N_a whose
-  forget accuracy reaches ``target`` unlearns from the usage histogram stored at fit time;
-- ``UvE``: the same over ``n_e_grid`` (clipped to the class's rows: the last point uses every
-  forget example), the forget examples in a seeded random order;
+- a masking method (``UvA``, ``UvE``, ...): its size swept over the config's grid for it
+  (``n_a_grid``, ``n_e_grid``) on the *training* split (at most ``sweep_max_examples`` forget
+  and retain rows, :func:`sweep_subset`), a grid value above the keys or the class's rows trying
+  all of them; the smallest size whose forget accuracy reaches ``target`` unlearns, UvA from the
+  usage histogram stored at fit time, UvE from the forget examples in a seeded random order;
 - ``oracle``: the values refitted on the training rows without the class, with the same keys.
   For closed-form values (the certified recipe) that is the exact removal
   (:func:`dkvb_jax.exact.forget_classes`, bit-identical to the refit); for trained values it is
@@ -18,10 +19,12 @@ All classes' unlearned variants are then evaluated together (one vmapped pass pe
 :func:`dkvb_jax.unlearning.variant_outputs`, :func:`~dkvb_jax.unlearning.params_variant_outputs`):
 accuracy on the retain / forget rows of the training and test splits, and SCRUB's membership
 inference (:func:`dkvb_jax.evaluation.mia_attack` on per-example loss: forget training rows vs
-forget-class test rows). The summary gives mean and worst over classes x seeds per method.
+forget-class test rows). The summary gives mean and worst over classes x seeds per method,
+named by the method's label.
 
 Writes into ``--out``: ``summary.md/.json/.csv``, ``runs.json`` (every class x seed, with its
-sweeps), ``sweep_uva.png`` / ``sweep_uve.png`` (mean and range over runs, training split).
+sweeps), ``sweep_<method>.png`` (``sweep_uva.png``, ``sweep_uve.png``: mean and range over runs,
+training split).
 
     python experiments/class_unlearning.py --encoder cifar_resnet20 --dataset cifar10 \\
         --data-dir ../shared/data/cifar10 --seeds 0 1 2 --out outputs/every_class
@@ -50,36 +53,54 @@ from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.experiment.recipe import fit_from_config
 from dkvb_jax.training import train_values
 from dkvb_jax.unlearning import (
+    METHODS,
+    ForgetData,
+    SweepResult,
+    UnlearningMethod,
     params_variant_outputs,
-    sweep_uva,
-    sweep_uve,
-    unlearn_via_activations,
-    unlearn_via_examples,
+    sweep,
+    unlearn,
     variant_outputs,
 )
 
-METHODS = ("original", "UvA", "UvE", "oracle")
+ORIGINAL, ORACLE = "original", "oracle"
 SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
 
 
-def class_sweeps(fitted, cfg, c, x, y, key) -> tuple[dict, np.ndarray]:
-    """UvA and UvE sweeps for forget class `c` on the training rows `(x, y)`.
+def masking_methods_of(cfg) -> list[UnlearningMethod]:
+    """The registered masking methods the config names, in registry order."""
+    return [m for m in METHODS.values() if m.name in cfg.methods and m.select is not None]
+
+
+def class_sweeps(fitted, cfg, c, x, y, key) -> tuple[dict[str, SweepResult], np.ndarray]:
+    """Each masking method's sweep for forget class `c` on the training rows `(x, y)`.
 
     Returns:
-      {"UvA": SweepResult, "UvE": SweepResult} and the class's forget rows `[n_c, dim]` in
-      the order UvE uses them.
+      ``{method name: SweepResult}`` and the class's forget rows `[n_c, dim]` in the order a
+      method reading examples uses them (UvE's first N_e).
     """
-    model, v, mode = fitted.model, fitted.variables, cfg.mask_mode
+    model, v = fitted.model, fitted.variables
     sx, sy = sweep_subset(x, y, (c,), cfg.sweep_max_examples, cfg.seed)
     forget_x = x[y == c][
         np.asarray(jax.random.permutation(jax.random.fold_in(key, c), (y == c).sum()))
     ]
-    n_a = sorted({min(n, model.config.num_keys) for n in cfg.n_a_grid})
-    n_e = sorted({min(n, forget_x.shape[0]) for n in cfg.n_e_grid})
-    return {
-        "UvA": sweep_uva(model, v, fitted.usage, (c,), sx, sy, n_a, target=cfg.target, mode=mode),
-        "UvE": sweep_uve(model, v, forget_x, (c,), sx, sy, n_e, target=cfg.target, mode=mode),
-    }, forget_x
+    data = ForgetData(classes=(c,), usage=fitted.usage, forget_x=forget_x)
+    sweeps = {
+        m.name: sweep(
+            m,
+            model,
+            v,
+            data,
+            sx,
+            sy,
+            cfg.grid(m.name),
+            target=cfg.target,
+            mode=cfg.mask_mode,
+            clip=True,  # a grid value above the keys or the class's rows tries all of them
+        )
+        for m in masking_methods_of(cfg)
+    }
+    return sweeps, forget_x
 
 
 def oracle_params(fit, cfg, classes, x, y, key) -> tuple[dict, list[bool | None]]:
@@ -142,7 +163,10 @@ def measure(pred, loss, train_y, test_y, columns, seed) -> list[dict]:
 
 
 def run_seed(fit, cfg, classes, x, y, test, key, progress) -> list[dict]:
-    """Every class of one fitted model: sweeps, unlearning, one evaluation per method."""
+    """Every class of one fitted model: sweeps, unlearning, one evaluation per method.
+
+    Records are named by the method's label (``UvA``, ``UvE``), ``original`` and ``oracle``.
+    """
     fitted, mode = fit.fitted, cfg.mask_mode
     model, v = fitted.model, fitted.variables
     xe, ye = np.concatenate([x, test[0]]), np.concatenate([y, test[1]])
@@ -150,17 +174,15 @@ def run_seed(fit, cfg, classes, x, y, test, key, progress) -> list[dict]:
     sweeps, selections = collections.defaultdict(list), collections.defaultdict(list)
     for c in tqdm(classes, desc=f"seed {cfg.seed}: sweeps", disable=not progress):
         sw, forget_x = class_sweeps(fitted, cfg, c, x, y, k_perm)
+        data = ForgetData(classes=(c,), usage=fitted.usage, forget_x=forget_x)
         for name, s in sw.items():
+            new, _ = unlearn(name, model, v, data, s.smallest_n or max(s.ns), mode=mode)
             sweeps[name].append(s)
-        n_a, n_e = (s.smallest_n or max(s.ns) for s in (sw["UvA"], sw["UvE"]))
-        uva, _ = unlearn_via_activations(model, v, n_a, usage=fitted.usage, classes=(c,), mode=mode)
-        uve, _ = unlearn_via_examples(model, v, forget_x[:n_e], classes=(c,), mode=mode)
-        selections["UvA"].append(np.asarray(uva["mask"][mode]))
-        selections["UvE"].append(np.asarray(uve["mask"][mode]))
+            selections[name].append(np.asarray(new["mask"][mode]))
     each = list(enumerate(classes))
     original = jax.tree.map(lambda a: np.asarray(a)[None], v["params"])
     runs = {
-        "original": measure(
+        ORIGINAL: measure(
             *params_variant_outputs(model, v, original, xe, ye),
             y,
             test[1],
@@ -168,7 +190,7 @@ def run_seed(fit, cfg, classes, x, y, test, key, progress) -> list[dict]:
             cfg.seed,
         )
     }
-    for name in ("UvA", "UvE"):
+    for name in sweeps:
         sel = np.stack(selections[name])
         depth = int(sel.sum(-1).max()) + model.config.top_k
         recs = measure(
@@ -181,12 +203,12 @@ def run_seed(fit, cfg, classes, x, y, test, key, progress) -> list[dict]:
                 sweep=s.to_rows(),
                 sweep_baseline=list(s.baseline),
             )
-        runs[name] = recs
+        runs[METHODS[name].label] = recs
     params, certified = oracle_params(fit, cfg, classes, x, y, key)
     recs = measure(*params_variant_outputs(model, v, params, xe, ye), y, test[1], each, cfg.seed)
     for rec, cert in zip(recs, certified, strict=True):
         rec["certified_exact"] = cert
-    runs["oracle"] = recs
+    runs[ORACLE] = recs
     return [dict(r, method=m, seed=cfg.seed) for m, recs in runs.items() for r in recs]
 
 
@@ -204,10 +226,8 @@ WORST = {
 def summarise(runs: list[dict]) -> list[dict]:
     """Per method: mean, std and worst of every metric over classes x seeds, and N chosen."""
     out = []
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in runs):  # in the order the runs name them
         recs = [r for r in runs if r["method"] == method]
-        if not recs:
-            continue
         row = {"method": method, "runs": len(recs)}
         for k, worst in WORST.items():
             vals = [r[k] for r in recs]
@@ -263,8 +283,9 @@ def to_markdown(summary: list[dict]) -> str:
 def plot_sweeps(runs: list[dict], out: pathlib.Path) -> list[str]:
     """Mean and range of each method's sweep over the runs that share the most common grid."""
     paths = []
-    for method in ("UvA", "UvE"):
-        sweeps = [r["sweep"] for r in runs if r["method"] == method]
+    for spec in METHODS.values():
+        method = spec.label
+        sweeps = [r["sweep"] for r in runs if r["method"] == method and "sweep" in r]
         if not sweeps:
             continue
         grids = collections.Counter(tuple(p["n"] for p in s) for s in sweeps)
@@ -276,8 +297,8 @@ def plot_sweeps(runs: list[dict], out: pathlib.Path) -> list[str]:
                 list(grid),
                 np.asarray([[p["forget_accuracy"] for p in s] for s in same]),
                 np.asarray([[p["retain_accuracy"] for p in s] for s in same]),
-                out / f"sweep_{method.lower()}.png",
-                method=method.lower(),
+                out / f"sweep_{spec.name}.png",
+                method=spec.name,
                 original=tuple(base.mean(0)),
                 split="train",
                 title=f"{method} sweep on the training split, {len(same)} runs (class x seed)",

@@ -13,6 +13,7 @@ from dkvb_jax.cli.embeddings import key_data_of, key_rows_of, load_embeddings, t
 
 def _run_compare(args, cfg, out: pathlib.Path) -> int:
     from dkvb_jax.experiment import run_class_unlearning, save_plots
+    from dkvb_jax.unlearning import get_method
 
     emb = load_embeddings(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,8 +41,11 @@ def _run_compare(args, cfg, out: pathlib.Path) -> int:
     names = emb.class_names
     fc = ", ".join(f"{c} ({names[c]})" if c < len(names) else str(c) for c in result.forget_classes)
     payload = {"out": str(out), "seconds": secs, "files": paths, **result.to_dict()}
+    sizes = "".join(
+        f";  {get_method(m).label} {get_method(m).size.name} = {n}" for m, n in result.sizes.items()
+    )
     text = (
-        f"forget class: {fc};  N_a = {result.n_a}, N_e = {result.n_e}\n\n"
+        f"forget class: {fc}{sizes}\n\n"
         + result.table.to_markdown()
         + f"\n\nwrote {', '.join(sorted(pathlib.Path(p).name for p in paths.values()))} to {out} "
         f"({secs:.0f} s)"

@@ -56,7 +56,7 @@ def experiment_config(args, base: dict | None = None) -> Any:
     """The run's ExperimentConfig: `base` (default: the ``--config`` JSON), then the flags,
     then ``--set FIELD=VALUE`` overrides, each later one winning."""
     from dkvb_jax.experiment import ExperimentConfig
-    from dkvb_jax.experiment.class_unlearning import parse_overrides
+    from dkvb_jax.experiment.config import parse_overrides
 
     if base is None:
         loaded = read_config(args)

@@ -17,10 +17,9 @@ from dkvb_jax.evaluation.metrics import (
     per_example_loss,
 )
 from dkvb_jax.evaluation.mia import MIAResult, membership_inference, mia_attack
-from dkvb_jax.evaluation.table import METHOD_ORDER, ResultRow, ResultsTable
+from dkvb_jax.evaluation.table import ResultRow, ResultsTable, dkvb_row_name, method_order
 
 __all__ = [
-    "METHOD_ORDER",
     "CostRecord",
     "MIAResult",
     "ResultRow",
@@ -30,10 +29,12 @@ __all__ = [
     "compile_with_flops",
     "dense_lookup_model",
     "deltas",
+    "dkvb_row_name",
     "evaluate_unlearning",
     "flops_of",
     "forward_cost",
     "membership_inference",
+    "method_order",
     "mia_attack",
     "per_class_accuracy",
     "per_example_loss",

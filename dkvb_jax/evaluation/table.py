@@ -17,27 +17,36 @@ from dkvb_jax.evaluation.mia import MIAResult, within_noise
 
 __all__ = [
     "FORGET_TOLERANCE",
-    "METHOD_ORDER",
-    "REFERENCE_ORDER",
     "ResultRow",
     "ResultsTable",
+    "dkvb_row_name",
     "forget_target",
+    "method_order",
+    "reference_order",
 ]
 
-METHOD_ORDER = (
-    "original",
-    "retrain",
-    "finetune",
-    "neggrad+",
-    "scrub",
-    "DKVB-UvA",
-    "DKVB-UvE",
-    "DKVB-exact",
-)
-"""The paper's row order; other methods follow in insertion order."""
 
-REFERENCE_ORDER = ("DKVB-UvA", "DKVB-UvE", "DKVB-exact")
-"""The DKVB unlearning rows a table's costs are relative to, first present wins."""
+def dkvb_row_name(method) -> str:
+    """The row of a registered unlearning method (an ``UnlearningMethod``): ``'DKVB-'`` and its
+    label, e.g. ``'DKVB-UvA'``."""
+    return f"DKVB-{method.label}"
+
+
+def reference_order() -> tuple[str, ...]:
+    """The rows a table's costs can be relative to, first present wins: every registered DKVB
+    unlearning method's, in registry order."""
+    from dkvb_jax.unlearning.registry import METHODS  # the registry may grow after import
+
+    return tuple(dkvb_row_name(m) for m in METHODS.values())
+
+
+def method_order() -> tuple[str, ...]:
+    """The paper's row order (the original, the baselines, then the registered DKVB methods);
+    other rows follow in insertion order."""
+    from dkvb_jax.baselines import BASELINES  # the baselines build on this module
+
+    return ("original", *BASELINES, *reference_order())
+
 
 _HEADERS = (
     "method",
@@ -149,9 +158,9 @@ def _opt_float(value: Any) -> float | None:
 
 
 def default_reference(methods: Iterable[str]) -> str | None:
-    """The first of :data:`REFERENCE_ORDER` in `methods`, else the first ``DKVB*`` one, or None."""
+    """The first of :func:`reference_order` in `methods`, else the first ``DKVB*`` one, or None."""
     methods = list(methods)
-    preferred = [m for m in REFERENCE_ORDER if m in methods]
+    preferred = [m for m in reference_order() if m in methods]
     dkvb = [m for m in methods if m.startswith("DKVB")]
     return (preferred or dkvb or [None])[0]
 
@@ -179,7 +188,7 @@ class ResultsTable:
     Attributes:
       rows: the rows, one per method (names unique).
       reference: method whose FLOPs are the unit of "cost vs DKVB"; default: the first of
-        :data:`REFERENCE_ORDER` present, else the first method whose name starts with ``'DKVB'``.
+        :func:`reference_order` present, else the first method whose name starts with ``'DKVB'``.
       meta: free-form description (dataset, encoder, seed, machine), stored in the JSON.
     """
 
@@ -212,10 +221,10 @@ class ResultsTable:
         meta: Mapping[str, Any] | None = None,
         sort: bool = True,
     ) -> ResultsTable:
-        """Builds a table; with ``sort`` rows follow ``METHOD_ORDER`` and then insertion order."""
+        """Builds a table; with ``sort`` rows follow :func:`method_order`, then insertion order."""
         rows = list(rows)
         if sort:
-            rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+            rank = {m: i for i, m in enumerate(method_order())}
             rows = sorted(rows, key=lambda r: rank.get(r.method, len(rank)))  # stable
         return cls(tuple(rows), reference, dict(meta or {}))
 

@@ -1,7 +1,8 @@
 """Figures of a class-unlearning run, as PNG files (matplotlib, no display needed).
 
-- ``sweep_uva.png`` / ``sweep_uve.png``: forget and retain accuracy against N_a and N_e on the
-  sweep split (the paper's Figures 2-3), with the original model's accuracy on the same rows;
+- ``sweep_<method>.png`` (``sweep_uva.png``, ``sweep_uve.png``, ...): forget and retain accuracy
+  against each masking method's size (N_a, N_e) on the sweep split (the paper's Figures 2-3),
+  with the original model's accuracy on the same rows;
 - ``accuracy_vs_cost.png``: retain and forget test accuracy against log GFLOPs, every method,
   coloured by the original model it starts from (DKVB, its closed form, or the linear head),
   each original drawn as a reference line;
@@ -24,11 +25,9 @@ import numpy as np  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from dkvb_jax.evaluation import ResultRow, ResultsTable  # noqa: E402
-from dkvb_jax.unlearning import SweepResult  # noqa: E402
+from dkvb_jax.evaluation.table import dkvb_row_name  # noqa: E402
+from dkvb_jax.unlearning import METHODS, SweepResult  # noqa: E402
 
-_LABELS = {"uva": "N_a (keys masked per codebook)", "uve": "N_e (forget examples used)"}
-# One spelling of each method's name in every figure.
-METHOD_NAMES = {"uva": "UvA", "uve": "UvE", "exact": "exact"}
 # The original model a row starts from (its ``extra["model"]``): colour and legend name.
 ORIGINALS = {
     "dkvb": ("C0", "DKVB original"),
@@ -38,7 +37,18 @@ ORIGINALS = {
 
 
 def _method_name(method: str) -> str:
-    return METHOD_NAMES.get(method.lower(), method)
+    """A registered method's label (one spelling in every figure), else `method` itself."""
+    spec = METHODS.get(method)
+    return method if spec is None else spec.label
+
+
+def _size_label(method: str) -> str:
+    """The sweep axis: the method's size parameter and what it counts, e.g. ``N_a (keys ...)``."""
+    spec = METHODS.get(method)
+    if spec is None or spec.size is None:
+        return "N"
+    name = spec.size.name
+    return f"{name[:1].upper()}{name[1:]} ({spec.size.description})"
 
 
 def _sweep_axes(ax, ns, method: str, original, split: str | None, title: str) -> None:
@@ -54,7 +64,7 @@ def _sweep_axes(ax, ns, method: str, original, split: str | None, title: str) ->
                 label=f"original, {name} classes ({100 * value:.1f}%)",
             )
     ax.set_xscale("log")
-    ax.set_xlabel(_LABELS.get(method, "N"))
+    ax.set_xlabel(_size_label(method))
     ax.set_ylabel("accuracy (%)" if split is None else f"accuracy on the {split} split (%)")
     ax.set_ylim(-3, 103)
     ax.set_title(title, fontsize=10)
@@ -286,7 +296,13 @@ def save_plots(
     paths["accuracy_vs_cost"] = plot_accuracy_vs_cost(
         result.table, directory / "accuracy_vs_cost.png"
     )
-    wanted = ("original", "DKVB-UvA", "DKVB-UvE", "DKVB-exact", "finetune", "DKVB-finetune")
+    # The original and what each registered method (and fine-tuning) made of it.
+    wanted = (
+        "original",
+        *(dkvb_row_name(m) for m in METHODS.values()),
+        "finetune",
+        "DKVB-finetune",
+    )
     per_class = {
         row.method: row.extra["per_class_test_acc"]
         for row in result.table.rows

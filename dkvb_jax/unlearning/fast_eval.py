@@ -10,6 +10,7 @@ classes or over N.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,10 +19,14 @@ import numpy as np
 import optax
 
 from dkvb_jax import _batching, _validation
+from dkvb_jax.errors import InputError
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.lookup import nearest_keys
 from dkvb_jax.unlearning import _checks, masking
 from dkvb_jax.unlearning import selection as sel_lib
+from dkvb_jax.unlearning.registry import UVA, get_method, masking_methods
+from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod, select_over_sets, stack_sets
+from dkvb_jax.unlearning.unlearn import check_size
 
 
 def _rank(model, variables, xb, depth):
@@ -29,9 +34,13 @@ def _rank(model, variables, xb, depth):
     cfg = model.config
     q = model.apply(variables, xb, method=DKVB.queries)
     return nearest_keys(
-        q, variables["frozen"]["keys"], variables["mask"]["search"], top_k=depth,
-        chunk=cfg.lookup_chunk, memory_mb=cfg.lookup_memory_mb,
-    )  # fmt: skip
+        q,
+        variables["frozen"]["keys"],
+        variables["mask"]["search"],
+        top_k=depth,
+        chunk=cfg.lookup_chunk,
+        memory_mb=cfg.lookup_memory_mb,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("model", "depth", "batch_size"))
@@ -229,9 +238,15 @@ def variant_outputs(
         per_row = cfg.num_codebooks * (cfg.key_dim + 2 * cfg.top_k) * _ROW_BYTES_PER_RANK
     batch_size = max(1, int(memory_mb * 2**20) // per_row)
     pred, loss = _variant_outputs(
-        model, variables, jnp.asarray(selections), jnp.asarray(x), jnp.asarray(y, jnp.int32),
-        depth, mode, batch_size,
-    )  # fmt: skip
+        model,
+        variables,
+        jnp.asarray(selections),
+        jnp.asarray(x),
+        jnp.asarray(y, jnp.int32),
+        depth,
+        mode,
+        batch_size,
+    )
     return np.asarray(pred), np.asarray(loss)
 
 
@@ -315,20 +330,32 @@ def split_accuracies(pred: np.ndarray, labels, forget) -> tuple[np.ndarray, np.n
 def every_class_metrics(
     model: DKVB,
     variables: dict,
-    usage,
+    data,
     n: int,
     x,
     labels,
     *,
+    method: str | UnlearningMethod = UVA,
+    pool_labels=None,
     mode: str = "search",
     memory_mb: float = 512.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Forgets each class on its own (UvA, `n` keys) and evaluates all of them in one `vmap`.
+    """Forgets each class on its own with a registered masking method (size `n`) and evaluates
+    all of them in one `vmap`.
+
+    Each class's request goes through the method's statistics step; the selections are one
+    `vmap` of its `select` over the stacked forget sets (:func:`~dkvb_jax.unlearning.spec.
+    select_over_sets`), evaluated from one ranking of `x` as deep as the method needs.
 
     Args:
-      usage: per-class histogram `[classes, codebooks, keys]`.
-      n: keys per codebook.
+      data: what the method reads (:attr:`UnlearningMethod.reads`), as a
+        :class:`~dkvb_jax.unlearning.ForgetData` (its `classes` and `rows` are set per class),
+        or a per-class histogram `[classes, codebooks, keys]` for ``ForgetData(usage=...)``.
+      n: the method's size (keys per codebook for UvA).
       x: evaluation embeddings `[m, embed_dim]`; labels: int `[m]`.
+      method: a registered masking method's name or spec (default UvA from the histogram).
+      pool_labels: int `[p]`, labels of the examples in `data.codes` / `data.forget_x` (for a
+        method reading examples: class `c`'s forget set is its rows, in order).
       mode: mask mode.
       memory_mb: budget for one row batch (see :func:`variant_predictions`).
 
@@ -336,16 +363,31 @@ def every_class_metrics(
       forget accuracy `[classes]` (on that class's rows) and retain accuracy `[classes]` (on the
       other rows), each entry for the model that forgot that class alone.
     """
+    method = get_method(method) if isinstance(method, str) else method
+    if method.select is None:
+        raise InputError(
+            f"every_class_metrics evaluates masking methods ({', '.join(masking_methods())}); "
+            f"{method.name} edits values."
+        )
     cfg = model.config
     _checks.check_variables(cfg, variables)
-    _checks.check_histogram(usage, cfg)
-    n = _checks.check_n(n, cfg.num_keys, "n")
     masking.check_mode(mode)
     _validation.check_embeddings(x, cfg.embed_dim, allow_tokens=False)
     _validation.check_labels(labels, cfg.num_classes, n=x.shape[0])
-    selections = sel_lib.mask_top_n(jnp.asarray(usage), n)  # class c's variant masks its own top n
+    data = data if isinstance(data, ForgetData) else ForgetData(usage=data)
+    if pool_labels is not None:
+        pool_labels = np.asarray(pool_labels)
+    per_class = []
+    for c in range(cfg.num_classes):
+        rows = None if pool_labels is None else np.flatnonzero(pool_labels == c)
+        request = dataclasses.replace(data, classes=(c,), rows=rows)
+        per_class.append(method.statistics(model, variables, request))
+    stacked = stack_sets(method, per_class)
+    n = check_size(method, model, stacked, n)
+    selections = select_over_sets(method, stacked, n)  # class c's variant forgets c alone
+    depth = method.lookup_depth(cfg, stacked, n)
     pred = variant_predictions(
-        model, variables, selections, x, n + cfg.top_k, mode=mode, memory_mb=memory_mb
+        model, variables, selections, x, depth, mode=mode, memory_mb=memory_mb
     )
     labels = np.asarray(labels)
     return split_accuracies(pred, labels, labels[:, None] == np.arange(cfg.num_classes)[None])

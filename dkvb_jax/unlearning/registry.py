@@ -7,6 +7,9 @@ then checks it with every other method.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,15 @@ from dkvb_jax.model import DKVB
 from dkvb_jax.training import compute_codes, usage_from_codes
 from dkvb_jax.unlearning import _checks, masking
 from dkvb_jax.unlearning import selection as sel_lib
-from dkvb_jax.unlearning.spec import ForgetData, SizeParam, UnlearningMethod, masking_edit
+from dkvb_jax.unlearning.spec import (
+    Core,
+    ForgetData,
+    SizeParam,
+    UnlearningMethod,
+    costed_core,
+    masking_edit,
+    restricted,
+)
 
 METHODS: dict[str, UnlearningMethod] = {}
 
@@ -40,6 +51,14 @@ def get_method(name: str) -> UnlearningMethod:
         ) from None
 
 
+def default_grid(size_name: str) -> tuple[int, ...]:
+    """The default grid of the first registered method whose size parameter is `size_name`."""
+    for method in METHODS.values():
+        if method.size is not None and method.size.name == size_name:
+            return method.size.default_grid
+    raise InputError(f"no registered method has a size parameter named {size_name!r}.")
+
+
 def masking_methods() -> tuple[str, ...]:
     """Names of the registered methods that mask pairs (and so can be swept over their size)."""
     return tuple(name for name, m in METHODS.items() if m.select is not None)
@@ -55,10 +74,13 @@ class HistogramStats:
     Attributes:
       usage: `[classes, codebooks, keys]` retrieval counts per class.
       forget: bool `[classes]`, True for the classes to forget (a leading set axis when stacked).
+      loop_free: rank through `lax.top_k` rather than bisection (the same keys), for counting
+        FLOPs (static; see :func:`~dkvb_jax.unlearning.selection.mask_top_n`).
     """
 
     usage: jax.Array
     forget: jax.Array
+    loop_free: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 @flax.struct.dataclass
@@ -70,12 +92,14 @@ class CodesStats:
       valid: bool `[n, codebooks, top_k]`.
       member: bool `[n]`, the rows of the forget set, in order (a leading set axis when stacked).
       num_keys: keys per codebook (static).
+      loop_free: as in :class:`HistogramStats` (static).
     """
 
     indices: jax.Array
     valid: jax.Array
     member: jax.Array
     num_keys: int = flax.struct.field(pytree_node=False)
+    loop_free: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 @flax.struct.dataclass
@@ -142,14 +166,15 @@ def _exact_stats(model: DKVB, variables: dict, data: ForgetData) -> ExactStats:
         forget = np.isin(np.asarray(stats.labels), np.asarray(data.classes))
     else:
         forget = np.isin(np.asarray(stats.ids), np.asarray(data.example_ids))
-    return ExactStats(stats, jnp.asarray(forget), DEFAULT_ESTIMATOR)
+    estimator = DEFAULT_ESTIMATOR if data.estimator is None else data.estimator
+    return ExactStats(stats, jnp.asarray(forget), estimator)
 
 
 # --------------------------------------------------------------------------- selections
 
 
 def _uva_select(stats: HistogramStats, n) -> jax.Array:
-    return sel_lib.mask_top_n_per_class(stats.usage, stats.forget, n)
+    return sel_lib.mask_top_n_per_class(stats.usage, stats.forget, n, loop_free=stats.loop_free)
 
 
 def _pooled_counts(stats: CodesStats, member: jax.Array) -> jax.Array:
@@ -157,7 +182,7 @@ def _pooled_counts(stats: CodesStats, member: jax.Array) -> jax.Array:
 
 
 def _uva_pass_select(stats: CodesStats, n) -> jax.Array:
-    return sel_lib.mask_top_n(_pooled_counts(stats, stats.member), n)
+    return sel_lib.mask_top_n(_pooled_counts(stats, stats.member), n, loop_free=stats.loop_free)
 
 
 def _uve_select(stats: CodesStats, n) -> jax.Array:
@@ -173,8 +198,72 @@ def _exact_edit(variables: dict, stats: ExactStats, n=None, mode: str = "search"
     return {**variables, "params": params}
 
 
+def _codes_set_axes(s: CodesStats) -> CodesStats:
+    return CodesStats(None, None, 0, s.num_keys, s.loop_free)
+
+
 def _forget_rows(stats: CodesStats) -> int:
     return int(np.asarray(stats.member).sum(-1).max())
+
+
+def _first_examples(data: ForgetData, n) -> ForgetData:
+    """UvE's `restrict`: only the first `n` forget examples are read, so only they are coded."""
+    valid_n = isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
+    if not valid_n or data.codes is not None or data.rows is not None or data.forget_x is None:
+        return data  # codes already computed, a pool, or a bad `n` the size check reports
+    return dataclasses.replace(data, forget_x=data.forget_x[: int(n)])
+
+
+# --------------------------------------------------------------------------- costed cores
+
+
+def _loop_free_core(method, model, variables, data, n, mode) -> Core:
+    """The edit on statistics gathered before unlearning (the stored histogram), with its FLOPs
+    counted on the loop-free top-N (the same keys)."""
+    core = costed_core(dataclasses.replace(method, core=None), model, variables, data, n, mode)
+    return Core(core.fn, core.args, lambda v, s: core.fn(v, s.replace(loop_free=True)))
+
+
+def _codes_pass(model: DKVB, variables: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Codes of `x` on the model as trained (search mask cleared), as the statistics step
+    counts them; jittable."""
+    return model.apply(masking.clear_masks(variables, ("search",)), x, method=DKVB.codes)
+
+
+def _pass_core(edit_rows):
+    """The `core` of a method whose statistics are a pass over the forget examples: that pass
+    runs at unlearning time, so it is costed with the edit (FLOPs on the dense lookup and the
+    loop-free top-N). `edit_rows(method, variables, stats, n, mode)` edits from the codes of
+    the rows given, all of them members."""
+
+    def core(method, model, variables, data, n, mode) -> Core:
+        data = restricted(method, data, n)
+        if data.forget_x is None or data.codes is not None or data.rows is not None:
+            plain = dataclasses.replace(method, core=None)
+            return costed_core(plain, model, variables, data, n, mode)
+        from dkvb_jax.evaluation.cost import dense_lookup_model  # evaluation builds on this
+
+        def run(m, loop_free, v, x):
+            idx, valid = _codes_pass(m, v, x)
+            member = jnp.ones(idx.shape[0], bool)
+            stats = CodesStats(idx, valid, member, m.config.num_keys, loop_free)
+            return edit_rows(method, v, stats, n, mode)
+
+        x = jnp.asarray(data.forget_x)
+        flops = functools.partial(run, dense_lookup_model(model), True)
+        return Core(functools.partial(run, model, False), (variables, x), flops)
+
+    return core
+
+
+def _method_edit(method, variables, stats, n, mode):
+    return method.edit(variables, stats, n, mode)
+
+
+def _every_pair_retrieved(method, variables, stats: CodesStats, n, mode):
+    # The rows given are UvE's first N_e (its `restrict`): every pair they retrieve.
+    selection = sel_lib.codes_selection(stats.indices, stats.valid, stats.num_keys)
+    return masking.apply_selection(variables, selection, mode)
 
 
 UVA = register_method(
@@ -189,10 +278,12 @@ UVA = register_method(
         statistics=_histogram_stats,
         select=_uva_select,
         edit=masking_edit(_uva_select),
-        set_axes=lambda s: HistogramStats(usage=None, forget=0),
+        set_axes=lambda s: HistogramStats(usage=None, forget=0, loop_free=s.loop_free),
         upper=lambda cfg, s: cfg.num_keys,
         lookup_depth=lambda cfg, s, n: n * int(np.asarray(s.forget).sum(-1).max()) + cfg.top_k,
         requests=("classes",),
+        reads="usage",
+        core=_loop_free_core,
     )
 )
 
@@ -206,9 +297,11 @@ UVA_PASS = register_method(
         statistics=_codes_stats,
         select=_uva_pass_select,
         edit=masking_edit(_uva_pass_select),
-        set_axes=lambda s: CodesStats(indices=None, valid=None, member=0, num_keys=s.num_keys),
+        set_axes=_codes_set_axes,
         upper=lambda cfg, s: cfg.num_keys,
         lookup_depth=lambda cfg, s, n: n + cfg.top_k,
+        reads="forget_x",
+        core=_pass_core(_method_edit),
     )
 )
 
@@ -226,9 +319,12 @@ UVE = register_method(
         statistics=_codes_stats,
         select=_uve_select,
         edit=masking_edit(_uve_select),
-        set_axes=lambda s: CodesStats(indices=None, valid=None, member=0, num_keys=s.num_keys),
+        set_axes=_codes_set_axes,
         upper=lambda cfg, s: _forget_rows(s),
         lookup_depth=lambda cfg, s, n: n * cfg.top_k + cfg.top_k,
+        reads="forget_x",
+        core=_pass_core(_every_pair_retrieved),
+        restrict=_first_examples,
     )
 )
 
@@ -246,5 +342,10 @@ EXACT = register_method(
         upper=lambda cfg, s: 0,
         lookup_depth=None,
         exact=True,
+        reads="label_stats",
     )
 )
+
+DEFAULT_METHODS: tuple[str, ...] = (UVA.name, UVE.name, EXACT.name)
+"""What a class-unlearning comparison runs unless told otherwise: the paper's UvA (from the stored
+histogram) and UvE, and exact removal. ``uva_pass`` (UvA from a data pass) runs on request."""

@@ -16,6 +16,7 @@ wrappers and the CLI iterate over it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,8 @@ class ForgetData:
         first N_e of them in pool order); None: every row is a forget example.
       example_ids: ids of the forget examples, recorded in the audit; for exact removal, the
         ids of `label_stats` to remove.
+      estimator: the :class:`dkvb_jax.exact.EstimatorConfig` the values of `label_stats` are
+        derived with (exact removal); None: the exact API's default.
     """
 
     classes: tuple[int, ...] | None = None
@@ -73,6 +76,29 @@ class ForgetData:
     label_stats: Any = None
     rows: np.ndarray | None = None
     example_ids: np.ndarray | None = None
+    estimator: Any = None
+
+
+SOURCES: tuple[str, ...] = ("usage", "forget_x", "label_stats")
+"""What a statistics step can read (:attr:`UnlearningMethod.reads`), by :class:`ForgetData` field:
+the stored histogram, the forget examples (or their ``codes``), the label statistics."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Core:
+    """A method's pure computation for one request, as a results table costs it.
+
+    Attributes:
+      fn: ``fn(*args) -> variables``, jittable: the edit, with any data pass that runs at
+        unlearning time (not one done at training time, like the stored histogram).
+      args: its arguments.
+      flops_fn: a loop-free twin of `fn` (same arguments, same result) whose FLOPs are counted
+        instead, since XLA's cost analysis counts a loop body once; None: `fn`'s own.
+    """
+
+    fn: Callable[..., Variables]
+    args: tuple
+    flops_fn: Callable[..., Variables] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +124,16 @@ class UnlearningMethod:
       exact: True when the result can be certified equal to refitting without the forget data
         (given provenance); masking methods never are.
       requests: what it can forget: ``'classes'``, ``'examples'`` or both.
+      reads: the :class:`ForgetData` source its statistics step needs (one of :data:`SOURCES`):
+        ``'usage'``, ``'forget_x'`` (or ``codes``) or ``'label_stats'``; a caller holding several
+        (the experiment pipeline) builds that one, and a method reading ``'label_stats'``
+        starts from the closed-form values those statistics describe.
+      core: ``(method, model, variables, data, n, mode) -> Core``, the computation a results
+        table times and counts FLOPs of (see :func:`costed_core`); None: `edit` on the
+        statistics. It receives the method itself, so that a method derived with
+        ``dataclasses.replace`` costs its own `edit`.
+      restrict: ``(data, n) -> data``, the part of a request that size `n` reads (UvE: its first
+        `n` forget examples), so that no more is coded than is used; None: all of it.
     """
 
     name: str
@@ -112,6 +148,15 @@ class UnlearningMethod:
     lookup_depth: Callable[[Any, Stats, int], int] | None
     exact: bool = False
     requests: tuple[str, ...] = ("classes", "examples")
+    reads: str = "usage"
+    core: Callable[..., Core] | None = None
+    restrict: Callable[[ForgetData, Any], ForgetData] | None = None
+
+    def __post_init__(self):
+        if self.reads not in SOURCES:
+            raise ValueError(
+                f"UnlearningMethod({self.name!r}).reads must be one of {SOURCES}, got {self.reads!r}."
+            )
 
 
 def masking_edit(select: Callable[[Stats, Any], jax.Array]):
@@ -121,6 +166,26 @@ def masking_edit(select: Callable[[Stats, Any], jax.Array]):
         return masking.apply_selection(variables, select(stats, n), mode)
 
     return edit
+
+
+def restricted(method: UnlearningMethod, data: ForgetData, n) -> ForgetData:
+    """`data` cut to what `method` reads at size `n` (unchanged without a `restrict`)."""
+    return data if method.restrict is None else method.restrict(data, n)
+
+
+def costed_core(
+    method: UnlearningMethod, model: DKVB, variables: Variables, data: ForgetData, n, mode: str
+) -> Core:
+    """The computation of unlearning `data` at size `n` that a results table costs.
+
+    The method's own `core` when it has one (a data pass at unlearning time, a loop-free twin for
+    FLOPs); otherwise its `edit` on the statistics, which were gathered before (a stored
+    histogram, label counts) and so are not part of the cost.
+    """
+    if method.core is not None:
+        return method.core(method, model, variables, data, n, mode)
+    stats = method.statistics(model, variables, data)
+    return Core(functools.partial(method.edit, n=n, mode=mode), (variables, stats))
 
 
 def stack_sets(method: UnlearningMethod, per_set: list[Stats]) -> Stats:

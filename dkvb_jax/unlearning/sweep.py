@@ -18,7 +18,7 @@ from dkvb_jax.errors import InputError
 from dkvb_jax.model import DKVB
 from dkvb_jax.unlearning import _checks, fast_eval, masking
 from dkvb_jax.unlearning.registry import get_method, masking_methods
-from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod
+from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod, restricted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +94,8 @@ def sweep(
       ns: sizes to try; None: the method's default grid (clipped to what the request allows).
       target: forget accuracy to reach.
       mode: mask mode.
-      clip: drop sizes above what the request allows (e.g. a config's grid, shared by
-        classes of different sizes) instead of refusing them; the largest allowed size is
-        tried in their place.
+      clip: try sizes above what the request allows (e.g. a config's grid, shared by
+        classes of different sizes) at the largest allowed size instead of refusing them.
     """
     method = get_method(method) if isinstance(method, str) else method
     if method.select is None:
@@ -104,12 +103,14 @@ def sweep(
             f"{method.name} has no size to sweep; masking methods: {', '.join(masking_methods())}."
         )
     classes = _check_request(model, variables, data.classes, val_x, val_y, mode)
-    stats = method.statistics(model, variables, data)
-    upper = method.upper(model.config, stats)
     if ns is None:
         ns, clip = method.size.default_grid, True
-    if clip:
-        ns = [n for n in ns if n <= upper] or [upper]
+    ns = list(ns)
+    ints = [n for n in ns if isinstance(n, int | np.integer) and not isinstance(n, bool)]
+    stats = method.statistics(model, variables, restricted(method, data, max(ints, default=None)))
+    upper = method.upper(model.config, stats)
+    if clip:  # a size above what the request allows tries all of it
+        ns = sorted({min(n, upper) for n in ns})
     ns = _check_ns(list(ns), upper, "ns", counts=method.size.counts)
     # N = 0 (nothing masked) gives the baseline in the same pass.
     selections = jax.vmap(method.select, in_axes=(None, 0))(stats, jnp.asarray([0, *ns]))
@@ -172,10 +173,6 @@ def sweep_uve(
     """
     cfg = model.config
     _validation.check_embeddings(forget_x, cfg.embed_dim, name="forget_x", allow_tokens=False)
-    ns = list(ns)
-    ints = [int(n) for n in ns if isinstance(n, int | np.integer) and not isinstance(n, bool)]
-    if ints:  # only the first max(N_e) examples are ever used: code no more of them
-        forget_x = forget_x[: max(1, max(ints))]
     data = ForgetData(classes=_as_classes(classes), forget_x=forget_x)
     return sweep("uve", model, variables, data, val_x, val_y, ns, target=target, mode=mode)
 

@@ -15,7 +15,7 @@ from dkvb_jax.model import DKVB
 from dkvb_jax.unlearning import _checks, masking
 from dkvb_jax.unlearning.audit import AuditRecord, make_record
 from dkvb_jax.unlearning.registry import get_method
-from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod
+from dkvb_jax.unlearning.spec import ForgetData, UnlearningMethod, restricted
 
 
 def check_size(method: UnlearningMethod, model: DKVB, stats, n) -> int | None:
@@ -69,7 +69,7 @@ def unlearn(
         if eval_fn is not None:
             record = record.with_effect({"before": eval_fn(variables), "after": eval_fn(new)})
         return new, record
-    stats = method.statistics(model, variables, data)
+    stats = method.statistics(model, variables, restricted(method, data, n))
     n = check_size(method, model, stats, n)
     new = method.edit(variables, stats, n, mode)
     record = make_record(
@@ -88,8 +88,10 @@ def _exact(variables: dict, data: ForgetData):
     """The exact API's removal for a request the statistics step has checked."""
     from dkvb_jax.exact import api as exact_api  # exact builds on unlearning: import late
 
+    kw = {} if data.estimator is None else {"estimator": data.estimator}
     if data.classes is not None:
-        new, _, record = exact_api.forget_classes(variables, data.label_stats, data.classes)
+        new, _, record = exact_api.forget_classes(variables, data.label_stats, data.classes, **kw)
     else:
-        new, _, record = exact_api.remove_examples(variables, data.label_stats, data.example_ids)
+        ids = data.example_ids
+        new, _, record = exact_api.remove_examples(variables, data.label_stats, ids, **kw)
     return new, record

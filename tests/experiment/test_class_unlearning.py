@@ -21,7 +21,8 @@ from dkvb_jax.experiment import (
     save_plots,
     standardizer,
 )
-from dkvb_jax.experiment.class_unlearning import RECIPES, _baseline_config
+from dkvb_jax.experiment.baseline_rows import baseline_config
+from dkvb_jax.experiment.config import RECIPES
 from dkvb_jax.experiment.fitting import build_model
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import Affine, fold_affine
@@ -32,10 +33,19 @@ from dkvb_jax.unlearning import METHODS
 # Trained values, LDA and keys on every training row: the pipeline's masking rows, baselines and
 # the not-certified exact row (test_recipe.py covers the certified default recipe).
 TINY = ExperimentConfig.recipe(
-    "lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=5, head_epochs=5,
-    baseline_max_epochs=2, n_a_grid=(1, 2, 4, 8), n_e_grid=(1, 2, 5, 10, 20),
-    baselines=("finetune",), dkvb_finetune=False,
-)  # fmt: skip
+    "lda_adam",
+    num_codebooks=8,
+    num_keys=32,
+    key_dim=4,
+    key_epochs=2,
+    value_epochs=5,
+    head_epochs=5,
+    baseline_max_epochs=2,
+    n_a_grid=(1, 2, 4, 8),
+    n_e_grid=(1, 2, 5, 10, 20),
+    baselines=("finetune",),
+    dkvb_finetune=False,
+)
 
 
 def _data():
@@ -55,9 +65,14 @@ def test_rows_and_forgetting(result):
     res, _ = result
     methods = res.table.methods
     assert methods == [
-        "original", "original (linear head)", "finetune", "DKVB-UvA", "DKVB-UvE",
-        "original (DKVB closed form)", "DKVB-exact",
-    ]  # fmt: skip
+        "original",
+        "original (linear head)",
+        "finetune",
+        "DKVB-UvA",
+        "DKVB-UvE",
+        "original (DKVB closed form)",
+        "DKVB-exact",
+    ]
     row = {r.method: r for r in res.table.rows}
     # Each class owns its own clusters: UvA with the swept N forgets it and keeps the others.
     assert row["DKVB-UvA"].forget_test_acc == 0.0
@@ -92,8 +107,9 @@ def test_baselines_run_to_the_dkvb_rows_forget_accuracy_or_their_cap(result):
     assert stopping["forget_target"] == pytest.approx(target) and stopping["patience"] is None
     assert stopping["split"] == "val_forget"
     traj = row["finetune"].extra["trajectory"]
-    reached = [e for e, a in zip(traj["epoch"], traj["val_forget_acc"], strict=True)
-               if e and a <= target]  # fmt: skip
+    reached = [
+        e for e, a in zip(traj["epoch"], traj["val_forget_acc"], strict=True) if e and a <= target
+    ]
     expected = reached[0] if reached else TINY.baseline_max_epochs
     assert traj["stop_epoch"] == expected
     assert traj["stop_reason"] == ("target" if reached else "max_epochs")
@@ -101,12 +117,12 @@ def test_baselines_run_to_the_dkvb_rows_forget_accuracy_or_their_cap(result):
 
 
 def test_baseline_config_has_no_plateau_and_reads_held_out_forget_rows():
-    cfg = _baseline_config("neggrad+", config=TINY, target=0.3, progress=False)
+    cfg = baseline_config("neggrad+", config=TINY, target=0.3, progress=False)
     assert cfg.stopping == StoppingConfig(
         max_epochs=TINY.baseline_max_epochs, forget_target=0.3, patience=None, split="val_forget"
     )
     # Without a DKVB row to match, the paper's target on the forget training rows, no plateau.
-    cfg = _baseline_config("scrub", config=TINY, target=None, progress=False)
+    cfg = baseline_config("scrub", config=TINY, target=None, progress=False)
     assert cfg.stopping.split == "forget" and cfg.stopping.patience is None
     assert cfg.stopping.forget_target == TINY.target
 
@@ -121,6 +137,29 @@ def test_exact_row_equals_refit_and_says_why_it_is_not_certified(result):
     assert row.extra["certified_exact"] is False
     assert "the keys (ema_kmeans on " in row.extra["exact_reason"]
     assert res.audits["exact"].forgotten_classes == list(res.forget_classes)
+
+
+def test_any_registered_method_gets_its_row_through_the_registry():
+    """A method the default comparison leaves out (UvA from a data pass) gets its row, sweep,
+    size and cost from its spec like the others: named by its label, costed with its pass over
+    the forget examples."""
+    train, test = _data()
+    cfg = TINY.replace(methods=("uva_pass",), baselines=(), mia=False)
+    res = run_class_unlearning(train, test, cfg, progress=False)
+    assert res.table.methods == ["original", "original (linear head)", "DKVB-UvA (data pass)"]
+    row = res.table.rows[2]
+    sweep = res.sweeps["uva_pass"]
+    assert row.extra["n_a"] == res.sizes["uva_pass"] == res.n_a
+    assert res.n_a == (sweep.smallest_n or max(sweep.ns)) and res.n_e is None
+    assert row.extra["cost"]["extra"]["source"] == "forget examples"
+    assert row.extra["cost"]["forward_flops"] > 0
+    assert res.audits["uva_pass"].method == "uva_pass"
+    assert res.to_dict()["sizes"] == {"uva_pass": res.n_a}
+
+
+def test_config_runs_only_registered_methods():
+    with pytest.raises(ValueError, match=r"methods has unknown entries \['bogus'\]"):
+        TINY.replace(methods=("uva", "bogus"))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +183,16 @@ def test_exact_row_certified_only_when_no_frozen_state_saw_the_training_rows(
     train, test = _data()
     other, _ = clustered_embeddings(2, 300, num_classes=4, dim=16)
     cfg = TINY.replace(methods=("exact",), baselines=(), mia=False, preprocess=preprocess)
-    res = run_class_unlearning(train, test, cfg, key_data=other, progress=False,
-                               dataset="toy/train", key_rows=key_rows, encoder=features_encoder)  # fmt: skip
+    res = run_class_unlearning(
+        train,
+        test,
+        cfg,
+        key_data=other,
+        progress=False,
+        dataset="toy/train",
+        key_rows=key_rows,
+        encoder=features_encoder,
+    )
     row = {r.method: r for r in res.table.rows}["DKVB-exact"]
     assert row.extra["certified_exact"] is certified
     assert row.extra["bit_identical_to_refit"] is True
@@ -172,8 +219,9 @@ def test_saved_files_and_plots(result, tmp_path):
 def test_rerun_reuses_cached_rows(result):
     res, rows = result
     train, test = _data()
-    again = run_class_unlearning(train, test, TINY, cache_dir=rows, progress=False,
-                                 fitted=res.fitted)  # fmt: skip
+    again = run_class_unlearning(
+        train, test, TINY, cache_dir=rows, progress=False, fitted=res.fitted
+    )
     # Rows come from the cache: wall times identical to the first run.
     assert [r.wall_s for r in again.table.rows] == [r.wall_s for r in res.table.rows]
 
@@ -207,9 +255,15 @@ def test_fit_dkvb_preprocessing_is_folded_and_checked(preprocess):
 
     (x, y), (xt, yt) = _data()
     fitted = fit_dkvb(
-        TINY.dkvb_config(16, 4), x, y, key=jax.random.key(0), key_config=TINY.key_config(),
-        value_config=TINY.value_config(), preprocess=preprocess, progress=False,
-    )  # fmt: skip
+        TINY.dkvb_config(16, 4),
+        x,
+        y,
+        key=jax.random.key(0),
+        key_config=TINY.key_config(),
+        value_config=TINY.value_config(),
+        preprocess=preprocess,
+        progress=False,
+    )
     pred = np.asarray(fitted.model.apply(fitted.variables, xt)).argmax(-1)
     assert np.mean(pred == yt) > 0.8
 
@@ -227,13 +281,18 @@ def test_checkpointed_fit_resumes(tmp_path):
 
     (x, y), _ = _data()
     cfg = TINY.dkvb_config(16, 4)
-    kw = dict(key=jax.random.key(0), key_config=TINY.key_config(),
-              value_config=dataclasses.replace(TINY.value_config(), epochs=2), progress=False)  # fmt: skip
+    kw = dict(
+        key=jax.random.key(0),
+        key_config=TINY.key_config(),
+        value_config=dataclasses.replace(TINY.value_config(), epochs=2),
+        progress=False,
+    )
     first = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)
     again = fit_dkvb(cfg, x, y, checkpoint_dir=tmp_path, **kw)  # restored, not refitted
     assert again.history is None
-    np.testing.assert_array_equal(first.variables["params"]["values"],
-                                  again.variables["params"]["values"])  # fmt: skip
+    np.testing.assert_array_equal(
+        first.variables["params"]["values"], again.variables["params"]["values"]
+    )
     with pytest.raises(ValueError, match="different model configuration"):
         load_fitted(tmp_path, config=cfg.replace(num_keys=16))
     with pytest.raises(ValueError, match=r"other settings \(data: saved sha256"):
@@ -273,7 +332,10 @@ def test_config_recipes():
     assert (default.preprocess, default.values, default.holdout_fraction) == ("lda", "counts", 0.2)
     lda_adam = ExperimentConfig.recipe("lda_adam")
     assert (lda_adam.values, lda_adam.holdout_fraction, lda_adam.value_optimizer) == (
-        "trained", 0.0, "adam")  # fmt: skip
+        "trained",
+        0.0,
+        "adam",
+    )
     assert (paper.values, paper.holdout_fraction) == ("trained", 0.0)
     assert set(RECIPE_CHOICES) == set(RECIPES)
     assert set(DKVB_METHODS) <= set(METHODS)  # the experiment runs registered methods

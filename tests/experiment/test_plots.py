@@ -8,7 +8,7 @@ import pytest
 
 from dkvb_jax.evaluation import ResultRow, ResultsTable
 from dkvb_jax.experiment import plots
-from dkvb_jax.unlearning import SweepResult
+from dkvb_jax.unlearning import METHODS, SweepResult, masking_methods
 
 # Costs and accuracies a few percent apart: naive labels at one fixed offset would overprint.
 COSTED = [
@@ -90,8 +90,10 @@ def test_place_labels_is_deterministic(table):
     assert positions() == positions()
 
 
-@pytest.mark.parametrize("method,name", [("uva", "UvA"), ("uve", "UvE")])
-def test_sweep_titles_name_the_method_and_split_and_draw_the_original(captured, method, name):
+@pytest.mark.parametrize("method", masking_methods())
+def test_sweep_titles_name_the_method_and_split_and_draw_the_original(captured, method):
+    """Every registered masking method: its label in the title, its size on the axis."""
+    name, size = METHODS[method].label, METHODS[method].size
     sweep = SweepResult(method, [1, 2, 4], [0.5, 0.2, 0.0], [0.8, 0.8, 0.79], (0.9, 0.81), 0.0, 4)
     plots.plot_sweep(sweep, "unused.png", split="train")
     plots.plot_mean_sweep(
@@ -108,5 +110,6 @@ def test_sweep_titles_name_the_method_and_split_and_draw_the_original(captured, 
         title = ax.get_title()
         assert name in title and "train split" in title and name.upper() not in title
         assert "train split" in ax.get_ylabel()
+        assert ax.get_xlabel() == f"{size.name.capitalize()} ({size.description})"
         refs = [ln for ln in ax.get_lines() if ln.get_label().startswith("original")]
         assert sorted(ln.get_ydata()[0] for ln in refs) == pytest.approx([81.0, 90.0])

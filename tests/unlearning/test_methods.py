@@ -1,5 +1,6 @@
 """Unlearning methods on a trained model where each class owns distinct clusters."""
 
+import dataclasses
 import json
 
 import jax
@@ -9,7 +10,9 @@ from unlearning_testutil import accuracy, predictions
 
 from dkvb_jax import DKVB
 from dkvb_jax.unlearning import (
+    METHODS,
     AuditRecord,
+    ForgetData,
     RetainAware,
     accuracy_effect,
     clear_masks,
@@ -17,7 +20,9 @@ from dkvb_jax.unlearning import (
     forget_classes,
     forget_examples,
     masked_pairs,
+    masking_methods,
     ranked_codes,
+    unlearn,
     unlearn_every_class,
     unlearn_via_activations,
     unlearn_via_examples,
@@ -78,7 +83,7 @@ def test_uva_from_histogram_equals_data_pass(trained, n_a):
         lambda t, v: forget_examples(t.model, v, [3, 5, 8], codes=t.codes),
         lambda t, v: forget_classes(
             t.model, v, 1, 8, usage=t.usage, hard=True, rekey="random", rng=jax.random.key(0)
-        ),  # fmt: skip
+        ),
     ],
     ids=["uva-data", "uva-histogram", "uve-readout", "examples", "hard-random"],
 )
@@ -142,8 +147,9 @@ def test_uva_metrics_jit_equals_no_jit(trained, jit):
 def test_audit_record_json_round_trip_with_effect(trained):
     t = trained
     eff = accuracy_effect(t.model, t.xt, t.yt, [4])
-    _, rec = forget_classes(t.model, t.v, 4, N_ALL, usage=t.usage, eval_fn=eff,
-                            retain_aware=RetainAware(ratio=2.0))  # fmt: skip
+    _, rec = forget_classes(
+        t.model, t.v, 4, N_ALL, usage=t.usage, eval_fn=eff, retain_aware=RetainAware(ratio=2.0)
+    )
     text = rec.to_json()
     json.loads(text)  # plain JSON
     assert AuditRecord.from_json(text) == rec
@@ -164,8 +170,9 @@ def test_unmasking_restores_soft_but_not_hard_deletion(trained, cls, rekey):
     t = trained
     rows = t.yt == cls
     soft, _ = forget_classes(t.model, t.v, cls, N_ALL, usage=t.usage)
-    hard, rec = forget_classes(t.model, t.v, cls, N_ALL, usage=t.usage, hard=True, rekey=rekey,
-                               rng=jax.random.key(3))  # fmt: skip
+    hard, rec = forget_classes(
+        t.model, t.v, cls, N_ALL, usage=t.usage, hard=True, rekey=rekey, rng=jax.random.key(3)
+    )
     assert rec.params["hard"] and rec.params["rekey"] == rekey
     assert (
         accuracy(t.model, soft, t.xt, t.yt, rows) == accuracy(t.model, hard, t.xt, t.yt, rows) == 0
@@ -196,8 +203,9 @@ def test_sample_level_forgetting_masks_every_pair_of_the_examples(trained):
 def test_retain_aware_selection_spares_keys_and_reports_how_many(trained, ratio):
     t = trained
     plain, rec0 = forget_classes(t.model, t.v, 0, N_ALL, usage=t.usage)
-    aware, rec = forget_classes(t.model, t.v, 0, N_ALL, usage=t.usage,
-                                retain_aware=RetainAware(ratio=ratio))  # fmt: skip
+    aware, rec = forget_classes(
+        t.model, t.v, 0, N_ALL, usage=t.usage, retain_aware=RetainAware(ratio=ratio)
+    )
     assert rec0.pairs_spared is None
     assert sum(rec.pairs_spared) > 0
     np.testing.assert_array_equal(
@@ -208,3 +216,25 @@ def test_retain_aware_selection_spares_keys_and_reports_how_many(trained, ratio)
     # accuracy (not a general guarantee: a spared key can also vote for the forget class).
     keep = t.yt != 0
     assert accuracy(t.model, aware, t.xt, t.yt, keep) >= accuracy(t.model, plain, t.xt, t.yt, keep)
+
+
+@pytest.mark.parametrize("name", masking_methods())
+def test_every_class_metrics_of_each_method_equal_a_loop_of_unlearn(trained, name):
+    """Every registered masking method, each class forgotten alone: the vmapped evaluation equals
+    unlearning that class through the library call and a fresh search of the full model."""
+    t = trained
+    method = METHODS[name]
+    pool = ForgetData(usage=t.usage, codes=t.codes)
+    f, r = every_class_metrics(t.model, t.v, pool, 8, t.xt, t.yt, method=name, pool_labels=t.y)
+    for c in range(t.model.config.num_classes):
+        rows = None if method.reads == "usage" else np.flatnonzero(t.y == c)
+        request = dataclasses.replace(pool, classes=(c,), rows=rows)
+        one, _ = unlearn(name, t.model, t.v, request, 8)
+        assert f[c] == pytest.approx(accuracy(t.model, one, t.xt, t.yt, t.yt == c))
+        assert r[c] == pytest.approx(accuracy(t.model, one, t.xt, t.yt, t.yt != c))
+
+
+def test_every_class_metrics_refuses_a_method_without_a_selection(trained):
+    t = trained
+    with pytest.raises(ValueError, match="evaluates masking methods"):
+        every_class_metrics(t.model, t.v, t.usage, 8, t.xt, t.yt, method="exact")

@@ -3,7 +3,14 @@
 import pytest
 from unlearning_testutil import accuracy
 
-from dkvb_jax.unlearning import sweep_uva, sweep_uve, unlearn_via_activations, unlearn_via_examples
+from dkvb_jax.unlearning import (
+    ForgetData,
+    sweep,
+    sweep_uva,
+    sweep_uve,
+    unlearn_via_activations,
+    unlearn_via_examples,
+)
 
 NS = [1, 4, 16, 64]
 
@@ -50,3 +57,15 @@ def test_sweep_bad_ns(trained, ns, match):
     t = trained
     with pytest.raises(ValueError, match=match):
         sweep_uva(t.model, t.v, t.usage, 1, t.xt, t.yt, ns)
+
+
+def test_clip_tries_a_size_above_the_request_at_the_largest_allowed(trained):
+    """A grid shared by classes of different sizes: N_e above the class's rows tries them all."""
+    t = trained
+    forget_x = t.x[t.y == 3]
+    data = ForgetData(classes=(3,), forget_x=forget_x)
+    res = sweep("uve", t.model, t.v, data, t.xt, t.yt, [1, 10_000], clip=True)
+    assert res.ns == [1, forget_x.shape[0]]
+    data = ForgetData(classes=(3,), usage=t.usage)
+    res = sweep("uva", t.model, t.v, data, t.xt, t.yt, [2, 1000], clip=True)
+    assert res.ns == [2, t.model.config.num_keys]
