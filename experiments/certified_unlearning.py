@@ -44,7 +44,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from dkvb_jax import exact
@@ -52,12 +51,16 @@ from dkvb_jax.encoders import register_encoder
 from dkvb_jax.evaluation import mia_attack
 from dkvb_jax.evaluation.probe import linear_probe
 from dkvb_jax.experiment import ExperimentConfig, fit_dkvb
+from dkvb_jax.experiment.config import parse_overrides
 from dkvb_jax.experiment.recipe import fit_from_config, key_data_rows
 from dkvb_jax.model import DKVB
 from dkvb_jax.provenance import Rows
 from dkvb_jax.training import compute_codes
 from dkvb_jax.unlearning import forget_examples
 from dkvb_jax.unlearning.audit import variables_hash
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the sibling report module
+from certified_report import to_markdown  # noqa: E402
 
 ENCODERS = ("mobilenet_v1", "cifar_resnet20")
 DATASET = "cifar10/train"
@@ -384,125 +387,6 @@ def run(
     }
 
 
-# ----------------------------------------------------------------------------- output
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def _mia_cell(m: dict) -> str:
-    return f"{100 * m['accuracy']:.1f} ± {100 * m['std']:.1f} (n={m['n_per_side']})"
-
-
-SUMMARY_COLUMNS = (
-    "encoder",
-    "test acc",
-    "probe",
-    "gap (points)",
-    "certified",
-    "values rows",
-    "held-out rows",
-)
-CLASS_COLUMNS = (
-    "classes",
-    "forget-test acc",
-    "retain-test Δ",
-    "retain-train acc",
-    "MIA after (%)",
-    "MIA oracle (%)",
-    "= oracle",
-    "certified",
-    "ms",
-)
-FRACTION_COLUMNS = (
-    "rows",
-    "test acc (after / oracle)",
-    "MIA after (%)",
-    "MIA oracle (%)",
-    "= oracle",
-    "certified",
-    "ms",
-    "masking API: pairs masked",
-    "masking API: retain-train acc",
-)
-
-
-def _summary_row(r: dict) -> list:
-    rows = r["rows"]
-    gap = f"{r['gap_points']:.2f}"
-    return [
-        r["encoder"],
-        _pct(r["test_accuracy"]),
-        _pct(r["probe_accuracy"]),
-        gap,
-        r["certified"],
-        rows["values"],
-        rows["held_out"],
-    ]
-
-
-def _class_row(c: dict) -> list:
-    retain_test, retain_train = c["retain_test_acc"], c["retain_train_acc"]
-    return [
-        ",".join(map(str, c["classes"])),
-        _pct(c["forget_test_acc"]["after"]),
-        f"{100 * (retain_test['after'] - retain_test['before']):+.2f}",
-        f"{_pct(retain_train['before'])} -> {_pct(retain_train['after'])}",
-        *_shared_cells(c),
-    ]
-
-
-def _fraction_row(f: dict) -> list:
-    m, test = f["masking"], f["test_acc"]
-    return [
-        f"{100 * f['fraction']:g}% ({f['examples']})",
-        f"{_pct(test['after'])} / {_pct(test['oracle'])}",
-        *_shared_cells(f),
-        f"{m['pairs_masked']:,} / {m['pairs_total']:,}",
-        f"{_pct(f['retain_train_acc']['before'])} -> {_pct(m['retain_train_acc_after'])}",
-    ]
-
-
-def _shared_cells(request: dict) -> list:
-    """MIA after and of the oracle, = oracle, certified, ms: the cells both tables share."""
-    mia = request["mia"]
-    return [
-        _mia_cell(mia["after"]),
-        _mia_cell(mia["oracle"]),
-        request["bit_identical_to_oracle"],
-        request["certificate"]["certified"],
-        f"{1000 * request['seconds']:.0f}",
-    ]
-
-
-def _sequential_line(r: dict) -> str:
-    q, o, old = r["sequential"], r["full_oracle"], r["old_way"]["certificate"]
-    return (
-        f"Sequential: {q['requests']} requests of {q['rows_per_request']} rows equal one "
-        f"request of their union bit for bit: {q['bit_identical_to_union']}; "
-        f"{1000 * q['seconds_first_10pct_mean']:.0f} ms per request over the first tenth, "
-        f"{1000 * q['seconds_last_10pct_mean']:.0f} ms over the last. Full retrain oracle "
-        f"({o['examples']} rows): every leaf bit-identical: {o['all_bit_identical']}. "
-        f"Old way (LDA and keys on D): certified {old['certified']} ({old['reason'][:160]}...)."
-    )
-
-
-def to_markdown(results: dict[str, dict]) -> str:
-    lines = [
-        tabulate([_summary_row(r) for r in results.values()], SUMMARY_COLUMNS, tablefmt="github")
-    ]
-    for r in results.values():
-        for title, columns, rows in (
-            ("classes forgotten", CLASS_COLUMNS, map(_class_row, r["classes"])),
-            ("random rows of D forgotten", FRACTION_COLUMNS, map(_fraction_row, r["fractions"])),
-        ):
-            table = tabulate(list(rows), columns, tablefmt="github")
-            lines += ["", f"### {r['encoder']}: {title}", "", table]
-        lines += ["", _sequential_line(r)]
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -544,7 +428,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="ExperimentConfig overrides of the certified recipe, as JSON values",
+        help="ExperimentConfig fields of the certified recipe to override, e.g. value_epochs=6 "
+        "n_a_grid=[8,16] (VALUE as JSON, else a string; an unknown FIELD lists the valid ones)",
     )
     p.add_argument(
         "--sequential",
@@ -559,8 +444,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, dict]:
     args = parse_args(argv)
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    cfg = ExperimentConfig.recipe("certified", **overrides)
+    cfg = ExperimentConfig.recipe("certified", **parse_overrides(args.set))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}

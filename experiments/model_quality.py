@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dkvb_jax.config import DKVBConfig
+from dkvb_jax.embedding import DEFAULT_CACHE_DIR
 from dkvb_jax.exact import EstimatorConfig, fit_exact
 from dkvb_jax.model import DKVB
 from dkvb_jax.model.preprocess import KINDS, fit_affine, fold_affine
@@ -50,6 +51,9 @@ from dkvb_jax.training import (
 )
 from dkvb_jax.unlearning import fast_eval
 from dkvb_jax.unlearning.masking import MASK_MODES
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the sibling report module
+from model_quality_report import markdown, markdown_row, suite_markdown  # noqa: E402
 
 DEFAULT_RECIPES = pathlib.Path(__file__).parent / "configs" / "model_quality.json"
 
@@ -371,7 +375,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             )
             row["unlearning"]["mask_mode"] = args.mask_mode
         rows.append(row)
-        print(_markdown_row(row), flush=True)
+        print(markdown_row(row), flush=True)
     return dict(
         command=_command(argv),
         source=source,
@@ -382,58 +386,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         recipes=[dataclasses.asdict(r) for r in recipes],
         rows=rows,
     )
-
-
-HEADER = (
-    "| recipe | config | test acc | probe acc | gap (pts) | UvA N | UvA forget | "
-    "UvA retain Δ mean/worst | UvE N | UvE forget | UvE retain Δ mean/worst | keys s | values s |"
-)
-
-
-def _unl(u: dict | None) -> list[str]:
-    if u is None:
-        return ["-", "-", "-"]
-    n = str(u["n"]) + ("" if u["reached"] else " (not reached)")
-    return [
-        n,
-        f"{100 * u['forget_max']:.1f}%",
-        f"{u['retain_delta_mean']:+.2f} / {u['retain_delta_worst']:+.2f}",
-    ]
-
-
-def _markdown_row(row: dict) -> str:
-    unl = row.get("unlearning", {})
-    cells = [
-        row["name"],
-        row["config"],
-        f"{100 * row['test_accuracy']:.2f}",
-        f"{100 * row['probe_accuracy']:.2f}",
-        f"{row['gap_points']:.2f}",
-        *_unl(unl.get("uva")),
-        *_unl(unl.get("uve")),
-        f"{row['keys_s']:.0f}",
-        f"{row['values_s']:.0f}",
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        f"# Model quality: {result['source']} (train {result['n_train']}, test {result['n_test']})",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"Linear probe (sklearn logistic regression, standardised): "
-        f"{100 * result['probe']['test_accuracy']:.2f}% test.",
-        "UvA/UvE: every class forgotten on its own; N = first doubling-grid value at which all "
-        "classes reach 0% forget accuracy on the test subset; retain Δ in points vs the "
-        "original model (mean over classes / worst class).",
-        "",
-        HEADER,
-        "|" + "---|" * (HEADER.count("|") - 1),
-    ]
-    lines += [_markdown_row(r) for r in result["rows"]]
-    return "\n".join(lines) + "\n"
 
 
 def _command(argv: list[str]) -> str:
@@ -483,36 +435,16 @@ def run_suite(args: argparse.Namespace) -> list[tuple[str, dict]]:
     return results
 
 
-def suite_markdown(results: list[tuple[str, dict]], command: str) -> str:
-    """One table of every run: each row names its run (the run's source, probe and mask mode)."""
-    header = "| run | " + HEADER[2:].replace("| probe acc |", "| probe acc | mask |")
-    lines = [
-        "# Model quality: every run of the suite",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Each run's own table and command are in its folder. UvA/UvE: every class forgotten on its "
-        "own; N = first doubling-grid value at which all classes reach 0% forget accuracy on the "
-        "test subset; retain Δ in points vs the original model (mean over classes / worst class).",
-        "",
-        header,
-        "|" + "---|" * (header.count("|") - 1),
-    ]
-    for name, result in results:
-        for row in result["rows"]:
-            mode = row.get("unlearning", {}).get("mask_mode", "-")
-            cells = _markdown_row(row).split(" | ")
-            cells.insert(4, mode)  # after probe acc
-            lines.append(f"| {name} ({result['source']}) | " + " | ".join(cells)[2:])
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--encoder", default="cifar_resnet20", help="cached encoder name")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default="../shared/data/cifar10")
-    p.add_argument("--cache-dir", default="/work/cache", help="embedding cache (no encoding here)")
+    p.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_CACHE_DIR),
+        help="embedding cache, filled by `dkvb embed` (default $DKVB_CACHE_DIR or ~/.cache/dkvb_jax)",
+    )
     p.add_argument("--out", default="outputs/model_quality", help="output folder")
     p.add_argument("--recipes", default=str(DEFAULT_RECIPES), help="JSON list of recipes")
     p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")

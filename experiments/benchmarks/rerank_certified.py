@@ -8,7 +8,7 @@ initialisation does and queries from the test embeddings, and checks the codes a
 ``dense`` search. The bfloat16 stage is explicit, so the counts are the same on every backend
 (they were measured on CPU).
 
-    python experiments/benchmarks/rerank_certified.py --cache-dir /work/cache
+    python experiments/benchmarks/rerank_certified.py --cache-dir $DKVB_CACHE_DIR
 """
 
 from __future__ import annotations
