@@ -186,7 +186,7 @@ def _accs(s: Setup, split: Coded, **states: dict) -> dict:
 
 def forget_classes(s: Setup, classes: tuple[int, ...], seed: int) -> dict:
     after, _, rec = _warm(
-        exact.forget_classes, s.variables, s.stats, classes, estimator=s.estimator
+        exact.remove_classes, s.variables, s.stats, classes, estimator=s.estimator
     )
     rows = np.flatnonzero(np.isin(s.train.y, classes))
     test_forget = s.test.take(np.flatnonzero(np.isin(s.test.y, classes)))

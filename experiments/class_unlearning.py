@@ -12,7 +12,7 @@ every class in turn is the forget class, for each registered masking method the 
   usage histogram stored at fit time, UvE from the forget examples in a seeded random order;
 - ``oracle``: the values refitted on the training rows without the class, with the same keys.
   For closed-form values (the certified recipe) that is the exact removal
-  (:func:`dkvb_jax.exact.forget_classes`, bit-identical to the refit); for trained values it is
+  (:func:`dkvb_jax.exact.remove_classes`, bit-identical to the refit); for trained values it is
   value training from the initial values on the retained rows.
 
 All classes' unlearned variants are then evaluated together (one vmapped pass per method:
@@ -114,7 +114,7 @@ def oracle_params(fit, cfg, classes, x, y, key) -> tuple[dict, list[bool | None]
     if fitted.stats is not None:
         est = cfg.value_config()
         outs = [
-            exact.forget_classes(fitted.variables, fitted.stats, c, estimator=est) for c in classes
+            exact.remove_classes(fitted.variables, fitted.stats, c, estimator=est) for c in classes
         ]
         params = [o[0]["params"] for o in outs]
         certified = [bool(o[2].certified) for o in outs]

@@ -93,7 +93,7 @@ CELLS = [
         "effect = accuracy_effect(model, xt, yt, [forget])\n"
         "uva, uva_record = unlearn_via_activations(model, variables, n_a, usage=fitted.usage,\n"
         "                                          classes=[forget], eval_fn=effect)\n"
-        "exact, exact_stats, exact_record = dk.exact.forget_classes(variables, fitted.stats, forget)\n"
+        "exact, exact_stats, exact_record = dk.exact.remove_classes(variables, fitted.stats, forget)\n"
         "exact_record = exact_record.with_effect({'before': effect(variables),\n"
         "                                         'after': effect(exact)})\n"
         "print(f'forgetting class {forget} ({train.class_names[forget]}), test accuracy:')\n"

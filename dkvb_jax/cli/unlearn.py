@@ -305,7 +305,7 @@ def _exact_unlearn(fitted, info, emb, classes, rows_forget, effect):
             model, variables, emb.x_train, emb.y_train, ids, provenance=fitted.provenance
         )
     if classes is not None:
-        new_vars, new_stats, rec = exact.forget_classes(base, stats, classes, estimator=estimator)
+        new_vars, new_stats, rec = exact.remove_classes(base, stats, classes, estimator=estimator)
     else:
         counted = np.isin(rows_forget, np.asarray(stats.ids))
         if not counted.all():

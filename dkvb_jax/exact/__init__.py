@@ -7,7 +7,7 @@ re-derives the values, which is bit-identical to refitting without them.
 from dkvb_jax.exact.api import (
     add_examples,
     fit_exact,
-    forget_classes,
+    remove_classes,
     remove_examples,
     values_without,
 )
@@ -23,7 +23,7 @@ __all__ = [
     "counts_from_codes",
     "derive_values",
     "fit_exact",
-    "forget_classes",
+    "remove_classes",
     "remove_examples",
     "subtract_rows",
     "values_without",

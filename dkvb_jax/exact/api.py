@@ -418,7 +418,7 @@ def remove_examples(
     return out, new, rec
 
 
-def forget_classes(
+def remove_classes(
     variables: dict,
     stats: LabelStats,
     classes: int | Sequence[int],
@@ -426,9 +426,11 @@ def forget_classes(
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     verify_keys: bool = True,
 ) -> tuple[dict, LabelStats, AuditRecord]:
-    """Forgets every counted example of the given classes (exact class unlearning).
+    """Removes every counted example of the given classes (exact class unlearning).
 
-    Equals :func:`fit_exact` on the other classes' examples; with the default estimator
+    The class-level form of :func:`remove_examples`, with its `(variables, stats, record)`
+    result; masking's :func:`dkvb_jax.forget_classes` is another operation. Equals
+    :func:`fit_exact` on the other classes' examples; with the default estimator
     (``absent_class_value``) the model then never predicts a forgotten class.
 
     Raises:
@@ -443,12 +445,12 @@ def forget_classes(
         raise ValueError(f"classes must lie in [0, {y}), got {sorted(set(cls.tolist()))}.")
     cls = np.unique(cls)
     if cls.size == y:
-        raise ValueError(f"forget_classes: forgetting all {y} classes leaves nothing to predict.")
+        raise ValueError(f"remove_classes: forgetting all {y} classes leaves nothing to predict.")
     labels = np.asarray(stats.labels)
     empty = [int(c) for c in cls if not (labels == c).any()]
     if empty:
         raise ValueError(
-            f"forget_classes: classes {empty} have no counted examples (never added or already "
+            f"remove_classes: classes {empty} have no counted examples (never added or already "
             "forgotten)."
         )
     ids = np.asarray(stats.ids)[np.isin(labels, cls)]
@@ -458,6 +460,6 @@ def forget_classes(
         ids,
         estimator=estimator,
         verify_keys=verify_keys,
-        _method="exact_forget_classes",
+        _method="exact_forget_classes",  # the name saved audit records carry
         _classes=tuple(int(c) for c in cls),
     )

@@ -90,7 +90,7 @@ def _exact(variables: dict, data: ForgetData):
 
     kw = {} if data.estimator is None else {"estimator": data.estimator}
     if data.classes is not None:
-        new, _, record = exact_api.forget_classes(variables, data.label_stats, data.classes, **kw)
+        new, _, record = exact_api.remove_classes(variables, data.label_stats, data.classes, **kw)
     else:
         ids = data.example_ids
         new, _, record = exact_api.remove_examples(variables, data.label_stats, ids, **kw)

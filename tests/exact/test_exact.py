@@ -16,7 +16,7 @@ from dkvb_jax.exact import (
     counts_from_codes,
     derive_values,
     fit_exact,
-    forget_classes,
+    remove_classes,
     remove_examples,
     values_without,
 )
@@ -150,11 +150,11 @@ def test_remove_examples_equals_refit(model_and_vars, cfg, seed, rank_weights):
 
 
 @pytest.mark.parametrize("classes", [0, [2], [0, 1]])
-def test_forget_classes_equals_refit_and_never_predicts_them(model_and_vars, classes):
+def test_remove_classes_equals_refit_and_never_predicts_them(model_and_vars, classes):
     model, v = model_and_vars
     codes, labels, ids = random_data(5, n=120)
     v_all, s_all = fit_exact(model, v, codes, labels, ids, provenance=CLEAN)
-    v_un, s_un, rec = forget_classes(v_all, s_all, classes)
+    v_un, s_un, rec = remove_classes(v_all, s_all, classes)
     keep = ~np.isin(labels, classes)
     v_ref, s_ref = fit_exact(model, v, codes[keep], labels[keep], ids[keep], provenance=CLEAN)
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
@@ -240,8 +240,8 @@ def test_removing_uncounted_ids_is_an_error_naming_them(model_and_vars, twice):
     "call, match",
     [
         (lambda v, s: remove_examples(v, s, []), "empty"),
-        (lambda v, s: forget_classes(v, s, [0, 1, 2]), "all 3 classes"),
-        (lambda v, s: forget_classes(v, s, 5), r"\[0, 3\)"),
+        (lambda v, s: remove_classes(v, s, [0, 1, 2]), "all 3 classes"),
+        (lambda v, s: remove_classes(v, s, 5), r"\[0, 3\)"),
         (lambda v, s: add_examples(None, v, s, s.codes[:1], s.labels[:1], s.ids[:1]), None),
     ],
 )

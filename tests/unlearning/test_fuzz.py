@@ -280,7 +280,7 @@ def test_exact_fit_and_removal(drawn, data):
     ids = classes_of(classes)
     counted = ids is not None and all((labels == c).any() for c in ids)
     names = set() if counted else {"classes"}
-    check_outcome(lambda: exact.forget_classes(v1, stats, classes), names)
+    check_outcome(lambda: exact.remove_classes(v1, stats, classes), names)
 
 
 @pytest.mark.parametrize("n_a", [np.int64(2), 2])

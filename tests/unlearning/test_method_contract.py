@@ -264,7 +264,7 @@ def test_unlearn_exact_derives_values_with_the_requests_estimator(problem):
     est = exact.EstimatorConfig(alpha=0.25)
     data = ForgetData(classes=(FORGET,), label_stats=label_stats, estimator=est)
     new, _ = unlearn("exact", trained.model, v_exact, data)
-    want, _, _ = exact.forget_classes(v_exact, label_stats, FORGET, estimator=est)
+    want, _, _ = exact.remove_classes(v_exact, label_stats, FORGET, estimator=est)
     np.testing.assert_array_equal(new["params"]["values"], want["params"]["values"])
     default, _ = unlearn("exact", trained.model, v_exact, dataclasses.replace(data, estimator=None))
     assert not np.array_equal(default["params"]["values"], want["params"]["values"])
