@@ -12,7 +12,7 @@ from dkvb_jax.cli.unlearn import cmd_unlearn
 from dkvb_jax.data.registry import DATASETS
 from dkvb_jax.embedding import DEFAULT_CACHE_DIR
 from dkvb_jax.model.preprocess import KINDS
-from dkvb_jax.unlearning.registry import METHODS
+from dkvb_jax.unlearning.registry import DEFAULT_METHODS, METHODS, default_method
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -175,7 +175,8 @@ def _add_unlearn(sub) -> None:
         default=None,
         choices=tuple(METHODS),
         help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
-        + " (default: exact for models with closed-form values, else uva)",
+        + f" (default: {default_method(label_stats=True)} for models with closed-form values, "
+        f"else {default_method(label_stats=False)})",
     )
     p.add_argument(
         "--n",
@@ -233,7 +234,7 @@ def _add_compare(sub) -> None:
         "--methods",
         nargs="*",
         default=None,
-        help="DKVB methods from uva uve exact (default: all three)",
+        help=f"DKVB methods from {' '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)})",
     )
     p.add_argument("--head-epochs", type=int, default=None, help="linear head / retrain epochs")
     p.add_argument("--baseline-max-epochs", type=int, default=None, help="baseline epoch cap")

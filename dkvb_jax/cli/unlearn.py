@@ -52,6 +52,7 @@ def cmd_unlearn(args) -> int:
     from dkvb_jax.experiment import load_fitted, save_fitted
     from dkvb_jax.experiment.fitted import FittedDKVB, earlier_state
     from dkvb_jax.unlearning import accuracy_effect, get_method, unlearn
+    from dkvb_jax.unlearning.registry import default_method
 
     if (args.classes is None) == (args.examples is None):
         raise CLIError("give exactly one of --classes or --examples.")
@@ -59,7 +60,7 @@ def cmd_unlearn(args) -> int:
     cfg = fitted.config
     model, variables = fitted.model, fitted.variables
     if args.method is None:
-        args.method = "exact" if fitted.stats is not None else "uva"
+        args.method = default_method(label_stats=fitted.stats is not None)
     classes = None
     if args.classes is not None:
         classes = sorted(set(args.classes))

@@ -349,3 +349,9 @@ EXACT = register_method(
 DEFAULT_METHODS: tuple[str, ...] = (UVA.name, UVE.name, EXACT.name)
 """What a class-unlearning comparison runs unless told otherwise: the paper's UvA (from the stored
 histogram) and UvE, and exact removal. ``uva_pass`` (UvA from a data pass) runs on request."""
+
+
+def default_method(*, label_stats: bool) -> str:
+    """What ``dkvb unlearn`` runs unless told: exact removal for a model with label statistics
+    (closed-form values), else UvA from the stored histogram (no data pass)."""
+    return EXACT.name if label_stats else UVA.name
