@@ -11,10 +11,16 @@ OTHER = (Rows("other/train"),)
 
 
 def prov(encoder=(), preprocess=(), keys=OTHER, within=None) -> Provenance:
-    return Provenance(D, (
-        Part("encoder", "pretrained", encoder), Part("preprocess", "lda", preprocess),
-        Part("keys", "ema_kmeans", keys), Part("values", "label_counts", (Rows(D),), True),
-    ), data_within=within)  # fmt: skip
+    return Provenance(
+        D,
+        (
+            Part("encoder", "pretrained", encoder),
+            Part("preprocess", "lda", preprocess),
+            Part("keys", "ema_kmeans", keys),
+            Part("values", "label_counts", (Rows(D),), True),
+        ),
+        data_within=within,
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,7 +32,11 @@ def prov(encoder=(), preprocess=(), keys=OTHER, within=None) -> Provenance:
         (prov(preprocess=(Rows(D, labels=True),)), False, ("preprocess",)),
         (prov(encoder=(Rows(D, labels=True),), keys=(Rows(D),)), False, ("encoder", "keys")),
         (prov(encoder=None), False, ("encoder",)),
-        (Provenance(D, (Part("keys", "ema_kmeans", ()),)), False, ("encoder", "preprocess", "values")),
+        (
+            Provenance(D, (Part("keys", "ema_kmeans", ()),)),
+            False,
+            ("encoder", "preprocess", "values"),
+        ),
         # A sample of a set the encoder was trained on: its rows may be any of that set's.
         (prov(encoder=(Rows("big/train"),), within="big/train"), False, ("encoder",)),
         (prov(encoder=(Rows("big/train"),)), True, ()),
@@ -78,8 +88,11 @@ def test_bad_records_are_refused(bad, error):
 
 @pytest.mark.parametrize(
     "name, trained_on",
-    [("mobilenet_v1", "imagenet2012/train"), ("cifar_resnet20", "cifar10/train"),
-     ("resnet50", "imagenet2012/train")],  # fmt: skip
+    [
+        ("mobilenet_v1", "imagenet2012/train"),
+        ("cifar_resnet20", "cifar10/train"),
+        ("resnet50", "imagenet2012/train"),
+    ],
 )
 def test_registered_encoders_declare_their_training_data(name, trained_on):
     (rows,) = encoder_provenance(name).rows

@@ -38,9 +38,13 @@ def test_jitted_epoch_equals_one_step_per_batch(problem, paired, opt):
     loss_fn = _paired_loss(head.apply) if paired else ce_loss(head.apply)
     # 139 retain rows in batches of 16: the last batch is padded, the forget stream cycles.
     phase = Phase(
-        "p", loss_fn, data.retain_x, data.retain_y, 16,
+        "p",
+        loss_fn,
+        data.retain_x,
+        data.retain_y,
+        16,
         paired=(data.forget_x, data.forget_y, 7) if paired else None,
-    )  # fmt: skip
+    )
     optimizer = make_optimizer(OptimizerConfig(name=opt, learning_rate=0.05, weight_decay=1e-3))
     params, context = variables["params"], ({}, None)
     state = optimizer.init(params)
@@ -71,9 +75,11 @@ def test_jitted_epoch_equals_one_step_per_batch(problem, paired, opt):
 def _finetune(problem, stopping, **data_changes):
     head, variables, data = problem
     cfg = FineTuneConfig(
-        batch_size=16, optimizer=OptimizerConfig(learning_rate=0.1, weight_decay=0.05),
-        stopping=stopping, progress=False,
-    )  # fmt: skip
+        batch_size=16,
+        optimizer=OptimizerConfig(learning_rate=0.1, weight_decay=0.05),
+        stopping=stopping,
+        progress=False,
+    )
     return finetune(
         head.apply, variables, data._replace(**data_changes), cfg, key=jax.random.key(2)
     )

@@ -40,8 +40,11 @@ def _audit_records():
     audit = pytest.importorskip("dkvb_jax.unlearning.audit")
     before = _variables()
     after = {**before, "mask": {**before["mask"], "search": ~before["mask"]["search"]}}
-    return [audit.make_record(method="uva", params={"n_a": 2}, before=before, after=after,
-                              forgotten_classes=[1])]  # fmt: skip
+    return [
+        audit.make_record(
+            method="uva", params={"n_a": 2}, before=before, after=after, forgotten_classes=[1]
+        )
+    ]
 
 
 @pytest.mark.parametrize("decoder", ["vote", "linear"])
@@ -126,7 +129,10 @@ def _data_files(step_dir: pathlib.Path):
             lambda d: (d / "meta" / "commit_success.txt").unlink(),
             "'meta' is missing or was not committed",
         ),
-        (lambda d: (d / "meta" / "metadata").write_text("{not json"), "its metadata cannot be read"),
+        (
+            lambda d: (d / "meta" / "metadata").write_text("{not json"),
+            "its metadata cannot be read",
+        ),
     ],
     ids=["data-files-deleted", "data-files-truncated", "meta-uncommitted", "meta-garbage"],
 )

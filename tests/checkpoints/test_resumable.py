@@ -63,9 +63,13 @@ def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, mesh, capsys
         training.train_values(model, variables, x, y, on_epoch_end=interrupt, **kwargs)
     seen = []
     got, hist = training.train_values(
-        model, variables, x, y, on_epoch_end=lambda e, *_: seen.append(e),
+        model,
+        variables,
+        x,
+        y,
+        on_epoch_end=lambda e, *_: seen.append(e),
         **{**kwargs, "progress": True},
-    )  # fmt: skip
+    )
     assert seen == list(range(stop_after + 1, TRAIN.epochs + 1))
     assert f"resuming value training from epoch {stop_after} of {TRAIN.epochs}" in (
         capsys.readouterr().err
@@ -77,9 +81,16 @@ def test_resume_equals_uninterrupted(tmp_path, problem, stop_after, mesh, capsys
 def test_keeps_only_the_last_checkpoints(tmp_path, problem):
     model, variables, x, y = problem
     training.train_values(
-        model, variables, x, y, key=jax.random.key(1), checkpoint_dir=tmp_path, config=TRAIN,
-        max_to_keep=2, progress=False,
-    )  # fmt: skip
+        model,
+        variables,
+        x,
+        y,
+        key=jax.random.key(1),
+        checkpoint_dir=tmp_path,
+        config=TRAIN,
+        max_to_keep=2,
+        progress=False,
+    )
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [3, 4]
 
 

@@ -15,8 +15,21 @@ from dkvb_jax.testing import clustered_embeddings
 
 # Trained values: the masking workflow, value settings and the resume state of value training
 # (the tests at the end cover the certified default recipe).
-TINY = ["--codebooks", "8", "--keys", "32", "--key-dim", "4", "--key-epochs", "2",
-        "--value-epochs", "5", "--recipe", "lda_adam", "--no-progress"]  # fmt: skip
+TINY = [
+    "--codebooks",
+    "8",
+    "--keys",
+    "32",
+    "--key-dim",
+    "4",
+    "--key-epochs",
+    "2",
+    "--value-epochs",
+    "5",
+    "--recipe",
+    "lda_adam",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +56,9 @@ def checkpoint(npz, tmp_path_factory):
 
 def test_fit_json(npz, checkpoint, capsys):
     # A rerun restores the checkpoint instead of fitting again.
-    code, out, _ = run(capsys, "fit", "--embeddings", npz, "--checkpoint", str(checkpoint),
-                       *TINY, "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys, "fit", "--embeddings", npz, "--checkpoint", str(checkpoint), *TINY, "--json"
+    )
     assert code == 0
     payload = json.loads(out)
     assert payload["config"]["num_keys"] == 32 and payload["test_acc"] > 0.9
@@ -57,9 +71,21 @@ def test_unlearn_writes_checkpoint_with_audit(npz, checkpoint, tmp_path, capsys,
     # Without --n, uva/uve take the smallest N that forgets the class's training examples.
     out_dir = tmp_path / "forgot"
     extra = []
-    code, out, err = run(capsys, "unlearn", "--checkpoint", str(checkpoint), "--classes", "2",
-                         "--method", method, *extra, "--out", str(out_dir), "--json",
-                         "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "unlearn",
+        "--checkpoint",
+        str(checkpoint),
+        "--classes",
+        "2",
+        "--method",
+        method,
+        *extra,
+        "--out",
+        str(out_dir),
+        "--json",
+        "--no-progress",
+    )
     assert code == 0, err
     payload = json.loads(out)
     assert payload["audit"]["forgotten_classes"] == [2]
@@ -72,9 +98,19 @@ def test_unlearn_writes_checkpoint_with_audit(npz, checkpoint, tmp_path, capsys,
 
 
 def test_unlearn_examples_and_table(npz, checkpoint, tmp_path, capsys):
-    code, out, err = run(capsys, "unlearn", "--checkpoint", str(checkpoint), "--examples",
-                         "0,1,2", "--method", "uve", "--out", str(tmp_path / "ex"),
-                         "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "unlearn",
+        "--checkpoint",
+        str(checkpoint),
+        "--examples",
+        "0,1,2",
+        "--method",
+        "uve",
+        "--out",
+        str(tmp_path / "ex"),
+        "--no-progress",
+    )
     assert code == 0, err
     assert "| before" in out and "audit record" in out
 
@@ -141,16 +177,40 @@ def test_unlearn_out_says_the_source_still_holds_the_data(checkpoint, tmp_path, 
 
 def test_compare_writes_table_json_and_plots(npz, tmp_path, capsys):
     out_dir = tmp_path / "cmp"
-    code, out, err = run(capsys, "compare", "--embeddings", npz, *TINY, "--baselines", "finetune",
-                         "--baseline-max-epochs", "2", "--head-epochs", "3", "--out", str(out_dir))  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "compare",
+        "--embeddings",
+        npz,
+        *TINY,
+        "--baselines",
+        "finetune",
+        "--baseline-max-epochs",
+        "2",
+        "--head-epochs",
+        "3",
+        "--out",
+        str(out_dir),
+    )
     assert code == 0, err
     assert "| DKVB-UvA" in out and "| finetune" in out
     saved = json.loads((out_dir / "results.json").read_text())
     assert {"reference", "meta", "rows", "summary"} <= set(saved)
     for rec in saved["summary"]:
-        assert set(rec) == {"method", "retain_test_acc", "retain_train_acc", "forget_test_acc",
-                            "mia", "mia_std", "mia_n_per_side", "mia_within_noise", "wall_s",
-                            "gflops", "reached", "cost_vs_dkvb"}  # fmt: skip
+        assert set(rec) == {
+            "method",
+            "retain_test_acc",
+            "retain_train_acc",
+            "forget_test_acc",
+            "mia",
+            "mia_std",
+            "mia_n_per_side",
+            "mia_within_noise",
+            "wall_s",
+            "gflops",
+            "reached",
+            "cost_vs_dkvb",
+        }
     assert len((out_dir / "results.csv").read_text().splitlines()) == 1 + len(saved["rows"])
     for png in ("sweep_uva", "sweep_uve", "accuracy_vs_cost", "per_class"):
         assert (out_dir / f"{png}.png").stat().st_size > 1000
@@ -179,8 +239,11 @@ def test_bad_input_one_line(capsys, argv, needle):
 
 
 def test_bad_checkpoint_inputs(npz, checkpoint, capsys, tmp_path):
-    _one_line_error(capsys, ["unlearn", "--checkpoint", str(checkpoint), "--classes", "9"],
-                    "outside the model's 4 classes")  # fmt: skip
+    _one_line_error(
+        capsys,
+        ["unlearn", "--checkpoint", str(checkpoint), "--classes", "9"],
+        "outside the model's 4 classes",
+    )
     # Another configuration into the same checkpoint folder is refused.
     argv = ["fit", "--embeddings", npz, "--checkpoint", str(checkpoint), *TINY, "--keys", "16"]
     _one_line_error(capsys, argv, "model_config.num_keys: saved 32, requested 16")
@@ -188,8 +251,11 @@ def test_bad_checkpoint_inputs(npz, checkpoint, capsys, tmp_path):
     other = tmp_path / "other.npz"
     x, y = clustered_embeddings(0, 50, num_classes=4, dim=8)
     np.savez(other, x_train=x, y_train=y, x_test=x, y_test=y)
-    _one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--embeddings",
-                             str(other)], "another encoder")  # fmt: skip
+    _one_line_error(
+        capsys,
+        ["evaluate", "--checkpoint", str(checkpoint), "--embeddings", str(other)],
+        "another encoder",
+    )
 
 
 def test_unknown_method_is_rejected_by_parser(capsys):
@@ -208,8 +274,9 @@ def test_every_subcommand_has_help(command, capsys):
 
 
 def test_python_m_entry_point():
-    res = subprocess.run([sys.executable, "-m", "dkvb_jax", "--help"], capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "dkvb_jax", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "demo" in res.stdout
 
 
@@ -223,15 +290,28 @@ def test_embed_folder_then_cache(tmp_path, capsys):
             d.mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(d / f"{i}.png")
-    argv = ["embed", "--encoder", "cifar_resnet20", "--dataset", "folder", "--data-dir",
-            str(tmp_path / "imgs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    argv = [
+        "embed",
+        "--encoder",
+        "cifar_resnet20",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(tmp_path / "imgs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert "| train" in out and "encoded" in out
     code, out, _ = run(capsys, *argv, "--json")
     payload = json.loads(out)
-    assert payload["splits"]["train"] == payload["splits"]["train"] | {"examples": 4, "dim": 64,
-                                                                       "from_cache": True}  # fmt: skip
+    assert payload["splits"]["train"] == payload["splits"]["train"] | {
+        "examples": 4,
+        "dim": 64,
+        "from_cache": True,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +330,16 @@ def image_folder(tmp_path_factory):
                 tint[c] = 120  # each class has its own colour cast, so it can be learned
                 img = np.clip(rng.normal(100, 40, (32, 32, 3)) + tint, 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i}.png")
-    return ["--encoder", "cifar_resnet20", "--dataset", "folder", "--data-dir",
-            str(root / "imgs"), "--cache-dir", str(root / "cache")]  # fmt: skip
+    return [
+        "--encoder",
+        "cifar_resnet20",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(root / "imgs"),
+        "--cache-dir",
+        str(root / "cache"),
+    ]
 
 
 SMALL = "--codebooks 4 --keys 8 --key-dim 4 --key-epochs 1 --value-epochs 1 --no-progress".split()
@@ -285,8 +373,18 @@ def test_unlearn_certificate_comes_from_what_the_fit_recorded(
     image_folder, certified_fit, tmp_path, capsys, recipe, certified, named
 ):
     ckpt = _fit(image_folder, certified_fit, tmp_path, capsys, recipe)
-    code, out, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "1",
-                         "--method", "exact", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "unlearn",
+        *image_folder,
+        "--checkpoint",
+        ckpt,
+        "--classes",
+        "1",
+        "--method",
+        "exact",
+        "--no-progress",
+    )
     assert code == 0, err
     line = next(s for s in out.splitlines() if "certified" in s)
     assert line.startswith("certified exact:" if certified else "NOT certified:")
@@ -294,8 +392,9 @@ def test_unlearn_certificate_comes_from_what_the_fit_recorded(
         assert part in line
     # No flag can grant a certificate.
     with pytest.raises(SystemExit) as exit_:
-        main(["unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "2",
-              "--keys-independent"])  # fmt: skip
+        main(
+            ["unlearn", *image_folder, "--checkpoint", ckpt, "--classes", "2", "--keys-independent"]
+        )
     assert exit_.value.code == 2 and "--keys-independent" in capsys.readouterr().err
 
 
@@ -309,24 +408,65 @@ def test_certified_model_forgets_examples_from_its_statistics(
     held = int(held_rows.ids[0])
     counted = int(np.setdiff1d(np.arange(120), held_rows.ids)[0])
     # --examples defaults to the exact removal on a model with closed-form values.
-    code, out, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
-                         str(counted), "--json", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "unlearn",
+        *image_folder,
+        "--checkpoint",
+        ckpt,
+        "--examples",
+        str(counted),
+        "--json",
+        "--no-progress",
+    )
     assert code == 0, err
     payload = json.loads(out)
     assert payload["method"] == "exact" and payload["audit"]["certificate"]["certified"]
     assert payload["audit"]["forgotten_examples"] == [counted]
     assert payload["still_holding"]["usage"] is None  # recounted without the forgotten row
-    code, _, err = run(capsys, "unlearn", *image_folder, "--checkpoint", ckpt, "--examples",
-                       str(held), "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "unlearn",
+        *image_folder,
+        "--checkpoint",
+        ckpt,
+        "--examples",
+        str(held),
+        "--no-progress",
+    )
     assert code == 2 and "held-out split" in err
 
 
 def test_unlearn_sweeps_the_fits_grid_on_a_bounded_subset(npz, tmp_path, capsys):
     ckpt = str(tmp_path / "ckpt")
-    assert run(capsys, "fit", "--embeddings", npz, "--checkpoint", ckpt, *TINY, "--set",
-               "n_a_grid=[2,4]", "sweep_max_examples=30")[0] == 0  # fmt: skip
-    code, out, err = run(capsys, "unlearn", "--embeddings", npz, "--checkpoint", ckpt,
-                         "--classes", "1", "--method", "uva", "--no-progress")  # fmt: skip
+    assert (
+        run(
+            capsys,
+            "fit",
+            "--embeddings",
+            npz,
+            "--checkpoint",
+            ckpt,
+            *TINY,
+            "--set",
+            "n_a_grid=[2,4]",
+            "sweep_max_examples=30",
+        )[0]
+        == 0
+    )
+    code, out, err = run(
+        capsys,
+        "unlearn",
+        "--embeddings",
+        npz,
+        "--checkpoint",
+        ckpt,
+        "--classes",
+        "1",
+        "--method",
+        "uva",
+        "--no-progress",
+    )
     assert code == 0, err
     assert "sweeping UvA n_a over [2, 4] on 60 training rows" in err
     assert "uva (N=2)" in out or "uva (N=4)" in out

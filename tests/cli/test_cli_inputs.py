@@ -35,7 +35,8 @@ BAD_EMBEDDINGS = {
     "a single .npy array": (_npy, r"not an .npz archive \(a single .npy array\)"),
     "an object array": (
         lambda p: _npz(p, class_names=np.array([{"a": 1}], dtype=object)),
-        r"object \(pickled\) array, which is never loaded"),
+        r"object \(pickled\) array, which is never loaded",
+    ),
     "float labels": (lambda p: _npz(p, y_train=Y + 0.7), "y_train must be integer class ids"),
     "negative labels": (lambda p: _npz(p, y_test=Y - 1), r"y_test holds labels in \[-1, 2\]"),
     "labels and rows differ": (lambda p: _npz(p, y_train=Y[:5]), "one per row of x_train"),
@@ -43,10 +44,13 @@ BAD_EMBEDDINGS = {
     "labels 100..103": (
         lambda p: _npz(p, y_train=Y + 100, y_test=Y + 100),
         r"training labels do not cover 0..103: 100 of these class ids have no training example "
-        r"\(0, 1, 2, .*pass --num-classes 104"),
+        r"\(0, 1, 2, .*pass --num-classes 104",
+    ),
     "a class only in the test split": (
-        lambda p: _npz(p, y_test=np.where(Y == 3, 4, Y)), r"do not cover 0..4: 1 .* \(4\)"),
-}  # fmt: skip
+        lambda p: _npz(p, y_test=np.where(Y == 3, 4, Y)),
+        r"do not cover 0..4: 1 .* \(4\)",
+    ),
+}
 
 
 @pytest.mark.parametrize("make,needle", BAD_EMBEDDINGS.values(), ids=BAD_EMBEDDINGS.keys())
@@ -64,9 +68,14 @@ def test_fit_refuses_embeddings_that_cannot_be_right(tmp_path, capsys, make, nee
 
 @pytest.mark.parametrize(
     "labels, num_classes, expected",
-    [(Y, None, 4), (Y + 100, 104, 104), (Y + 100, 200, 200), (Y + 100, 103, "too small"),
-     (Y, 3, r"--num-classes 3 is too small: the labels reach 3")],
-)  # fmt: skip
+    [
+        (Y, None, 4),
+        (Y + 100, 104, 104),
+        (Y + 100, 200, 200),
+        (Y + 100, 103, "too small"),
+        (Y, 3, r"--num-classes 3 is too small: the labels reach 3"),
+    ],
+)
 def test_num_classes_keeps_or_refuses_gaps(labels, num_classes, expected):
     emb = embeddings.Embeddings(X, labels, X, labels, {})
     args = argparse.Namespace(num_classes=num_classes)
@@ -78,8 +87,17 @@ def test_num_classes_keeps_or_refuses_gaps(labels, num_classes, expected):
 
 
 def test_a_library_value_error_is_bad_input(tmp_path, capsys):
-    code = cli.main(["fit", "--embeddings", str(_npz(tmp_path / "e.npz")), "--checkpoint",
-                     str(tmp_path / "c"), "--keys", "0"])  # fmt: skip
+    code = cli.main(
+        [
+            "fit",
+            "--embeddings",
+            str(_npz(tmp_path / "e.npz")),
+            "--checkpoint",
+            str(tmp_path / "c"),
+            "--keys",
+            "0",
+        ]
+    )
     assert code == common.EXIT_BAD_INPUT
     assert "num_keys must be a positive int" in capsys.readouterr().err
 
@@ -92,7 +110,9 @@ BUGS = {
     "a KeyError": (_raise_key_error, KeyError),
     "an AttributeError in dkvb_jax code": (lambda args, info=None: None, AttributeError),
     "a ValueError from inside numpy": (
-        lambda args, info=None: embeddings.Embeddings(X[:0], Y[:0], X[:0], Y[:0], {}), ValueError),
+        lambda args, info=None: embeddings.Embeddings(X[:0], Y[:0], X[:0], Y[:0], {}),
+        ValueError,
+    ),
 }
 
 

@@ -56,10 +56,20 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
 def test_set_reaches_every_kind_of_field(command):
-    cfg = _config(*command, "--set", "value_epochs=6", "n_a_grid=[8,16,32]",
-                  "holdout_fraction=0.1", "preprocess=standardize",
-                  "--set", "key_max_examples=100", "mia=false", "forget_classes=3",
-                  "value_learning_rate=1", "methods=uva")  # fmt: skip
+    cfg = _config(
+        *command,
+        "--set",
+        "value_epochs=6",
+        "n_a_grid=[8,16,32]",
+        "holdout_fraction=0.1",
+        "preprocess=standardize",
+        "--set",
+        "key_max_examples=100",
+        "mia=false",
+        "forget_classes=3",
+        "value_learning_rate=1",
+        "methods=uva",
+    )
     assert cfg.value_epochs == 6 and cfg.n_a_grid == (8, 16, 32)
     assert cfg.holdout_fraction == 0.1 and cfg.preprocess == "standardize"
     assert cfg.key_max_examples == 100 and cfg.mia is False
@@ -70,8 +80,11 @@ def test_set_reaches_every_kind_of_field(command):
 
 def test_set_wins_over_config_recipe_and_flags(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"experiment": {"recipe": "paper", "value_epochs": 3,
-                                               "n_a_grid": [1, 2], "seed": 5}}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {"experiment": {"recipe": "paper", "value_epochs": 3, "n_a_grid": [1, 2], "seed": 5}}
+        )
+    )
     argv = ["fit", "--checkpoint", "c", "--config", str(path), "--value-epochs", "4"]
     assert _config(*argv).value_epochs == 4
     cfg = _config(*argv, "--set", "value_epochs=7", "value_optimizer=adam", "key_max_examples=null")
@@ -97,16 +110,22 @@ def test_demo_applies_set_to_its_own_settings(monkeypatch, capsys):
 
 
 BAD_SET = {
-    "unknown field": (["nope=1"], r"'nope' is not an ExperimentConfig field; valid fields: "
-                                  r"num_codebooks, num_keys, .*value_epochs, .*seed\."),
+    "unknown field": (
+        ["nope=1"],
+        r"'nope' is not an ExperimentConfig field; valid fields: "
+        r"num_codebooks, num_keys, .*value_epochs, .*seed\.",
+    ),
     "no =": (["value_epochs"], r"'value_epochs' is not FIELD=VALUE"),
     "out of range": (["value_epochs=0"], r"ExperimentConfig.value_epochs must be a positive int"),
-    "fraction": (["holdout_fraction=1.5"], r"ExperimentConfig.holdout_fraction must be in \[0, 1\)"),
+    "fraction": (
+        ["holdout_fraction=1.5"],
+        r"ExperimentConfig.holdout_fraction must be in \[0, 1\)",
+    ),
     "not a list of ints": (["n_a_grid=abc"], r"ExperimentConfig.n_a_grid must be a list of ints"),
     "a float for an int": (["value_epochs=6.5"], r"ExperimentConfig.value_epochs must be an int"),
     "an int for a bool": (["mia=1"], r"ExperimentConfig.mia must be true or false, got '1'"),
     "unknown choice": (["preprocess=pca"], r"ExperimentConfig.preprocess must be one of none, "),
-}  # fmt: skip
+}
 RUN = {
     "fit": ["fit", "--embeddings", "/nope.npz"],
     "compare": ["compare", "--embeddings", "/nope.npz"],

@@ -27,7 +27,7 @@ def _all_hosts(n, b, p, shuffle, seed, drop, epoch=0):
             drop_remainder=drop,
             process_index=i,
             process_count=p,
-        )  # fmt: skip
+        )
         for i in range(p)
     ]
 

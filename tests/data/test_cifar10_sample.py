@@ -55,7 +55,9 @@ def test_builder_script_reproduces_the_sample():
     script = REPO / "experiments" / "make_cifar10_sample.py"
     out = subprocess.run(
         [sys.executable, str(script), "--check", "--source", str(CIFAR10_ZIP)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "identical" in out.stdout

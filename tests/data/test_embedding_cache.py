@@ -38,9 +38,13 @@ def _expected(src):
 
 def _cache(tmp_path, src=None, enc=None, **kwargs):
     return cached_embeddings(
-        enc or Encoder(), src or _source(), cache_dir=tmp_path, batch_size=5, progress=False,
+        enc or Encoder(),
+        src or _source(),
+        cache_dir=tmp_path,
+        batch_size=5,
+        progress=False,
         **(KEY | kwargs),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

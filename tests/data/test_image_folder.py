@@ -53,9 +53,12 @@ def test_no_split_level_and_a_wrapping_folder(tmp_path):
 
 def test_non_images_and_hidden_files_are_ignored(make_root):
     files = layout() | {
-        "train/ant/notes.txt": b"x", "train/.DS_Store": b"x", "train/cat/.hidden.png": b"x",
-        "train/README.md": b"x", "__MACOSX/train/ant/0000.png": b"x",
-    }  # fmt: skip
+        "train/ant/notes.txt": b"x",
+        "train/.DS_Store": b"x",
+        "train/cat/.hidden.png": b"x",
+        "train/README.md": b"x",
+        "__MACOSX/train/ant/0000.png": b"x",
+    }
     assert len(ImageFolderSource(make_root(files), "train")) == 9
 
 
@@ -143,8 +146,9 @@ def test_reads_the_shared_cifar10_zip_in_canonical_label_order(split, n):
 
 
 def test_oversized_image_is_refused_on_read(make_root):
-    src = ImageFolderSource(make_root(layout() | {"train/ant/0001.png": b"\0" * 5000}), "train",
-                            max_image_bytes=4096)  # fmt: skip
+    src = ImageFolderSource(
+        make_root(layout() | {"train/ant/0001.png": b"\0" * 5000}), "train", max_image_bytes=4096
+    )
     src.read([0, 2, 3])  # Small images still read.
     with pytest.raises(ValueError, match=r"'train/ant/0001.png'.*5000 bytes.*max_image_bytes=4096"):
         src.read([1])

@@ -42,10 +42,16 @@ def test_batches_match_the_arrays(drop_remainder, shuffle):
 def test_hosts_split_the_source():
     src, _ = _source(n=9)
     ids = [
-        np.concatenate([b["id"][b["valid"]] for b in src.batches(
-            2, shuffle=True, seed=5, drop_remainder=False, process_index=i, process_count=3)])
+        np.concatenate(
+            [
+                b["id"][b["valid"]]
+                for b in src.batches(
+                    2, shuffle=True, seed=5, drop_remainder=False, process_index=i, process_count=3
+                )
+            ]
+        )
         for i in range(3)
-    ]  # fmt: skip
+    ]
     np.testing.assert_array_equal(np.sort(np.concatenate(ids)), np.arange(9))
     assert src.num_batches(2, drop_remainder=False, process_index=0, process_count=3) == 2
 
@@ -95,19 +101,38 @@ def test_resize_is_identity_at_target_and_keeps_solid_colour():
     "kwargs, error, match",
     [
         (dict(images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0])), ValueError, "labels"),
-        (dict(images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0.0, 1.0])), TypeError,
-         "integers"),
-        (dict(images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0, 5]),
-              class_names=["a", "b"]), ValueError, r"\[0, 2\)"),
+        (
+            dict(images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0.0, 1.0])),
+            TypeError,
+            "integers",
+        ),
+        (
+            dict(
+                images=np.zeros((2, 4, 4, 3), np.uint8),
+                labels=np.array([0, 5]),
+                class_names=["a", "b"],
+            ),
+            ValueError,
+            r"\[0, 2\)",
+        ),
         (dict(images=np.zeros((2, 4), np.uint8), labels=np.array([0, 1])), ValueError, "images"),
-        (dict(images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([0, 1])), TypeError,
-         "uint8"),
-        (dict(images=np.zeros((1, 4, 4, 3), np.uint8), labels=np.array([0]), non_rgb="x"),
-         ValueError, "non_rgb"),
-        (dict(images=np.zeros((1, 4, 4, 3), np.uint8), labels=np.array([0]), image_size=(0, 3)),
-         ValueError, "image_size"),
+        (
+            dict(images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([0, 1])),
+            TypeError,
+            "uint8",
+        ),
+        (
+            dict(images=np.zeros((1, 4, 4, 3), np.uint8), labels=np.array([0]), non_rgb="x"),
+            ValueError,
+            "non_rgb",
+        ),
+        (
+            dict(images=np.zeros((1, 4, 4, 3), np.uint8), labels=np.array([0]), image_size=(0, 3)),
+            ValueError,
+            "image_size",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         ArraySource(**kwargs).read([0])

@@ -15,9 +15,13 @@ def mock():
 
 @pytest.mark.parametrize(
     "name, split, num_classes",
-    [("cifar10", "train", 10), ("cifar10", "test", 10), ("cifar100", "train", 100),
-     ("cifar100", "test", 100)],
-)  # fmt: skip
+    [
+        ("cifar10", "train", 10),
+        ("cifar10", "test", 10),
+        ("cifar100", "train", 100),
+        ("cifar100", "test", 100),
+    ],
+)
 def test_cifar_without_tensorflow(mock, name, split, num_classes):
     src = TfdsSource(name, split, data_dir="/nonexistent/tfds")
     assert src.backend == "data_source"
@@ -61,8 +65,10 @@ def test_bad_arguments(mock, kwargs, error, match):
         TfdsSource(**kwargs)
 
 
-@pytest.mark.skipif(not tensorflow_available(), reason="needs tensorflow for tfds.load; the "
-                    "data_source path above covers tfds without it")  # fmt: skip
+@pytest.mark.skipif(
+    not tensorflow_available(),
+    reason="needs tensorflow for tfds.load; the data_source path above covers tfds without it",
+)
 def test_tf_backend_matches_data_source(mock):
     tf_src = TfdsSource("cifar10", "train", backend="tf")
     assert tf_src.backend == "tf" and len(tf_src) == 9

@@ -329,8 +329,7 @@ def _peak_bytes(fn) -> int:
 def test_zero_stride_tensor_is_refused_before_allocating(tmp_path):
     """One float32 stored, viewed as 8192 x 8192 with zero strides: 256 MB from a tiny file."""
     path = tmp_path / "bomb.pt"
-    write_torch_zip_raw({"w": ("0", 0, (8192, 8192), (0, 0))},
-                           {"0": np.zeros(1, np.float32)}, path)  # fmt: skip
+    write_torch_zip_raw({"w": ("0", 0, (8192, 8192), (0, 0))}, {"0": np.zeros(1, np.float32)}, path)
     assert path.stat().st_size < 2000
 
     def load():

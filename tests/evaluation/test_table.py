@@ -63,7 +63,7 @@ def _mia_table(original, unlearned):
             mia=unlearned,
             original_row="original",
             cost=CostRecord("u", forward_flops=1e8),
-        ),  # fmt: skip
+        ),
     ]
     return ResultsTable.from_rows(rows)
 
@@ -103,8 +103,11 @@ def test_reached_cell_gives_a_trained_baselines_epochs():
         ResultRow.from_results("DKVB-UvA", ACCS, cost=CostRecord("u", forward_flops=1e8)),
         ResultRow.from_results("finetune", {**ACCS, "forget_test": 0.5}, cost=cost),
     ]
-    line = next(s for s in ResultsTable.from_rows(rows).to_markdown().splitlines()
-                if s.startswith("| finetune"))  # fmt: skip
+    line = next(
+        s
+        for s in ResultsTable.from_rows(rows).to_markdown().splitlines()
+        if s.startswith("| finetune")
+    )
     assert "| no (10 ep) " in line and line.rstrip(" |").endswith("-")
 
 
@@ -153,12 +156,12 @@ def test_no_cost_ratio_for_a_row_that_did_not_forget_as_much(forget, reached, co
     rows = [
         ResultRow.from_results(
             "DKVB-UvA", ACCS, cost=CostRecord("u", wall_s=0.1, forward_flops=1e8)
-        ),  # fmt: skip
+        ),
         ResultRow.from_results(
             "finetune",
             {**ACCS, "forget_test": forget},
             cost=CostRecord("f", wall_s=1.0, forward_flops=9e9),
-        ),  # fmt: skip
+        ),
     ]
     table = ResultsTable.from_rows(rows)
     rec = {r["method"]: r for r in table.records()}["finetune"]

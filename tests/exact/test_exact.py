@@ -27,11 +27,15 @@ from dkvb_jax.unlearning.audit import AuditRecord
 
 C, K, Y, TOPK, D = 4, 8, 3, 2, 16
 # Every frozen part fitted on no data of "toy/train": every removal is certified.
-CLEAN = Provenance("toy/train", (
-    Part("encoder", "identity", ()), Part("preprocess", "none", ()),
-    Part("keys", "ema_kmeans", (Rows("other/train"),)),
-    Part("values", "adam", (Rows("toy/train", labels=True),)),
-))  # fmt: skip
+CLEAN = Provenance(
+    "toy/train",
+    (
+        Part("encoder", "identity", ()),
+        Part("preprocess", "none", ()),
+        Part("keys", "ema_kmeans", (Rows("other/train"),)),
+        Part("values", "adam", (Rows("toy/train", labels=True),)),
+    ),
+)
 ESTIMATORS = [
     EstimatorConfig(),
     EstimatorConfig(kind="centered_log_prob", alpha=0.5),
@@ -43,8 +47,9 @@ ESTIMATORS = [
 
 @pytest.fixture(scope="module")
 def model_and_vars():
-    model = DKVB(DKVBConfig(embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K, key_dim=3,
-                            top_k=TOPK))  # fmt: skip
+    model = DKVB(
+        DKVBConfig(embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K, key_dim=3, top_k=TOPK)
+    )
     return model, model.init(jax.random.key(0), jnp.zeros((2, D)))
 
 
@@ -139,11 +144,20 @@ def test_remove_examples_equals_refit(model_and_vars, cfg, seed, rank_weights):
     rng = np.random.default_rng(100 + seed)
     forget = rng.random(ids.size) < rng.uniform(0.05, 0.6)
     forget[0] = True
-    v_all, s_all = fit_exact(model, v, codes, labels, ids, estimator=cfg, stats_config=sc,
-                             provenance=CLEAN)  # fmt: skip
+    v_all, s_all = fit_exact(
+        model, v, codes, labels, ids, estimator=cfg, stats_config=sc, provenance=CLEAN
+    )
     v_un, s_un, rec = remove_examples(v_all, s_all, rng.permutation(ids[forget]), estimator=cfg)
-    v_ref, s_ref = fit_exact(model, v, codes[~forget], labels[~forget], ids[~forget],
-                             estimator=cfg, stats_config=sc, provenance=CLEAN)  # fmt: skip
+    v_ref, s_ref = fit_exact(
+        model,
+        v,
+        codes[~forget],
+        labels[~forget],
+        ids[~forget],
+        estimator=cfg,
+        stats_config=sc,
+        provenance=CLEAN,
+    )
     assert bitwise_equal(v_un["params"]["values"], v_ref["params"]["values"])
     assert_stats_equal(s_un, s_ref)
     assert rec.certified and rec.params["num_examples"] == forget.sum()
@@ -268,9 +282,13 @@ def test_stale_codes_are_rejected(model_and_vars):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"alpha": 0.0}, "alpha"), ({"kind": "mean"}, "kind"), ({"temperature": -1.0}, "temperature"),
-     ({"kind": "prob", "prior_correction": True}, "prior_correction")],
-)  # fmt: skip
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"kind": "mean"}, "kind"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"kind": "prob", "prior_correction": True}, "prior_correction"),
+    ],
+)
 def test_estimator_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=f"EstimatorConfig.{field}"):
         EstimatorConfig(**kwargs)
@@ -290,11 +308,15 @@ def test_duplicate_ids_and_non_vote_decoder_rejected(model_and_vars):
 
 
 def _provenance(keys: Rows | None) -> Provenance:
-    return Provenance("toy/train", (
-        Part("encoder", "identity", ()), Part("preprocess", "none", ()),
-        Part("keys", "ema_kmeans", None if keys is None else (keys,)),
-        Part("values", "adam", (Rows("toy/train", labels=True),)),
-    ))  # fmt: skip
+    return Provenance(
+        "toy/train",
+        (
+            Part("encoder", "identity", ()),
+            Part("preprocess", "none", ()),
+            Part("keys", "ema_kmeans", None if keys is None else (keys,)),
+            Part("values", "adam", (Rows("toy/train", labels=True),)),
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -309,8 +331,9 @@ def _provenance(keys: Rows | None) -> Provenance:
     ],
     ids=["clean", "no-provenance", "keys-disjoint", "keys-saw-9", "keys-unrecorded", "keys-all"],
 )
-def test_certificate_from_provenance_and_json_roundtrip(model_and_vars, provenance, certified,
-                                                        blames):  # fmt: skip
+def test_certificate_from_provenance_and_json_roundtrip(
+    model_and_vars, provenance, certified, blames
+):
     model, v = model_and_vars
     codes, labels, _ = random_data(13)
     ids = np.arange(codes.shape[0])
@@ -341,8 +364,11 @@ def test_removal_records_the_remaining_rows_in_the_provenance(model_and_vars):
 class TestComposition(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_values_without_vmap_over_forget_sets_equals_loop(self):
-        model = DKVB(DKVBConfig(embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K,
-                                key_dim=3, top_k=TOPK))  # fmt: skip
+        model = DKVB(
+            DKVBConfig(
+                embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K, key_dim=3, top_k=TOPK
+            )
+        )
         v = model.init(jax.random.key(0), jnp.zeros((2, D)))
         codes, labels, ids = random_data(14)
         cfg = EstimatorConfig(kind="centered_log_prob")

@@ -14,8 +14,9 @@ C, K, Y, TOPK, D = 2, 8, 3, 2, 6
 
 @pytest.fixture(scope="module")
 def model_and_vars():
-    model = DKVB(DKVBConfig(embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K, key_dim=3,
-                            top_k=TOPK))  # fmt: skip
+    model = DKVB(
+        DKVBConfig(embed_dim=D, num_classes=Y, num_codebooks=C, num_keys=K, key_dim=3, top_k=TOPK)
+    )
     return model, model.init(jax.random.key(0), jnp.zeros((2, D)))
 
 

@@ -5,8 +5,16 @@ import json
 import pytest
 from script_testutil import load_script
 
-TINY = ["--set", "num_codebooks=4", "num_keys=16", "key_dim=4", "key_epochs=1",
-        "--sequential", "4", "--no-progress"]  # fmt: skip
+TINY = [
+    "--set",
+    "num_codebooks=4",
+    "num_keys=16",
+    "key_dim=4",
+    "key_epochs=1",
+    "--sequential",
+    "4",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")

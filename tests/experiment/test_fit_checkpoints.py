@@ -15,8 +15,9 @@ from dkvb_jax.experiment.fitting import SETTINGS
 from dkvb_jax.provenance import UNNAMED, Part, Rows
 from dkvb_jax.testing import clustered_embeddings
 
-TINY = ExperimentConfig.recipe("lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2,
-                               value_epochs=2)  # fmt: skip
+TINY = ExperimentConfig.recipe(
+    "lda_adam", num_codebooks=8, num_keys=32, key_dim=4, key_epochs=2, value_epochs=2
+)
 X, Y = clustered_embeddings(0, 400, num_classes=4, dim=16)
 CONFIG = TINY.dkvb_config(16, 4)
 KW = dict(

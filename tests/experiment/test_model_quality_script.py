@@ -16,10 +16,16 @@ TINY = {"num_codebooks": 4, "num_keys": 8, "key_dim": 3}
 
 def _recipes(tmp_path):
     recipes = [
-        {"name": "sgd_std_top2", "model": {**TINY, "top_k": 2}, "preprocess": "standardize",
-         "key_init": {"epochs": 1, "batch_size": 64}, "key_rows": 100, "values": "train",
-         "train": {"epochs": 1, "batch_size": 64}},
-    ]  # fmt: skip
+        {
+            "name": "sgd_std_top2",
+            "model": {**TINY, "top_k": 2},
+            "preprocess": "standardize",
+            "key_init": {"epochs": 1, "batch_size": 64},
+            "key_rows": 100,
+            "values": "train",
+            "train": {"epochs": 1, "batch_size": 64},
+        },
+    ]
     path = tmp_path / "recipes.json"
     path.write_text(json.dumps(recipes))
     return path

@@ -9,8 +9,9 @@ from dkvb_jax.experiment import ExperimentConfig
 from dkvb_jax.experiment.recipe import fit_from_config, holdout_rows
 from dkvb_jax.testing import clustered_embeddings
 
-TINY = ExperimentConfig(num_codebooks=4, num_keys=16, key_dim=4, key_epochs=2, baselines=(),
-                        mia=False)  # fmt: skip
+TINY = ExperimentConfig(
+    num_codebooks=4, num_keys=16, key_dim=4, key_epochs=2, baselines=(), mia=False
+)
 CERTIFIED = TINY.replace(exact_alpha=0.1)  # the default recipe is the certified one
 
 
@@ -43,8 +44,9 @@ def test_holdout_rows_refuses_impossible_sizes(n):
 
 def test_certified_recipe_certifies_every_value_row_and_no_held_out_row(data, encoder):
     x, y = data
-    fit = fit_from_config(CERTIFIED, x, y, num_classes=4, dataset="toy/train", encoder=encoder,
-                          progress=False)  # fmt: skip
+    fit = fit_from_config(
+        CERTIFIED, x, y, num_classes=4, dataset="toy/train", encoder=encoder, progress=False
+    )
     fitted = fit.fitted
     assert fit.holdout.size == 60 and np.intersect1d(fit.holdout, fit.rows).size == 0
     parts = {p.name: p for p in fitted.provenance.parts}
@@ -56,13 +58,19 @@ def test_certified_recipe_certifies_every_value_row_and_no_held_out_row(data, en
     assert set(ids.tolist()) == set(fit.rows.tolist())
     # Any row the values were fitted on: certified, and equal to a refit without it.
     forget = ids[y[ids] == 2][:5]
-    v, stats, rec = exact.remove_examples(fitted.variables, fitted.stats, forget,
-                                          estimator=CERTIFIED.value_config())  # fmt: skip
+    v, stats, rec = exact.remove_examples(
+        fitted.variables, fitted.stats, forget, estimator=CERTIFIED.value_config()
+    )
     assert rec.certified and "certified exact" in rec.certificate["reason"]
     keep = ~np.isin(ids, forget)
-    ref, _ = exact.fit_exact(fitted.model, fitted.variables, np.asarray(fitted.stats.codes)[keep],
-                             np.asarray(fitted.stats.labels)[keep], ids[keep],
-                             estimator=CERTIFIED.value_config())  # fmt: skip
+    ref, _ = exact.fit_exact(
+        fitted.model,
+        fitted.variables,
+        np.asarray(fitted.stats.codes)[keep],
+        np.asarray(fitted.stats.labels)[keep],
+        ids[keep],
+        estimator=CERTIFIED.value_config(),
+    )
     assert np.array_equal(np.asarray(v["params"]["values"]), np.asarray(ref["params"]["values"]))
     # A held-out row is not in the counts: it can only be forgotten by refitting.
     with pytest.raises(ValueError, match="not counted"):
@@ -76,13 +84,16 @@ def test_certified_recipe_certifies_every_value_row_and_no_held_out_row(data, en
         (CERTIFIED, None, ("encoder",)),  # unnamed rows cannot be compared with the encoder's
     ],
 )
-def test_models_fitted_on_the_labelled_rows_are_not_certified(data, encoder, config, dataset,
-                                                                blames):  # fmt: skip
+def test_models_fitted_on_the_labelled_rows_are_not_certified(
+    data, encoder, config, dataset, blames
+):
     x, y = data
-    fitted = fit_from_config(config, x, y, num_classes=4, dataset=dataset, encoder=encoder,
-                             progress=False).fitted  # fmt: skip
+    fitted = fit_from_config(
+        config, x, y, num_classes=4, dataset=dataset, encoder=encoder, progress=False
+    ).fitted
     ids = np.asarray(fitted.stats.ids)
-    _, _, rec = exact.remove_examples(fitted.variables, fitted.stats, ids[:3],
-                                      estimator=config.value_config())  # fmt: skip
+    _, _, rec = exact.remove_examples(
+        fitted.variables, fitted.stats, ids[:3], estimator=config.value_config()
+    )
     assert not rec.certified and rec.certificate["values_exact"]
     assert tuple(rec.certificate["parts_that_saw"]) == blames

@@ -191,9 +191,15 @@ def test_value_training_refuses_uneven_batches(problem):
     model, variables, x, y = problem
     with pytest.raises(ValueError, match="divisible by the 8 devices"):
         training.train_values(
-            model, variables, x, y, key=jax.random.key(0), mesh=parallel.data_mesh(8),
-            config=training.ValueTrainConfig(batch_size=12), progress=False,
-        )  # fmt: skip
+            model,
+            variables,
+            x,
+            y,
+            key=jax.random.key(0),
+            mesh=parallel.data_mesh(8),
+            config=training.ValueTrainConfig(batch_size=12),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("seeding", ["sample", "kmeans++"])

@@ -20,14 +20,21 @@ def trained():
     xt, yt = clustered_embeddings(1, 600)
     model = DKVB(CFG)
     v = model.init(jax.random.key(0), x[:2])
-    v, _ = fit_keys(model, v, x, key=jax.random.key(1), config=KeyInitConfig(epochs=2),
-                    progress=False)  # fmt: skip
-    v, hist = train_values(model, v, x, y, key=jax.random.key(2),
-                           config=ValueTrainConfig(epochs=2), progress=False)  # fmt: skip
+    v, _ = fit_keys(
+        model, v, x, key=jax.random.key(1), config=KeyInitConfig(epochs=2), progress=False
+    )
+    v, hist = train_values(
+        model, v, x, y, key=jax.random.key(2), config=ValueTrainConfig(epochs=2), progress=False
+    )
     v = jax.tree.map(np.asarray, v)  # concrete host arrays: tests compare them bit for bit
     assert hist.accuracy[-1] > 0.99, hist
     return types.SimpleNamespace(
-        model=model, v=v, x=x, y=y, xt=xt, yt=yt,
+        model=model,
+        v=v,
+        x=x,
+        y=y,
+        xt=xt,
+        yt=yt,
         usage=np.asarray(key_usage(model, v, x, y)),
         codes=compute_codes(model, v, x),
-    )  # fmt: skip
+    )

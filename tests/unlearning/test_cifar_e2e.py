@@ -34,10 +34,12 @@ def cifar():
     cfg = DKVBConfig(embed_dim=64, num_classes=10, num_codebooks=32, num_keys=128, key_dim=8)
     model = DKVB(cfg)
     v = model.init(jax.random.key(0), x[:2])
-    v, _ = fit_keys(model, v, x, key=jax.random.key(1), config=KeyInitConfig(epochs=3),
-                    progress=False)  # fmt: skip
-    v, _ = train_values(model, v, x, y, key=jax.random.key(2),
-                        config=ValueTrainConfig(epochs=2), progress=False)  # fmt: skip
+    v, _ = fit_keys(
+        model, v, x, key=jax.random.key(1), config=KeyInitConfig(epochs=3), progress=False
+    )
+    v, _ = train_values(
+        model, v, x, y, key=jax.random.key(2), config=ValueTrainConfig(epochs=2), progress=False
+    )
     return model, v, x, y, xt, yt, np.asarray(key_usage(model, v, x, y))
 
 
@@ -48,8 +50,9 @@ def test_forget_best_class_to_zero_retain_within_two_points(cifar):
     # The paper's protocol: forget the class the model learned best.
     per_class = np.array([(pred == yt)[yt == c].mean() for c in range(10)])
     cls = int(per_class.argmax())
-    new, rec = forget_classes(model, v, cls, 128, usage=usage,
-                              eval_fn=accuracy_effect(model, xt, yt, [cls]))  # fmt: skip
+    new, rec = forget_classes(
+        model, v, cls, 128, usage=usage, eval_fn=accuracy_effect(model, xt, yt, [cls])
+    )
     before, after = rec.effect["before"], rec.effect["after"]
     assert before["forget_accuracy"] > 0.8
     assert after["forget_accuracy"] == 0.0

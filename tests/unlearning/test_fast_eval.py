@@ -26,8 +26,9 @@ def _codes(model, variables, x):
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["top1", "top2"])
 def setup(request):
-    cfg = DKVBConfig(embed_dim=8, num_classes=3, num_codebooks=3, num_keys=12, key_dim=2,
-                     top_k=request.param)  # fmt: skip
+    cfg = DKVBConfig(
+        embed_dim=8, num_classes=3, num_codebooks=3, num_keys=12, key_dim=2, top_k=request.param
+    )
     model = DKVB(cfg)
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     v = model.init(jax.random.key(0), x[:1])

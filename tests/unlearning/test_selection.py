@@ -13,9 +13,10 @@ from unlearning_testutil import np_top_n
 from dkvb_jax.training import usage_from_codes
 from dkvb_jax.unlearning import selection
 
+# A small range of counts: many ties.
 COUNTS = hnp.arrays(
     np.int32, st.tuples(st.integers(1, 3), st.integers(1, 9)), elements=st.integers(0, 4)
-)  # fmt: skip  (small range: many ties)
+)
 
 
 @settings(max_examples=40, deadline=None)
