@@ -47,6 +47,7 @@ def _args(argv=None):
     p.add_argument("--sample-classes", type=int, default=10, help="UvE sample size")
     p.add_argument("--oracle-classes", type=int, default=3, help="retrain-oracle sample size")
     p.add_argument("--timing-classes", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=8, help="classes per evaluation call")
     p.add_argument("--rows-per-class", type=int, default=None, help="override (tests)")
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--codebooks", type=int, default=256)
