@@ -267,6 +267,31 @@ def uva_selection(store: StoredEval, label, n: int) -> jax.Array:
     return jax.vmap(one)(store.pairs, store.counts, store.offsets)
 
 
+def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Indices int32 `[size]` of the first `size` true entries of bool `mask` `[n]`, in order,
+    then `n`; and the count of true entries. :func:`jnp.nonzero` with a size, in passes over
+    32-bit words instead of a scan over every entry (on XLA:CPU, ten times faster)."""
+    n = mask.shape[0]
+    mask = jnp.pad(mask, (0, -n % 32)).reshape(-1, 32).astype(jnp.uint32)
+    words = (mask << jnp.arange(32, dtype=jnp.uint32)).sum(-1, dtype=jnp.uint32)
+    ones = jax.lax.population_count(words).astype(jnp.int32)
+    end = jnp.cumsum(ones)
+    start = end - ones
+    # Output slot p lies in word w for start[w] <= p < end[w]: adding w at start[w] and
+    # subtracting it at end[w], a cumulative sum gives every slot its word.
+    w = jnp.arange(words.shape[0], dtype=jnp.int32)
+    marks = jnp.zeros(size, jnp.int32).at[start].add(w, mode="drop").at[end].add(-w, mode="drop")
+    word = jnp.cumsum(marks)
+    rank = jnp.arange(size, dtype=jnp.int32) - start[word]
+    bits, pos = words[word], jnp.zeros(size, jnp.uint32)
+    for width in (16, 8, 4, 2, 1):  # binary search for the rank-th set bit of the word
+        below = jax.lax.population_count((bits >> pos) & ((1 << width) - 1)).astype(jnp.int32)
+        skip = below <= rank
+        rank, pos = jnp.where(skip, rank - below, rank), jnp.where(skip, pos + width, pos)
+    live = jnp.arange(size) < end[-1]
+    return jnp.where(live, word * 32 + pos.astype(jnp.int32), n), end[-1]
+
+
 def _hits(sel, codes):
     """bool `[M, Cb]`: the rows' stored code in each codebook is selected."""
     return sel[jnp.arange(codes.shape[1])[None], codes]
@@ -282,16 +307,14 @@ def _block_pairs(sel, codes, ranked, queries, keys, caps: Caps):
     """One block's masked pairs `[caps.pairs]`: rows, codebooks, stored and new codes, and
     whether each entry is live; and int32 `[4]` sizes: masked pairs, fallbacks beyond the
     ranking, and whether either overflowed its cap."""
-    hit = _hits(sel, codes)
-    num_hits = hit.sum()
-    r, b = jnp.nonzero(hit, size=caps.pairs, fill_value=0)
+    flat, num_hits = compact(_hits(sel, codes).reshape(-1), caps.pairs)
     live = jnp.arange(caps.pairs) < num_hits
+    flat = jnp.where(live, flat, 0)
+    r, b = flat // codes.shape[1], flat % codes.shape[1]
     rk = ranked[r, b].astype(jnp.int32)  # [P, depth]
     active = ~sel[b[:, None], rk]
     new = jnp.take_along_axis(rk, jnp.argmax(active, -1)[:, None], -1)[:, 0]
-    beyond = live & ~active.any(-1)
-    num_beyond = beyond.sum()
-    (u,) = jnp.nonzero(beyond, size=caps.exact, fill_value=caps.pairs)
+    u, num_beyond = compact(live & ~active.any(-1), caps.exact)
     ur, ub = r.at[u].get(mode="fill", fill_value=0), b.at[u].get(mode="fill", fill_value=0)
     chunks = caps.exact // _EXACT_CHUNK
     exact = jax.lax.map(
@@ -327,9 +350,7 @@ def _block_delta(r, b, old, new, live, values, slot, caps: Caps):
     """One block's change of the vote sums of the undecided rows, int32 `[caps.rows, classes]`,
     from the changed pairs' values; and int32 `[2]`: those pairs, and whether they overflowed."""
     to = jnp.where(live, slot[r], caps.rows)
-    mark = to < caps.rows
-    num = mark.sum()
-    (u,) = jnp.nonzero(mark, size=caps.row_pairs, fill_value=r.shape[0])
+    u, num = compact(to < caps.rows, caps.row_pairs)
     b, new, old = (a.at[u].get(mode="fill", fill_value=0) for a in (b, new, old))
     to = to.at[u].get(mode="fill", fill_value=caps.rows)
     # Pairs in chunks, so the gathered values stay [chunk, classes] whatever the cap.
@@ -376,11 +397,9 @@ def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
     # label (ties go to the lower index, as argmax does).
     right = ly > base_j + moves[:, 2]
     wrong = (lj > ly) | ((lj == ly) & (rival < labels))
-    undecided = affected & ~right & ~wrong
-    num_rows = undecided.sum()
-    (rows,) = jnp.nonzero(undecided, size=caps.rows, fill_value=0)
-    live = jnp.arange(caps.rows) < num_rows
-    put = jnp.where(live, rows, m)
+    put, num_rows = compact(affected & ~right & ~wrong, caps.rows)
+    live = put < m
+    rows = jnp.where(live, put, 0)
     slot = jnp.full(m, caps.rows, jnp.int32).at[put].set(jnp.arange(caps.rows), mode="drop")
     delta, row_pairs = _over_blocks(
         mesh, functools.partial(_block_delta, caps=caps), (*pairs, store.values), (slot,)
