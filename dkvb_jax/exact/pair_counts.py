@@ -332,17 +332,29 @@ def derive_fixed_point_values(
             "codebook weights over all codebooks; use EstimatorConfig(codebook_weighting='none')."
         )
     s, cb, k, y = stats.num_blocks, stats.block_codebooks, stats.num_keys, stats.num_classes
-    shape = (s, cb, k, y)
-    sharding = None if mesh is None else NamedSharding(mesh, P(CODEBOOK))
-    buf = jax.jit(lambda: jnp.zeros(shape, jnp.int32), out_shardings=sharding)()
+    zeros, put = _value_writers(config, mesh)
+    buf = zeros((s, cb, k, y))
     step = max(d for d in range(1, min(_DERIVE_CODEBOOKS, cb) + 1) if cb % d == 0)
-
-    @functools.partial(jax.jit, static_argnums=(1, 2), donate_argnums=0, out_shardings=sharding)
-    def put(buf, block, start, counts):
-        vals = fixed_point(derive_values(counts, config))
-        return jax.lax.dynamic_update_slice(buf, vals[None], (block, start, 0, 0))
-
     starts = [(b, c) for b in range(s) for c in range(0, cb, step)]
     for b, c in progress_bar(starts, desc="values from counts", disable=not progress):
         buf = put(buf, b, c, jnp.asarray(stats.dense_block(b, c, c + step)))
     return buf
+
+
+@functools.lru_cache(maxsize=16)
+def _value_writers(config: EstimatorConfig, mesh: Mesh | None):
+    """Jitted buffer allocation and in-place block writes, made once per (config, mesh) so
+    that every derivation after the first (removals, oracles) reuses the compiled code."""
+    sharding = None if mesh is None else NamedSharding(mesh, P(CODEBOOK))
+
+    @functools.partial(jax.jit, static_argnums=0, out_shardings=sharding)
+    def zeros(shape):
+        return jnp.zeros(shape, jnp.int32)
+
+    # Block and start are traced: one compile for every write.
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
+    def put(buf, block, start, counts):
+        vals = fixed_point(derive_values(counts, config))
+        return jax.lax.dynamic_update_slice(buf, vals[None], (block, start, 0, 0))
+
+    return zeros, put

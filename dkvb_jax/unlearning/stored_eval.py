@@ -7,16 +7,12 @@ the `depth` nearest keys of every codebook (so most fallbacks are a lookup in th
 the queries (for the rare fallback beyond it: an exact search over that one codebook's keys).
 
 Most affected rows need no new logits either: each changed pair moves the label's logit and the
-runner-up's by known amounts (scalar gathers), and any class's by at most `max value of the new
-key - min value of the old key`. A row whose label beats that bound stays right, one whose
-runner-up overtakes the label goes wrong; only the rows left undecided get full `[classes]`
-logits. So an evaluation costs a gather over the codes and a few scalars per masked pair, which
-makes evaluating each of ImageNet's 1000 classes forgotten alone affordable.
-
-The vote is summed in fixed point (:func:`dkvb_jax.exact.pair_counts.fixed_point`: values
-rounded once to multiples of `2**-16`), so every sum and every decision above is exact in
-integers: the result is the argmax of the full logits, bit for bit, on one device or with one
-block of codebooks per device of a codebook mesh.
+runner-up's by known amounts, and any class's by at most `max value of the new key - min value
+of the old key`. A row whose label beats that bound stays right, one whose runner-up overtakes
+the label goes wrong; only the rows left undecided get full `[classes]` logits. The vote is
+summed in fixed point (:func:`dkvb_jax.exact.pair_counts.fixed_point`), so every sum and every
+decision is exact in integers: the result is the argmax of the full logits, bit for bit, on one
+device or with one block of codebooks per device of a codebook mesh.
 """
 
 from __future__ import annotations
@@ -227,8 +223,6 @@ def _over_blocks(mesh, fn, block_args, shared=()):
     ``'codebook'`` on a mesh. Integer parts, so both give the same, exact sum."""
     if mesh is None:
         first, own0 = fn(*(a[0] for a in block_args), *shared)
-        if block_args[0].shape[0] == 1:
-            return first, jax.tree.map(lambda x: x[None], own0)
 
         def step(acc, args):
             part, own = fn(*args, *shared)
@@ -304,9 +298,8 @@ def _exact_nearest(q, keys_b, sel_b):
 
 
 def _block_pairs(sel, codes, ranked, queries, keys, caps: Caps):
-    """One block's masked pairs `[caps.pairs]`: rows, codebooks, stored and new codes, and
-    whether each entry is live; and int32 `[4]` sizes: masked pairs, fallbacks beyond the
-    ranking, and whether either overflowed its cap."""
+    """One block's masked pairs `[caps.pairs]`: rows, codebooks, stored and new codes, live;
+    and int32 `[4]`: masked pairs, fallbacks beyond the ranking, and their overflows."""
     flat, num_hits = compact(_hits(sel, codes).reshape(-1), caps.pairs)
     live = jnp.arange(caps.pairs) < num_hits
     flat = jnp.where(live, flat, 0)
@@ -332,15 +325,9 @@ def _block_moves(sel, codes, ranked, queries, keys, values, top, floor, labels, 
     pairs, sizes = _block_pairs(sel, codes, ranked, queries, keys, caps)
     r, b, old, new, live = pairs
     y, j = labels[r], rival[r]
-    moves = jnp.stack(
-        [
-            values[b, new, y] - values[b, old, y],
-            values[b, new, j] - values[b, old, j],
-            jnp.maximum(top[b, new] - floor[b, old], 0),
-            jnp.ones_like(r),
-        ],
-        axis=-1,
-    )
+    dy, dj = values[b, new, y] - values[b, old, y], values[b, new, j] - values[b, old, j]
+    bound = jnp.maximum(top[b, new] - floor[b, old], 0)
+    moves = jnp.stack([dy, dj, bound, jnp.ones_like(r)], axis=-1)
     to = jnp.where(live, r, codes.shape[0])
     moves = jnp.zeros((codes.shape[0], 4), jnp.int32).at[to].add(moves, mode="drop")
     return moves, (pairs, sizes)
@@ -368,9 +355,8 @@ def _block_delta(r, b, old, new, live, values, slot, caps: Caps):
 
 
 class Sizes(NamedTuple):
-    """What one evaluation touched: masked (row, codebook) pairs and fallbacks beyond the
-    ranking (summed over blocks), affected rows, rows the bounds left undecided (their full
-    logits were computed), the caps it needed (int32 `[4]`, the fields of :class:`Caps`) and a
+    """What one evaluation touched: masked pairs and fallbacks beyond the ranking (all blocks),
+    affected rows, rows given full logits, the :class:`Caps` it needed (int32 `[4]`) and a
     count of overflowed caps (must be 0)."""
 
     pairs: jax.Array
@@ -407,22 +393,23 @@ def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
     exact_right = (store.base[rows] + delta).argmax(-1) == labels[rows]
     unmasked = (base_y > base_j) | ((base_y == base_j) & (rival > labels))
     correct = jnp.where(affected, right, unmasked).at[put].set(exact_right, mode="drop")
-    need = jnp.stack(
-        [sizes[:, 0].max(), sizes[:, 1].max(), num_rows, row_pairs[:, 0].max()]
-    ).astype(jnp.int32)
+    hits, beyond = sizes[:, 0], sizes[:, 1]
+    need = jnp.stack([hits.max(), beyond.max(), num_rows, row_pairs[:, 0].max()])
     overflow = sizes[:, 2:].sum() + row_pairs[:, 1].sum() + (num_rows > caps.rows)
-    return correct, Sizes(
-        sizes[:, 0].sum(), sizes[:, 1].sum(), affected.sum(), num_rows, need, overflow
-    )
+    return correct, Sizes(hits.sum(), beyond.sum(), affected.sum(), num_rows, need, overflow)
 
 
 def make_caps(pairs: int, exact: int, rows: int, row_pairs: int) -> Caps:
-    """:class:`Caps` at least as large as given: powers of two, so few shapes compile."""
+    """:class:`Caps` at least as large as given: powers of two (so few shapes compile), at
+    least one fallback chunk."""
+    sizes = (pairs, exact, rows, row_pairs)
+    return Caps(*(max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length()) for x in sizes))
 
-    def up(x):  # powers of two, at least one fallback chunk
-        return max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length())
 
-    return Caps(pairs=up(pairs), exact=up(exact), rows=up(rows), row_pairs=up(row_pairs))
+def initial_caps(store: StoredEval) -> Caps:
+    """Caps to start from: every pair and row of a small store (one compile), at most 4096."""
+    m, cb = store.codes.shape[1:]
+    return make_caps(min(m * cb, _DELTA_CHUNK), 1, min(m, _DELTA_CHUNK), min(m * cb, _DELTA_CHUNK))
 
 
 def grown(caps: Caps, sizes: Sizes) -> Caps:
@@ -478,14 +465,10 @@ def _retrying(fn, caps: Caps, tries: int = 4):
 
 
 def evaluate(store: StoredEval, selection: jax.Array, caps: Caps | None = None, mesh=None):
-    """:func:`evaluate_selection` with caps grown until nothing overflows.
-
-    Returns:
-      bool `[M]` correct (NumPy), the :class:`Sizes`, and the caps used (pass them to the next
-      call, so that similar selections compile once).
-    """
+    """:func:`evaluate_selection` with caps grown until nothing overflows: bool `[M]` correct
+    (NumPy), the :class:`Sizes`, and the caps used (for the next call: one compile)."""
     fn = functools.partial(evaluate_selection, store, selection, mesh=mesh)
-    correct, sizes, caps = _retrying(lambda c: fn(caps=c), caps or make_caps(1, 1, 1, 1))
+    correct, sizes, caps = _retrying(lambda c: fn(caps=c), caps or initial_caps(store))
     return np.asarray(correct), sizes, caps
 
 
@@ -499,7 +482,7 @@ def evaluate_every_class(store, classes, n: int, *, caps=None, mesh=None, batch:
     """
     classes = [int(c) for c in classes]
     counts, sizes = [], []
-    caps = caps or make_caps(1, 1, 1, 1)
+    caps = caps or initial_caps(store)
     for i in progress_bar(range(0, len(classes), batch), desc="every class: evaluate"):
         chunk = classes[i : i + batch]
         padded = jnp.asarray(chunk + chunk[-1:] * (batch - len(chunk)), jnp.int32)

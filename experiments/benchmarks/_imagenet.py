@@ -157,11 +157,12 @@ def _split(correct: np.ndarray, labels: np.ndarray, label: int) -> tuple[float, 
     return float(correct[forget].mean()), float(correct[~forget].mean())
 
 
-def _choose_n(args, store, labels, classes, mesh) -> tuple[int, dict]:
+def _choose_n(args, store, labels, classes, mesh):
     """N_a as the paper picks it: the smallest of a doubling grid whose UvA drives the forget
-    accuracy of each of the `--sample-classes` best-learned classes to `--target` or below."""
+    accuracy of each of the `--sample-classes` best-learned classes to `--target` or below;
+    the grid, and the evaluation caps it grew (a start for the next stage)."""
     if args.n_keys is not None:
-        return args.n_keys, {}
+        return args.n_keys, {}, None
     correct = np.asarray(stored_eval.base_correct(store))
     per_class = np.array([correct[labels == c].mean() for c in classes])
     sample = [classes[i] for i in np.argsort(-per_class, kind="stable")[: args.sample_classes]]
@@ -176,15 +177,15 @@ def _choose_n(args, store, labels, classes, mesh) -> tuple[int, dict]:
         grid[n] = dict(worst_forget=float(rows[:, 0].max()), retain_mean=float(rows[:, 1].mean()))
         note(f"N_a={n}: {grid[n]}")
         if grid[n]["worst_forget"] <= args.target or 2 * n > store.keys.shape[2]:
-            return n, dict(sample_classes=[int(c) for c in sample], grid=grid)
+            return n, dict(sample_classes=[int(c) for c in sample], grid=grid), caps
         n *= 2
 
 
-def _every_class(args, store, labels, classes, mesh):
+def _every_class(args, store, labels, classes, mesh, caps):
     """Forget and retain accuracy of each class forgotten alone (UvA), the sizes touched
     (masked pairs, fallbacks beyond the ranking, affected and undecided rows), and the caps."""
     counts, sizes, caps = stored_eval.evaluate_every_class(
-        store, classes, args.n_keys, mesh=mesh, batch=args.eval_batch
+        store, classes, args.n_keys, caps=caps, mesh=mesh, batch=args.eval_batch
     )
     forget_rows = np.bincount(labels, minlength=max(classes) + 1)[classes]
     forget = counts[:, 0] / forget_rows
@@ -208,8 +209,8 @@ def _timing(args, store, classes) -> dict:
     )
 
 
-def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh):
-    rows, caps = [], None
+def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh, caps):
+    rows = []
     for c in classes[: args.sample_classes]:
         idx = np.flatnonzero(train_labels == c)[: args.n_examples]
         sel = codes_selection(
@@ -377,11 +378,11 @@ def run(args) -> dict:
         val_accuracy = float(np.asarray(stored_eval.base_correct(store)).mean())
     classes = list(range(data.num_classes if args.eval_classes is None else args.eval_classes))
     with clock("choose N_a"):
-        args.n_keys, n_choice = _choose_n(args, store, val_labels, classes, mesh)
+        args.n_keys, n_choice, caps = _choose_n(args, store, val_labels, classes, mesh)
     with clock("forget one class"):
         timing = _timing(args, store, classes)
     t_eval, c_eval = time.perf_counter(), time.process_time()
-    forget, retain, sizes, caps = _every_class(args, store, val_labels, classes, mesh)
+    forget, retain, sizes, caps = _every_class(args, store, val_labels, classes, mesh, caps)
     every_class_eval_s = time.perf_counter() - t_eval
     every_class_cpu_s = time.process_time() - c_eval
     clock.stages["every class"] = dict(
@@ -390,7 +391,7 @@ def run(args) -> dict:
         peak_rss_mib=_rss_mib(),
     )
     with clock("uve"):
-        uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh)
+        uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh, caps)
     memory = _device_memory(store)
     # Each later stage derives its own values: the current table goes first (one at a time).
     stripped = store.replace(values=None, base=None)

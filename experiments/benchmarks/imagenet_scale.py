@@ -83,6 +83,13 @@ ROWS = (
         lambda r: f"{r['every_class_eval_s']:.0f} s ({r['every_class_eval_cpu_s']:.0f} CPU-s)",
     ),
     (
+        "per class: masked pairs / affected rows / full-logit rows (mean)",
+        lambda r: (
+            f"{r['uva']['masked_pairs_mean']:,.0f} / {r['uva']['affected_rows_mean']:,.0f} / "
+            f"{r['uva']['undecided_rows_mean']:,.0f}"
+        ),
+    ),
+    (
         "val accuracy (DKVB) / linear probe",
         lambda r: f"{r['val_accuracy']:.1%} / {r['probe_accuracy']:.1%}",
     ),
