@@ -13,18 +13,34 @@ codebooks so that each block can live on its own device of a codebook mesh.
 - :meth:`PairClassCounts.dense_block` gives the int32 counts `[block codebooks, keys, classes]`
   that :func:`dkvb_jax.exact.derive_values` turns into values;
 - :meth:`PairClassCounts.remove` subtracts examples exactly (integer counts), giving the same
-  object, bit for bit, as counting the remaining examples from scratch.
+  object, bit for bit, as counting the remaining examples from scratch;
+- :func:`derive_fixed_point_values` turns them into the vote's fixed-point values, a few
+  codebooks at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from dkvb_jax._progress import progress_bar
 from dkvb_jax.errors import InputError
+from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
+from dkvb_jax.parallel.mesh import CODEBOOK
 
 _UINT16_MAX = np.iinfo(np.uint16).max
+
+# Fixed-point resolution of the vote: values are multiples of 2**-16, clipped at -64 (a log
+# probability of e**-64; the absent-class value -1e4 stays the lowest), so a sum over 256
+# codebooks stays within int32.
+SCALE_BITS = 16
+VALUE_FLOOR = -64.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -282,3 +298,63 @@ def _subtract(stats: PairClassCounts, removed: PairClassCounts) -> PairClassCoun
         counts.append(_compact(new[keep]))
         offsets[b, 1:] = np.cumsum(np.bincount(cls[keep], minlength=stats.num_classes))
     return dataclasses.replace(stats, pairs=tuple(pairs), counts=tuple(counts), offsets=offsets)
+
+
+def fixed_point(values: np.ndarray | jax.Array) -> jax.Array:
+    """Values as int32 multiples of `2**-SCALE_BITS`, floored at `VALUE_FLOOR`."""
+    v = jnp.maximum(jnp.asarray(values, jnp.float32), VALUE_FLOOR)
+    return jnp.round(v * 2.0**SCALE_BITS).astype(jnp.int32)
+
+
+# Codebooks whose values are derived at once: float32 [8, 4096, 1000] intermediates, 131 MB.
+_DERIVE_CODEBOOKS = 8
+
+
+def derive_fixed_point_values(
+    stats: PairClassCounts,
+    config: EstimatorConfig | None = None,
+    *,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+) -> jax.Array:
+    """Fixed-point values int32 `[S, Cb, K, classes]` derived from `stats`, a few codebooks at a
+    time, written in place (donated buffer), so no float32 `[C, K, classes]` table ever exists.
+
+    Per codebook the estimator needs only that codebook's counts and which classes have any
+    example at all; every example retrieves a key in every codebook, so a block's classes are
+    all the classes, and the values equal :func:`dkvb_jax.exact.derive_values` of the whole
+    table. Split over the mesh's ``'codebook'`` axis when `mesh` is given.
+    """
+    config = EstimatorConfig() if config is None else config
+    if config.codebook_weighting != "none":
+        raise ValueError(
+            "derive_fixed_point_values derives a few codebooks at a time, so it cannot normalise "
+            "codebook weights over all codebooks; use EstimatorConfig(codebook_weighting='none')."
+        )
+    s, cb, k, y = stats.num_blocks, stats.block_codebooks, stats.num_keys, stats.num_classes
+    zeros, put = _value_writers(config, mesh)
+    buf = zeros((s, cb, k, y))
+    step = max(d for d in range(1, min(_DERIVE_CODEBOOKS, cb) + 1) if cb % d == 0)
+    starts = [(b, c) for b in range(s) for c in range(0, cb, step)]
+    for b, c in progress_bar(starts, desc="values from counts", disable=not progress):
+        buf = put(buf, b, c, jnp.asarray(stats.dense_block(b, c, c + step)))
+    return buf
+
+
+@functools.lru_cache(maxsize=16)
+def _value_writers(config: EstimatorConfig, mesh: Mesh | None):
+    """Jitted buffer allocation and in-place block writes, made once per (config, mesh) so
+    that every derivation after the first (removals, oracles) reuses the compiled code."""
+    sharding = None if mesh is None else NamedSharding(mesh, P(CODEBOOK))
+
+    @functools.partial(jax.jit, static_argnums=0, out_shardings=sharding)
+    def zeros(shape):
+        return jnp.zeros(shape, jnp.int32)
+
+    # Block and start are traced: one compile for every write.
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
+    def put(buf, block, start, counts):
+        vals = fixed_point(derive_values(counts, config))
+        return jax.lax.dynamic_update_slice(buf, vals[None], (block, start, 0, 0))
+
+    return zeros, put

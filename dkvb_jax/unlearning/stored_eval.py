@@ -5,16 +5,14 @@ changes only through the codebooks where its stored code is one of them; there i
 its nearest active key. :class:`StoredEval` holds, for the evaluation rows, the unmasked codes,
 the `depth` nearest keys of every codebook (so most fallbacks are a lookup in that ranking) and
 the queries (for the rare fallback beyond it: an exact search over that one codebook's keys).
-An evaluation then costs a gather over the codes plus work proportional to the masked pairs,
-not a search over every key for every row, which is what makes evaluating each of ImageNet's
-1000 classes forgotten alone affordable.
 
-The vote (mean of the retrieved values) is accumulated in fixed point: values are rounded once
-to integers of `2**-scale_bits`, so every sum is exact and independent of its order. The same
-store, split into blocks of codebooks, runs on one device or with one block per device of a
-codebook mesh and gives bit-identical predictions: integer sums across devices are exact.
-Rounding moves a logit by at most `2**-scale_bits / 2` per codebook, so it can only swap
-classes whose float logits tie to within that.
+Most affected rows need no new logits either: each changed pair moves the label's logit and the
+runner-up's by known amounts, and any class's by at most `max value of the new key - min value
+of the old key`. A row whose label beats that bound stays right, one whose runner-up overtakes
+the label goes wrong; only the rows left undecided get full `[classes]` logits. The vote is
+summed in fixed point (:func:`dkvb_jax.exact.pair_counts.fixed_point`), so every sum and every
+decision is exact in integers: the result is the argmax of the full logits, bit for bit, on one
+device or with one block of codebooks per device of a codebook mesh.
 """
 
 from __future__ import annotations
@@ -30,30 +28,25 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dkvb_jax._progress import progress_bar
-from dkvb_jax.exact.estimators import EstimatorConfig, derive_values
 from dkvb_jax.exact.pair_counts import PairClassCounts
 from dkvb_jax.parallel.mesh import CODEBOOK
 from dkvb_jax.unlearning.selection import mask_top_n
 
-# Fixed-point resolution of the vote: values are multiples of 2**-16, clipped at -64 (a log
-# probability of e**-64; the absent-class value -1e4 stays the lowest), so a sum over 256
-# codebooks stays within int32.
-SCALE_BITS = 16
-VALUE_FLOOR = -64.0
 # Fallback searches over one codebook's keys run in chunks of this many (row, codebook) pairs.
 _EXACT_CHUNK = 64
 # Masked pairs whose value changes are gathered at once: [4096, 1000] int32, 16 MB.
 _DELTA_CHUNK = 4096
-DEFAULT_ESTIMATOR = EstimatorConfig()
 
 
 class Caps(NamedTuple):
-    """Static sizes of one evaluation (per block): masked pairs, fallbacks beyond the ranking,
-    and affected rows (over all blocks)."""
+    """Static sizes of one evaluation: per block, masked pairs (`pairs`), fallbacks beyond the
+    ranking (`exact`) and masked pairs of undecided rows (`row_pairs`); over all blocks, the
+    rows left undecided by the bounds (`rows`)."""
 
     pairs: int
     exact: int
     rows: int
+    row_pairs: int
 
 
 @flax.struct.dataclass
@@ -69,7 +62,11 @@ class StoredEval:
       queries: float32 `[S, M, Cb, key_dim]`.
       keys: float32 `[S, Cb, K, key_dim]`.
       values: int32 `[S, Cb, K, classes]` fixed-point values.
+      top, floor: int32 `[S, Cb, K]` each key's largest value, and its smallest over the
+        classes whose value varies within the codebook (the others never change a logit).
       base: int32 `[M, classes]` fixed-point vote sums of the unmasked model.
+      rival: int32 `[M]` the runner-up of each row under `base`: the first class other than
+        the label with the largest sum.
       labels: int32 `[M]`.
       pairs, counts: int32 `[S, L]` the statistics' entries (padded by the largest class).
       offsets: int32 `[S, classes + 1]`.
@@ -81,7 +78,10 @@ class StoredEval:
     queries: jax.Array
     keys: jax.Array
     values: jax.Array
+    top: jax.Array
+    floor: jax.Array
     base: jax.Array
+    rival: jax.Array
     labels: jax.Array
     pairs: jax.Array
     counts: jax.Array
@@ -93,13 +93,7 @@ class StoredEval:
         return self.codes.shape[0]
 
 
-BLOCK_FIELDS = ("codes", "ranked", "queries", "keys", "values", "pairs", "counts", "offsets")
-
-
-def fixed_point(values: np.ndarray | jax.Array) -> jax.Array:
-    """Values as int32 multiples of `2**-SCALE_BITS`, floored at `VALUE_FLOOR`."""
-    v = jnp.maximum(jnp.asarray(values, jnp.float32), VALUE_FLOOR)
-    return jnp.round(v * 2.0**SCALE_BITS).astype(jnp.int32)
+BLOCK_FIELDS = tuple("codes ranked queries keys values top floor pairs counts offsets".split())
 
 
 def _vote_sums(values, codes):
@@ -110,47 +104,6 @@ def _vote_sums(values, codes):
 
     # Started from codebook 0's values (not zeros), so the carry is per-device on a mesh.
     return jax.lax.scan(add, values[0][codes[:, 0]], jnp.arange(1, codes.shape[1]))[0]
-
-
-# Codebooks whose values are derived at once: float32 [8, 4096, 1000] intermediates, 131 MB.
-_DERIVE_CODEBOOKS = 8
-
-
-def derive_fixed_point_values(
-    stats: PairClassCounts,
-    config: EstimatorConfig = DEFAULT_ESTIMATOR,
-    *,
-    mesh: Mesh | None = None,
-    progress: bool = True,
-) -> jax.Array:
-    """Fixed-point values int32 `[S, Cb, K, classes]` derived from `stats`, a few codebooks at a
-    time, written in place (donated buffer), so no float32 `[C, K, classes]` table ever exists.
-
-    Per codebook the estimator needs only that codebook's counts and which classes have any
-    example at all; every example retrieves a key in every codebook, so a block's classes are
-    all the classes, and the values equal :func:`dkvb_jax.exact.derive_values` of the whole
-    table. Split over the mesh's ``'codebook'`` axis when `mesh` is given.
-    """
-    if config.codebook_weighting != "none":
-        raise ValueError(
-            "derive_fixed_point_values derives a few codebooks at a time, so it cannot normalise "
-            "codebook weights over all codebooks; use EstimatorConfig(codebook_weighting='none')."
-        )
-    s, cb, k, y = stats.num_blocks, stats.block_codebooks, stats.num_keys, stats.num_classes
-    shape = (s, cb, k, y)
-    sharding = None if mesh is None else NamedSharding(mesh, P(CODEBOOK))
-    buf = jax.jit(lambda: jnp.zeros(shape, jnp.int32), out_shardings=sharding)()
-    step = max(d for d in range(1, min(_DERIVE_CODEBOOKS, cb) + 1) if cb % d == 0)
-
-    @functools.partial(jax.jit, static_argnums=(1, 2), donate_argnums=0, out_shardings=sharding)
-    def put(buf, block, start, counts):
-        vals = fixed_point(derive_values(counts, config))
-        return jax.lax.dynamic_update_slice(buf, vals[None], (block, start, 0, 0))
-
-    starts = [(b, c) for b in range(s) for c in range(0, cb, step)]
-    for b, c in progress_bar(starts, desc="values from counts", disable=not progress):
-        buf = put(buf, b, c, jnp.asarray(stats.dense_block(b, c, c + step)))
-    return buf
 
 
 def build(
@@ -168,7 +121,8 @@ def build(
 
     Args:
       stats: the statistics, in `S` blocks (one per ``'codebook'`` device with a mesh).
-      values: int32 `[S, Cb, K, classes]` from :func:`derive_fixed_point_values`.
+      values: int32 `[S, Cb, K, classes]`
+        (:func:`~dkvb_jax.exact.pair_counts.derive_fixed_point_values`).
       codes: int `[M, C]` unmasked codes; ranked: int `[M, C, depth]`;
       queries: float32 `[M, C, key_dim]`; keys: float32 `[C, K, key_dim]`; labels: int `[M]`.
       mesh: a mesh with a ``'codebook'`` axis of size `S`, or None for one device.
@@ -209,41 +163,82 @@ def build(
         shard = NamedSharding(mesh, P(CODEBOOK))
         put = {k: jax.device_put(v, shard) for k, v in arrays.items()}
         labels_d = jax.device_put(np.asarray(labels, np.int32), NamedSharding(mesh, P()))
-    base = vote_sums(values, put["codes"], mesh)
-    return StoredEval(**put, values=values, base=base, labels=labels_d, class_span=span)
+    derived = dict.fromkeys(("values", "top", "floor", "base", "rival"))
+    store = StoredEval(**put, **derived, labels=labels_d, class_span=span)
+    return with_values(store, values, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))
 def vote_sums(values: jax.Array, codes: jax.Array, mesh=None) -> jax.Array:
     """Fixed-point vote sums int32 `[M, classes]` of block values and block codes `[S, M, Cb]`."""
-    return _blocks_sum(mesh, jax.vmap(_vote_sums), (values, codes))
+    return _over_blocks(mesh, lambda v, c: (_vote_sums(v, c), ()), (values, codes))[0]
 
 
 def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
-    """The store with other values (e.g. after an exact removal): base sums recomputed."""
-    return store.replace(values=values, base=vote_sums(values, store.codes, mesh))
+    """The store with other values (e.g. after an exact removal): base sums, runner-ups and
+    key bounds recomputed."""
+    base = vote_sums(values, store.codes, mesh)
+    top, floor = key_bounds(values, mesh)
+    return store.replace(
+        values=values, top=top, floor=floor, base=base, rival=_rival(base, store.labels)
+    )
 
 
-def _blocks_sum(mesh, fn, block_args, shared=()):
-    """Sum over blocks of `fn(*block_args, *shared)` (block args carry a leading block axis of
-    which `fn` sees one entry, shared args are whole): a scan on one device, a `psum` over
-    ``'codebook'`` on a mesh. Integer results, so both give the same, exact sum."""
+@jax.jit
+def _rival(base, labels):
+    rows = jnp.arange(base.shape[0])
+    return base.at[rows, labels].set(jnp.iinfo(jnp.int32).min).argmax(-1).astype(jnp.int32)
+
+
+def _key_bounds_one(v):
+    """One codebook's `[K, classes]` values: each key's largest value and its smallest over the
+    classes whose value varies between keys (a constant class never changes a logit)."""
+    varies = (v != v[:1]).any(0)
+    top = v.max(-1)
+    floor = jnp.where(varies, v, jnp.iinfo(jnp.int32).max).min(-1)
+    return top, jnp.minimum(floor, top)  # no varying class: a bound of zero
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def key_bounds(values: jax.Array, mesh=None) -> tuple[jax.Array, jax.Array]:
+    """int32 `[S, Cb, K]` twice: :attr:`StoredEval.top` and :attr:`StoredEval.floor`.
+
+    A changed pair `(old -> new key)` moves the logit of every class `j` by
+    `values[new, j] - values[old, j] <= max(top[new] - floor[old], 0)`.
+    """
+
+    def block(v):  # codebook by codebook: no [Cb, K, classes] temporary
+        return jax.lax.map(_key_bounds_one, v)
+
     if mesh is None:
+        return jax.vmap(block)(values)
+    spec = P(CODEBOOK)
+    return jax.shard_map(jax.vmap(block), mesh=mesh, in_specs=spec, out_specs=(spec, spec))(values)
 
-        def one(args):
-            return fn(*(a[None] for a in args), *shared)[0]
 
-        first = one(tuple(a[0] for a in block_args))
-        if block_args[0].shape[0] == 1:
-            return first
-        rest = tuple(a[1:] for a in block_args)
-        return jax.lax.scan(lambda acc, args: (acc + one(args), None), first, rest)[0]
+def _over_blocks(mesh, fn, block_args, shared=()):
+    """`fn(*block, *shared)` on each block (block args carry a leading block axis, shared args
+    are whole); `fn` returns `(part, own)`. Returns the sum of the parts over blocks and the
+    `own` outputs stacked along a block axis: a scan on one device, a `psum` over
+    ``'codebook'`` on a mesh. Integer parts, so both give the same, exact sum."""
+    if mesh is None:
+        first, own0 = fn(*(a[0] for a in block_args), *shared)
+
+        def step(acc, args):
+            part, own = fn(*args, *shared)
+            return acc + part, own
+
+        total, own = jax.lax.scan(step, first, tuple(a[1:] for a in block_args))
+        return total, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), own0, own)
 
     def local(*args):
-        return jax.lax.psum(fn(*args)[0], CODEBOOK)
+        part, own = jax.vmap(fn, in_axes=(0,) * len(block_args) + (None,) * len(shared))(*args)
+        return jax.lax.psum(part[0], CODEBOOK), own
 
     specs = tuple(P(CODEBOOK) for _ in block_args) + tuple(P() for _ in shared)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(*block_args, *shared)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P(CODEBOOK)))(
+        *block_args, *shared
+    )
 
 
 def class_block_histogram(pairs, counts, offsets, label, span: int, shape: tuple[int, int]):
@@ -266,6 +261,31 @@ def uva_selection(store: StoredEval, label, n: int) -> jax.Array:
     return jax.vmap(one)(store.pairs, store.counts, store.offsets)
 
 
+def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Indices int32 `[size]` of the first `size` true entries of bool `mask` `[n]`, in order,
+    then `n`; and the count of true entries. :func:`jnp.nonzero` with a size, in passes over
+    32-bit words instead of a scan over every entry (several times faster on XLA:CPU)."""
+    n = mask.shape[0]
+    mask = jnp.pad(mask, (0, -n % 32)).reshape(-1, 32).astype(jnp.uint32)
+    words = (mask << jnp.arange(32, dtype=jnp.uint32)).sum(-1, dtype=jnp.uint32)
+    ones = jax.lax.population_count(words).astype(jnp.int32)
+    end = jnp.cumsum(ones)
+    start = end - ones
+    # Output slot p lies in word w for start[w] <= p < end[w]: adding w at start[w] and
+    # subtracting it at end[w], a cumulative sum gives every slot its word.
+    w = jnp.arange(words.shape[0], dtype=jnp.int32)
+    marks = jnp.zeros(size, jnp.int32).at[start].add(w, mode="drop").at[end].add(-w, mode="drop")
+    word = jnp.cumsum(marks)
+    rank = jnp.arange(size, dtype=jnp.int32) - start[word]
+    bits, pos = words[word], jnp.zeros(size, jnp.uint32)
+    for width in (16, 8, 4, 2, 1):  # binary search for the rank-th set bit of the word
+        below = jax.lax.population_count((bits >> pos) & ((1 << width) - 1)).astype(jnp.int32)
+        skip = below <= rank
+        rank, pos = jnp.where(skip, rank - below, rank), jnp.where(skip, pos + width, pos)
+    live = jnp.arange(size) < end[-1]
+    return jnp.where(live, word * 32 + pos.astype(jnp.int32), n), end[-1]
+
+
 def _hits(sel, codes):
     """bool `[M, Cb]`: the rows' stored code in each codebook is selected."""
     return sel[jnp.arange(codes.shape[1])[None], codes]
@@ -277,22 +297,17 @@ def _exact_nearest(q, keys_b, sel_b):
     return jnp.argmin(jnp.where(sel_b, jnp.inf, d), axis=-1).astype(jnp.int32)
 
 
-def _block_delta(sel, codes, ranked, queries, keys, values, slot, caps: Caps):
-    """One block's change of the vote sums of the affected rows, int32 `[rows cap, classes]`.
-
-    Also returns the block's counts of masked pairs and of fallbacks beyond the ranking.
-    """
-    hit = _hits(sel, codes)
-    num_hits = hit.sum()
-    r, b = jnp.nonzero(hit, size=caps.pairs, fill_value=0)
+def _block_pairs(sel, codes, ranked, queries, keys, caps: Caps):
+    """One block's masked pairs `[caps.pairs]`: rows, codebooks, stored and new codes, live;
+    and int32 `[4]`: masked pairs, fallbacks beyond the ranking, and their overflows."""
+    flat, num_hits = compact(_hits(sel, codes).reshape(-1), caps.pairs)
     live = jnp.arange(caps.pairs) < num_hits
+    flat = jnp.where(live, flat, 0)
+    r, b = flat // codes.shape[1], flat % codes.shape[1]
     rk = ranked[r, b].astype(jnp.int32)  # [P, depth]
     active = ~sel[b[:, None], rk]
-    found = active.any(-1)
     new = jnp.take_along_axis(rk, jnp.argmax(active, -1)[:, None], -1)[:, 0]
-    beyond = live & ~found
-    num_beyond = beyond.sum()
-    (u,) = jnp.nonzero(beyond, size=caps.exact, fill_value=caps.pairs)
+    u, num_beyond = compact(live & ~active.any(-1), caps.exact)
     ur, ub = r.at[u].get(mode="fill", fill_value=0), b.at[u].get(mode="fill", fill_value=0)
     chunks = caps.exact // _EXACT_CHUNK
     exact = jax.lax.map(
@@ -300,93 +315,108 @@ def _block_delta(sel, codes, ranked, queries, keys, values, slot, caps: Caps):
         (ur.reshape(chunks, -1), ub.reshape(chunks, -1)),
     ).reshape(-1)
     new = new.at[u].set(exact, mode="drop")
-    old = codes[r, b]
-    target = jnp.where(live, slot[r], caps.rows)
+    sizes = [num_hits, num_beyond, num_hits > caps.pairs, num_beyond > caps.exact]
+    return (r, b, codes[r, b], new, live), jnp.stack(sizes).astype(jnp.int32)
+
+
+def _block_moves(sel, codes, ranked, queries, keys, values, top, floor, labels, rival, caps):
+    """One block's part of each row's moves, int32 `[M, 4]`: of the label's logit, of the
+    runner-up's, the bound on any class's, and the row's masked pairs; and its pairs."""
+    pairs, sizes = _block_pairs(sel, codes, ranked, queries, keys, caps)
+    r, b, old, new, live = pairs
+    y, j = labels[r], rival[r]
+    dy, dj = values[b, new, y] - values[b, old, y], values[b, new, j] - values[b, old, j]
+    bound = jnp.maximum(top[b, new] - floor[b, old], 0)
+    moves = jnp.stack([dy, dj, bound, jnp.ones_like(r)], axis=-1)
+    to = jnp.where(live, r, codes.shape[0])
+    moves = jnp.zeros((codes.shape[0], 4), jnp.int32).at[to].add(moves, mode="drop")
+    return moves, (pairs, sizes)
+
+
+def _block_delta(r, b, old, new, live, values, slot, caps: Caps):
+    """One block's change of the vote sums of the undecided rows, int32 `[caps.rows, classes]`,
+    from the changed pairs' values; and int32 `[2]`: those pairs, and whether they overflowed."""
+    to = jnp.where(live, slot[r], caps.rows)
+    u, num = compact(to < caps.rows, caps.row_pairs)
+    b, new, old = (a.at[u].get(mode="fill", fill_value=0) for a in (b, new, old))
+    to = to.at[u].get(mode="fill", fill_value=caps.rows)
     # Pairs in chunks, so the gathered values stay [chunk, classes] whatever the cap.
-    step = min(caps.pairs, _DELTA_CHUNK)
+    step = min(caps.row_pairs, _DELTA_CHUNK)
 
     def add(delta, chunk):
-        cb, new_, old_, to = chunk
-        return delta.at[to].add(values[cb, new_] - values[cb, old_], mode="drop"), None
+        cb, new_, old_, to_ = chunk
+        return delta.at[to_].add(values[cb, new_] - values[cb, old_], mode="drop"), None
 
     # The zeros take a (zero) term of `values` so that, on a mesh, the carry is per-device too.
     zeros = jnp.zeros((caps.rows, values.shape[-1]), jnp.int32) + 0 * values[0, 0, 0]
-    chunks = tuple(a.reshape(-1, step) for a in (b, new, old, target))
+    chunks = tuple(a.reshape(-1, step) for a in (b, new, old, to))
     delta = jax.lax.scan(add, zeros, chunks)[0]
-    overflow = (num_hits > caps.pairs) | (num_beyond > caps.exact)
-    return delta, jnp.stack([num_hits, num_beyond, overflow]).astype(jnp.int32)
-
-
-def _row_flags(sel, codes):
-    return _hits(sel, codes).any(axis=1).astype(jnp.int32)
-
-
-def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
-    """bool `[M]` correct predictions under selection `sel` `[S, Cb, K]`, and sizes used."""
-    flags = _blocks_sum(mesh, jax.vmap(_row_flags), (sel, store.codes))
-    affected = flags > 0
-    num_rows = affected.sum()
-    (rows,) = jnp.nonzero(affected, size=caps.rows, fill_value=0)
-    live = jnp.arange(caps.rows) < num_rows
-    slot = (
-        jnp.full(affected.shape, caps.rows, jnp.int32)
-        .at[jnp.where(live, rows, affected.shape[0])]
-        .set(jnp.arange(caps.rows, dtype=jnp.int32), mode="drop")
-    )
-
-    def block(sel, codes, ranked, queries, keys, values, slot):
-        delta, sizes = jax.vmap(lambda *a: _block_delta(*a, slot, caps))(
-            sel, codes, ranked, queries, keys, values
-        )
-        # The sizes ride along as an extra row, so one exact integer sum carries both.
-        extra = jnp.zeros((delta.shape[0], 1, delta.shape[2]), jnp.int32).at[:, 0, :3].set(sizes)
-        return jnp.concatenate([delta, extra], axis=1)
-
-    blocks = (sel, store.codes, store.ranked, store.queries, store.keys, store.values)
-    out = _blocks_sum(mesh, block, blocks, (slot,))
-    delta, sizes = out[:-1], out[-1, :3]
-    logits = store.base[rows] + delta
-    correct_rows = logits.argmax(-1) == store.labels[rows]
-    correct = (
-        base_correct(store)
-        .at[jnp.where(live, rows, affected.shape[0])]
-        .set(correct_rows, mode="drop")
-    )
-    overflow = sizes[2] + (num_rows > caps.rows)
-    return correct, Sizes(sizes[0], sizes[1], num_rows, overflow)
+    return delta, jnp.stack([num, num > caps.row_pairs]).astype(jnp.int32)
 
 
 class Sizes(NamedTuple):
-    """What one evaluation touched: masked (row, codebook) pairs and fallbacks beyond the
-    ranking (summed over blocks), affected rows, and a count of overflowed caps (must be 0)."""
+    """What one evaluation touched: masked pairs and fallbacks beyond the ranking (all blocks),
+    affected rows, rows given full logits, the :class:`Caps` it needed (int32 `[4]`) and a
+    count of overflowed caps (must be 0)."""
 
     pairs: jax.Array
     exact: jax.Array
     rows: jax.Array
+    undecided: jax.Array
+    need: jax.Array
     overflow: jax.Array
 
 
-def block_sizes(store: StoredEval, selection: jax.Array) -> jax.Array:
-    """int32 `[S, 2]`: each block's masked pairs and fallbacks beyond the ranking, and the
-    affected rows `[]`, for choosing :class:`Caps`."""
+def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
+    """bool `[M]` correct predictions under selection `sel` `[S, Cb, K]`, and :class:`Sizes`."""
+    blocks = (sel, store.codes, store.ranked, store.queries, store.keys)
+    blocks += (store.values, store.top, store.floor)
+    moves, (pairs, sizes) = _over_blocks(
+        mesh, functools.partial(_block_moves, caps=caps), blocks, (store.labels, store.rival)
+    )
+    m, labels, rival = store.labels.shape[0], store.labels, store.rival
+    base_y = store.base[jnp.arange(m), labels]
+    base_j = store.base[jnp.arange(m), rival]
+    ly, lj = base_y + moves[:, 0], base_j + moves[:, 1]
+    affected = moves[:, 3] > 0
+    # Exact in integers: the label beats every other class's bound, or the runner-up beats the
+    # label (ties go to the lower index, as argmax does).
+    right = ly > base_j + moves[:, 2]
+    wrong = (lj > ly) | ((lj == ly) & (rival < labels))
+    put, num_rows = compact(affected & ~right & ~wrong, caps.rows)
+    live = put < m
+    rows = jnp.where(live, put, 0)
+    slot = jnp.full(m, caps.rows, jnp.int32).at[put].set(jnp.arange(caps.rows), mode="drop")
+    delta, row_pairs = _over_blocks(
+        mesh, functools.partial(_block_delta, caps=caps), (*pairs, store.values), (slot,)
+    )
+    exact_right = (store.base[rows] + delta).argmax(-1) == labels[rows]
+    unmasked = (base_y > base_j) | ((base_y == base_j) & (rival > labels))
+    correct = jnp.where(affected, right, unmasked).at[put].set(exact_right, mode="drop")
+    hits, beyond = sizes[:, 0], sizes[:, 1]
+    need = jnp.stack([hits.max(), beyond.max(), num_rows, row_pairs[:, 0].max()])
+    overflow = sizes[:, 2:].sum() + row_pairs[:, 1].sum() + (num_rows > caps.rows)
+    return correct, Sizes(hits.sum(), beyond.sum(), affected.sum(), num_rows, need, overflow)
 
-    def one(sel, codes, ranked):
-        hit = _hits(sel, codes)
-        cb = jnp.arange(codes.shape[1])[None, :, None]
-        beyond = hit & sel[cb, ranked.astype(jnp.int32)].all(-1)
-        return jnp.stack([hit.sum(), beyond.sum()]), hit.any(1)
 
-    per_block, rows = jax.lax.map(lambda a: one(*a), (selection, store.codes, store.ranked))
-    return per_block, rows.any(0).sum()
+def make_caps(pairs: int, exact: int, rows: int, row_pairs: int) -> Caps:
+    """:class:`Caps` at least as large as given: powers of two (so few shapes compile), at
+    least one fallback chunk."""
+    sizes = (pairs, exact, rows, row_pairs)
+    return Caps(*(max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length()) for x in sizes))
 
 
-def make_caps(pairs: int, exact: int, rows: int) -> Caps:
-    """:class:`Caps` at least as large as given: powers of two, so few shapes compile."""
+def initial_caps(store: StoredEval) -> Caps:
+    """Caps to start from: every pair and row of a small store (one compile), at most 4096."""
+    m, cb = store.codes.shape[1:]
+    return make_caps(min(m * cb, _DELTA_CHUNK), 1, min(m, _DELTA_CHUNK), min(m * cb, _DELTA_CHUNK))
 
-    def up(x):  # powers of two, at least one fallback chunk
-        return max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length())
 
-    return Caps(pairs=up(pairs), exact=up(exact), rows=up(rows))
+def grown(caps: Caps, sizes: Sizes) -> Caps:
+    """Caps that fit what `sizes` needed (and at least `caps`). After an overflow of the masked
+    pairs the undecided rows' needs are undercounted, so retry until `sizes.overflow` is 0."""
+    need = np.asarray(sizes.need).reshape(-1, 4).max(0)
+    return make_caps(*np.maximum(need, np.asarray(caps)))
 
 
 @functools.partial(jax.jit, static_argnames=("caps", "mesh"))
@@ -397,20 +427,71 @@ def evaluate_selection(store: StoredEval, selection: jax.Array, caps: Caps, mesh
       store: the :class:`StoredEval`.
       selection: bool `[S, Cb, K]` pairs to mask (search mode: rows fall back to their nearest
         active key).
-      caps: static sizes; the returned sizes must not exceed them (see :func:`check_caps`).
+      caps: static sizes; the returned sizes must not exceed them.
       mesh: the store's mesh, or None.
 
     Returns:
       bool `[M]` correct, and the :class:`Sizes` it touched; `sizes.overflow` must be 0, else
-      a cap was too small and the result is incomplete (:func:`evaluate` checks it).
+      a cap was too small and the result is incomplete (:func:`evaluate` retries).
     """
     return _evaluate(store, selection, caps, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "caps", "mesh"))
-def evaluate_uva(store: StoredEval, label, n: int, caps: Caps, mesh=None):
-    """:func:`evaluate_selection` of UvA forgetting class `label` with `n` keys per codebook."""
-    return _evaluate(store, uva_selection(store, label, n), caps, mesh)
+def evaluate_uva_classes(store: StoredEval, labels: jax.Array, n: int, caps: Caps, mesh=None):
+    """UvA forgetting each class of `labels` `[B]` alone, in one call (a loop on the device).
+
+    Returns:
+      int32 `[B, 2]` correct rows of the forgotten class and of the others, and the
+      :class:`Sizes` of each (leading axis `B`).
+    """
+
+    def one(label):
+        correct, sizes = _evaluate(store, uva_selection(store, label, n), caps, mesh)
+        forget = store.labels == label
+        return jnp.stack([(correct & forget).sum(), (correct & ~forget).sum()]), sizes
+
+    return jax.lax.map(one, labels)
+
+
+def _retrying(fn, caps: Caps, tries: int = 4):
+    """`fn(caps)` with caps grown until nothing overflows: `(output, sizes, caps used)`."""
+    for _ in range(tries):
+        out, sizes = fn(caps)
+        if not np.asarray(sizes.overflow).any():
+            return out, sizes, caps
+        caps = grown(caps, sizes)
+    raise RuntimeError(f"evaluation caps still overflow after {tries} tries: {sizes}")
+
+
+def evaluate(store: StoredEval, selection: jax.Array, caps: Caps | None = None, mesh=None):
+    """:func:`evaluate_selection` with caps grown until nothing overflows: bool `[M]` correct
+    (NumPy), the :class:`Sizes`, and the caps used (for the next call: one compile)."""
+    fn = functools.partial(evaluate_selection, store, selection, mesh=mesh)
+    correct, sizes, caps = _retrying(lambda c: fn(caps=c), caps or initial_caps(store))
+    return np.asarray(correct), sizes, caps
+
+
+def evaluate_every_class(store, classes, n: int, *, caps=None, mesh=None, batch: int = 8):
+    """UvA forgetting each of `classes` alone, `batch` classes per call (one compile).
+
+    Returns:
+      int `[len(classes), 2]` correct rows of the forgotten class and of the others; int
+      `[len(classes), 4]` masked pairs, fallbacks beyond the ranking, affected and undecided
+      rows; and the caps used at the end (grown when a batch overflowed them).
+    """
+    classes = [int(c) for c in classes]
+    counts, sizes = [], []
+    caps = caps or initial_caps(store)
+    for i in progress_bar(range(0, len(classes), batch), desc="every class: evaluate"):
+        chunk = classes[i : i + batch]
+        padded = jnp.asarray(chunk + chunk[-1:] * (batch - len(chunk)), jnp.int32)
+        fn = functools.partial(evaluate_uva_classes, store, padded, n, mesh=mesh)
+        got, sz, caps = _retrying(lambda c, fn=fn: fn(caps=c), caps)
+        counts.append(np.asarray(got)[: len(chunk)])
+        cols = (sz.pairs, sz.exact, sz.rows, sz.undecided)
+        sizes.append(np.stack([np.asarray(a) for a in cols], -1)[: len(chunk)])
+    return np.concatenate(counts), np.concatenate(sizes), caps
 
 
 def base_correct(store: StoredEval) -> jax.Array:

@@ -149,13 +149,6 @@ def _val_pass(args, model, variables, data, probe):
     return out, correct / si.num_rows(data, "validation")
 
 
-def _caps_for(store, selection):
-    per_block, rows = _block_sizes(store, selection)
-    per_block = np.asarray(per_block)
-    return stored_eval.make_caps(per_block[:, 0].max(), per_block[:, 1].max(), int(rows))
-
-
-_block_sizes = jax.jit(stored_eval.block_sizes)
 _uva_selection = jax.jit(stored_eval.uva_selection, static_argnums=2)
 
 
@@ -164,56 +157,40 @@ def _split(correct: np.ndarray, labels: np.ndarray, label: int) -> tuple[float, 
     return float(correct[forget].mean()), float(correct[~forget].mean())
 
 
-def _choose_n(args, store, labels, classes, mesh) -> tuple[int, dict]:
+def _choose_n(args, store, labels, classes, mesh):
     """N_a as the paper picks it: the smallest of a doubling grid whose UvA drives the forget
-    accuracy of each of the `--sample-classes` best-learned classes to `--target` or below."""
+    accuracy of each of the `--sample-classes` best-learned classes to `--target` or below;
+    the grid, and the evaluation caps it grew (a start for the next stage)."""
     if args.n_keys is not None:
-        return args.n_keys, {}
+        return args.n_keys, {}, None
     correct = np.asarray(stored_eval.base_correct(store))
     per_class = np.array([correct[labels == c].mean() for c in classes])
     sample = [classes[i] for i in np.argsort(-per_class, kind="stable")[: args.sample_classes]]
-    grid, n = {}, 4
+    grid, n, caps = {}, 4, None
     while True:
         rows = []
         for c in sample:
             sel = _uva_selection(store, c, n)
-            out, sz = stored_eval.evaluate_selection(store, sel, _caps_for(store, sel), mesh)
-            assert int(sz.overflow) == 0
-            rows.append(_split(np.asarray(out), labels, c))
+            out, _, caps = stored_eval.evaluate(store, sel, caps, mesh)
+            rows.append(_split(out, labels, c))
         rows = np.array(rows)
         grid[n] = dict(worst_forget=float(rows[:, 0].max()), retain_mean=float(rows[:, 1].mean()))
         note(f"N_a={n}: {grid[n]}")
         if grid[n]["worst_forget"] <= args.target or 2 * n > store.keys.shape[2]:
-            return n, dict(sample_classes=[int(c) for c in sample], grid=grid)
+            return n, dict(sample_classes=[int(c) for c in sample], grid=grid), caps
         n *= 2
 
 
-def _every_class(args, store, labels, classes, mesh):
-    """Forget and retain accuracy of each class forgotten alone (UvA), and the sizes touched."""
-    caps = {}
-    for c in progress_bar(classes, desc="every class: sizes"):
-        caps[c] = _caps_for(store, _uva_selection(store, c, args.n_keys))
-    forget, retain, sizes = {}, {}, []
-    groups: dict = {}
-    for c, cap in caps.items():
-        groups.setdefault(cap, []).append(c)
-    bar = progress_bar(total=len(classes), desc="every class: evaluate")
-    for cap, members in groups.items():
-        for c in members:
-            correct, sz = stored_eval.evaluate_uva(store, c, args.n_keys, cap, mesh)
-            if int(sz.overflow):
-                raise RuntimeError(f"class {c}: evaluation caps {cap} overflowed: {sz}")
-            forget[c], retain[c] = _split(np.asarray(correct), labels, c)
-            sizes.append([int(sz.pairs), int(sz.exact), int(sz.rows)])
-            bar.update(1)
-    bar.close()
-    order = sorted(forget)
-    return (
-        np.array([forget[c] for c in order]),
-        np.array([retain[c] for c in order]),
-        np.array(sizes),
-        len(groups),
+def _every_class(args, store, labels, classes, mesh, caps):
+    """Forget and retain accuracy of each class forgotten alone (UvA), the sizes touched
+    (masked pairs, fallbacks beyond the ranking, affected and undecided rows), and the caps."""
+    counts, sizes, caps = stored_eval.evaluate_every_class(
+        store, classes, args.n_keys, caps=caps, mesh=mesh, batch=args.eval_batch
     )
+    forget_rows = np.bincount(labels, minlength=max(classes) + 1)[classes]
+    forget = counts[:, 0] / forget_rows
+    retain = counts[:, 1] / (len(labels) - forget_rows)
+    return forget, retain, sizes, caps
 
 
 def _timing(args, store, classes) -> dict:
@@ -232,7 +209,7 @@ def _timing(args, store, classes) -> dict:
     )
 
 
-def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh):
+def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh, caps):
     rows = []
     for c in classes[: args.sample_classes]:
         idx = np.flatnonzero(train_labels == c)[: args.n_examples]
@@ -242,9 +219,8 @@ def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh):
             num_keys,
         )
         sel = sel.reshape(store.keys.shape[:3])
-        correct, sz = stored_eval.evaluate_selection(store, sel, _caps_for(store, sel), mesh)
-        assert int(sz.overflow) == 0
-        rows.append(_split(np.asarray(correct), val_labels, c))
+        correct, _, caps = stored_eval.evaluate(store, sel, caps, mesh)
+        rows.append(_split(correct, val_labels, c))
     rows = np.array(rows)
     return dict(
         n_examples=args.n_examples,
@@ -255,7 +231,7 @@ def _uve(args, store, codes, train_labels, val_labels, classes, num_keys, mesh):
 
 
 def _values(stats, mesh):
-    return stored_eval.derive_fixed_point_values(stats, mesh=mesh)
+    return pair_counts.derive_fixed_point_values(stats, mesh=mesh)
 
 
 def _exact_removal(args, store, stats, codes, labels, val_labels, mesh):
@@ -402,11 +378,11 @@ def run(args) -> dict:
         val_accuracy = float(np.asarray(stored_eval.base_correct(store)).mean())
     classes = list(range(data.num_classes if args.eval_classes is None else args.eval_classes))
     with clock("choose N_a"):
-        args.n_keys, n_choice = _choose_n(args, store, val_labels, classes, mesh)
+        args.n_keys, n_choice, caps = _choose_n(args, store, val_labels, classes, mesh)
     with clock("forget one class"):
         timing = _timing(args, store, classes)
     t_eval, c_eval = time.perf_counter(), time.process_time()
-    forget, retain, sizes, compiles = _every_class(args, store, val_labels, classes, mesh)
+    forget, retain, sizes, caps = _every_class(args, store, val_labels, classes, mesh, caps)
     every_class_eval_s = time.perf_counter() - t_eval
     every_class_cpu_s = time.process_time() - c_eval
     clock.stages["every class"] = dict(
@@ -415,7 +391,7 @@ def run(args) -> dict:
         peak_rss_mib=_rss_mib(),
     )
     with clock("uve"):
-        uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh)
+        uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh, caps)
     memory = _device_memory(store)
     # Each later stage derives its own values: the current table goes first (one at a time).
     stripped = store.replace(values=None, base=None)
@@ -460,7 +436,10 @@ def run(args) -> dict:
             masked_pairs_mean=float(sizes[:, 0].mean()),
             beyond_ranking_mean=float(sizes[:, 1].mean()),
             affected_rows_mean=float(sizes[:, 2].mean()),
-            compiled_shapes=compiles,
+            undecided_rows_mean=float(sizes[:, 3].mean()),
+            undecided_rows_max=int(sizes[:, 3].max()),
+            caps=caps._asdict(),
+            batch=args.eval_batch,
         ),
         per_class=dict(forget=forget.round(4).tolist(), retain=retain.round(5).tolist()),
         uve=uve,

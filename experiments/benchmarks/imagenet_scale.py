@@ -47,6 +47,7 @@ def _args(argv=None):
     p.add_argument("--sample-classes", type=int, default=10, help="UvE sample size")
     p.add_argument("--oracle-classes", type=int, default=3, help="retrain-oracle sample size")
     p.add_argument("--timing-classes", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=8, help="classes per evaluation call")
     p.add_argument("--rows-per-class", type=int, default=None, help="override (tests)")
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--codebooks", type=int, default=256)
@@ -80,6 +81,13 @@ ROWS = (
     (
         "every-class eval, wall (CPU)",
         lambda r: f"{r['every_class_eval_s']:.0f} s ({r['every_class_eval_cpu_s']:.0f} CPU-s)",
+    ),
+    (
+        "per class: masked pairs / affected rows / full-logit rows (mean)",
+        lambda r: (
+            f"{r['uva']['masked_pairs_mean']:,.0f} / {r['uva']['affected_rows_mean']:,.0f} / "
+            f"{r['uva']['undecided_rows_mean']:,.0f}"
+        ),
     ),
     (
         "val accuracy (DKVB) / linear probe",
