@@ -6,6 +6,7 @@ import resource
 import time
 from pathlib import Path
 
+import _imagenet_report as report
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -296,38 +297,6 @@ def _device_memory(store) -> dict:
     return out
 
 
-def _distribution(acc: np.ndarray) -> dict:
-    hist, edges = np.histogram(acc, bins=20, range=(0.0, 1.0))
-    return dict(
-        mean=float(acc.mean()),
-        worst=float(acc.min() if acc.size else np.nan),
-        median=float(np.median(acc)),
-        best=float(acc.max()),
-        histogram=hist.tolist(),
-        bin_edges=edges.round(3).tolist(),
-    )
-
-
-def _plot(path: Path, forget, retain, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, acc, name in ((axes[0], forget, "forget"), (axes[1], retain, "retain")):
-        ax.hist(acc * 100, bins=40, color="tab:red" if name == "forget" else "tab:blue")
-        ax.set_xlabel(f"{name} accuracy (%)")
-        ax.set_ylabel("classes")
-        ax.set_title(
-            f"{name}: mean {acc.mean():.1%}, worst {(acc.max() if name == 'forget' else acc.min()):.1%}"
-        )
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run(args) -> dict:
     clock = _Clock()
     t_start = time.perf_counter()
@@ -416,46 +385,14 @@ def run(args) -> dict:
         probe_accuracy=probe_accuracy,
         total_s=round(time.perf_counter() - t_start, 1),
         devices=args.devices,
-        model=dict(
-            codebooks=cfg.num_codebooks,
-            keys=cfg.num_keys,
-            key_dim=cfg.key_dim,
-            top_k=1,
-            decoder="vote",
-            value_dim=data.num_classes,
-            values="closed-form log-probabilities from the counts (exact recipe), "
-            "fixed point 2^-16",
-        ),
-        uva=dict(
-            n_keys=args.n_keys,
-            n_choice=n_choice,
-            forget=_distribution(forget),
-            retain=_distribution(retain),
-            worst_forget=float(forget.max()),
-            timing=timing,
-            masked_pairs_mean=float(sizes[:, 0].mean()),
-            beyond_ranking_mean=float(sizes[:, 1].mean()),
-            affected_rows_mean=float(sizes[:, 2].mean()),
-            undecided_rows_mean=float(sizes[:, 3].mean()),
-            undecided_rows_max=int(sizes[:, 3].max()),
-            caps=caps._asdict(),
-            batch=args.eval_batch,
-        ),
+        model=report.model_record(cfg, data.num_classes),
+        uva=report.uva_record(args, n_choice, forget, retain, timing, sizes, caps),
         per_class=dict(forget=forget.round(4).tolist(), retain=retain.round(5).tolist()),
         uve=uve,
         exact_removal=exact,
         retrain_oracle=oracle,
         key_init=keyinit,
-        statistics=dict(
-            nnz=stats.nnz,
-            density=stats.density,
-            mib=round(stats.nbytes / 2**20, 1),
-            dense_int32_mib=round(
-                4 * stats.num_classes * stats.num_codebooks * stats.num_keys / 2**20, 1
-            ),
-            count_dtype=str(stats.counts[0].dtype),
-            sha256=stats.fingerprint(),
-        ),
+        statistics=report.statistics_record(stats),
         codes=dict(dtype=str(codes.dtype), mib=round(codes.nbytes / 2**20, 1)),
         device_memory=memory,
         stages=clock.stages,
@@ -464,28 +401,12 @@ def run(args) -> dict:
     out = Path(args.out) if args.out else OUT_DIR / f"{name}.json"
     write_json("imagenet_scale", result, str(out))
     if not args.no_plot:
-        _plot(
+        report.plot(
             out.with_suffix(".png"),
             forget,
             retain,
             f"{data.num_classes} classes each forgotten alone (UvA N={args.n_keys}), "
             f"{len(train_labels):,} train rows, {len(val_labels):,} val rows",
         )
-    summary = {
-        k: result[k]
-        for k in (
-            "train_rows",
-            "classes",
-            "peak_rss_mib",
-            "forget_one_class_ms",
-            "every_class_eval_s",
-            "classes_evaluated",
-            "val_accuracy",
-            "probe_accuracy",
-        )
-    }
-    summary.update(
-        forget_mean=result["uva"]["forget"]["mean"], retain_mean=result["uva"]["retain"]["mean"]
-    )
-    print(summary)
+    print(report.summary(result))
     return result

@@ -100,7 +100,7 @@ ROWS = (
     ),
     (
         "retain acc. mean / worst",
-        lambda r: f"{r['uva']['retain']['mean']:.1%} / {r['uva']['retain']['worst']:.1%}",
+        lambda r: f"{r['uva']['retain']['mean']:.1%} / {r['uva']['retain']['min']:.1%}",
     ),
     (
         "UvE forget / retain (sample)",
