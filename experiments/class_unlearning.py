@@ -46,6 +46,7 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from dkvb_jax import cli, exact
+from dkvb_jax._malloc import keep_freed_heap
 from dkvb_jax.evaluation import mia_attack
 from dkvb_jax.experiment import plot_mean_sweep
 from dkvb_jax.experiment.class_unlearning import sweep_subset
@@ -322,6 +323,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_heap()  # half this run's CPU went to page faults without it (dkvb_jax._malloc)
     wall, cpu = time.perf_counter(), time.process_time()
     cli.apply_config_defaults(args)
     base_cfg = cli.experiment_config(args)
