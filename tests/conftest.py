@@ -6,9 +6,9 @@ import pathlib
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most of the suite's time is XLA compilation, and many tests (and both xdist workers, and the
 # scripts tests run in subprocesses, which inherit these variables) compile the same programs:
-# a persistent compilation cache cut the CPU time of tests/unlearning + tests/exact by a
-# quarter on a cold cache. The cache is keyed by the HLO, the jax version and the flags, so a
-# stale entry is never used.
+# a persistent compilation cache cut the CPU time of tests/exact with test_fast_eval and
+# test_sweep by a quarter on a cold cache (123 -> 92 CPU-s). The cache is keyed by the HLO,
+# the jax version and the flags, so a stale entry is never used.
 _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_compilation"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
