@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from dkvb_jax._progress import progress_bar
 from dkvb_jax.exact.pair_counts import PairClassCounts
 from dkvb_jax.parallel.mesh import CODEBOOK
+from dkvb_jax.unlearning.compaction import compact
 from dkvb_jax.unlearning.selection import mask_top_n
 
 # Fallback searches over one codebook's keys run in chunks of this many (row, codebook) pairs.
@@ -184,6 +185,12 @@ def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
     )
 
 
+def correct_with_values(store: StoredEval, values: jax.Array, mesh=None) -> jax.Array:
+    """bool `[M]` correct predictions of the unmasked model with other `values` (a refit or an
+    exact removal): their vote sums only, without the bounds a masked evaluation needs."""
+    return vote_sums(values, store.codes, mesh).argmax(-1) == store.labels
+
+
 @jax.jit
 def _rival(base, labels):
     rows = jnp.arange(base.shape[0])
@@ -259,31 +266,6 @@ def uva_selection(store: StoredEval, label, n: int) -> jax.Array:
         return mask_top_n(hist, n)
 
     return jax.vmap(one)(store.pairs, store.counts, store.offsets)
-
-
-def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-    """Indices int32 `[size]` of the first `size` true entries of bool `mask` `[n]`, in order,
-    then `n`; and the count of true entries. :func:`jnp.nonzero` with a size, in passes over
-    32-bit words instead of a scan over every entry (several times faster on XLA:CPU)."""
-    n = mask.shape[0]
-    mask = jnp.pad(mask, (0, -n % 32)).reshape(-1, 32).astype(jnp.uint32)
-    words = (mask << jnp.arange(32, dtype=jnp.uint32)).sum(-1, dtype=jnp.uint32)
-    ones = jax.lax.population_count(words).astype(jnp.int32)
-    end = jnp.cumsum(ones)
-    start = end - ones
-    # Output slot p lies in word w for start[w] <= p < end[w]: adding w at start[w] and
-    # subtracting it at end[w], a cumulative sum gives every slot its word.
-    w = jnp.arange(words.shape[0], dtype=jnp.int32)
-    marks = jnp.zeros(size, jnp.int32).at[start].add(w, mode="drop").at[end].add(-w, mode="drop")
-    word = jnp.cumsum(marks)
-    rank = jnp.arange(size, dtype=jnp.int32) - start[word]
-    bits, pos = words[word], jnp.zeros(size, jnp.uint32)
-    for width in (16, 8, 4, 2, 1):  # binary search for the rank-th set bit of the word
-        below = jax.lax.population_count((bits >> pos) & ((1 << width) - 1)).astype(jnp.int32)
-        skip = below <= rank
-        rank, pos = jnp.where(skip, rank - below, rank), jnp.where(skip, pos + width, pos)
-    live = jnp.arange(size) < end[-1]
-    return jnp.where(live, word * 32 + pos.astype(jnp.int32), n), end[-1]
 
 
 def _hits(sel, codes):
