@@ -46,9 +46,14 @@ class SyntheticImageNetConfig:
       subspace_rank: Rank of each class's anisotropic spread.
       subspace_scale: Norm of the spread along a class's subspace (per direction, before a
         spectrum decaying from 1.5x to 0.5x).
-      noise_scale: Norm of the isotropic noise. The defaults put the nearest true class mean
-        at about 79% accuracy (97% for the superclass) and a linear probe in ImageNet's
-        70-80% range.
+      noise_scale: Norm of the isotropic noise, the calibration's one knob. On the default
+        (full-size) validation split the nearest true class mean scores 71.6% (93.7% for the
+        superclass; 78% of its errors stay inside the true superclass), and the benchmark's
+        linear probe (``imagenet_scale.py``'s: Adam 1e-3, batch 512, wd 1e-4) 75.2% after its
+        one epoch over the 1,281,167 train rows (75.6% after 2), 58.0% after 10 epochs over
+        100 rows per class: ``python experiments/benchmarks/synthetic_probe.py --epochs 2``
+        and ``... --rows-per-class 100 --epochs 10`` print these (seed 0). The former default
+        3.5 gave the probe 85.8%.
       chunk_rows: Rows per chunk.
       seed: Everything is a function of it.
     """
@@ -63,7 +68,7 @@ class SyntheticImageNetConfig:
     class_scale: float = 0.55
     subspace_rank: int = 8
     subspace_scale: float = 1.2
-    noise_scale: float = 3.5
+    noise_scale: float = 4.2
     chunk_rows: int = 16384
     seed: int = 0
 

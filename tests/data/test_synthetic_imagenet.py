@@ -48,13 +48,21 @@ def test_seeds_differ_and_splits_differ():
 
 
 def test_defaults_are_hard_but_structured():
-    """Nearest true class mean: far from 100% (and from chance), superclasses much easier."""
+    """Nearest true class mean in the band of the calibration, confusions within superclasses.
+
+    On all 50,000 validation rows it scores 71.6%, where the benchmark's probe reaches 75.2%
+    (experiments/benchmarks/synthetic_probe.py). On these 2,000 rows (standard error ~1%) it
+    scores 72.7%; noise_scale 3.5 (probe 85.8%) gives 80.8% here and fails, 4.0 (probe 78.5%)
+    gives 75.0%.
+    """
     cfg = si.SyntheticImageNetConfig(val_per_class=2, chunk_rows=2000)
     x, y = si.chunk(cfg, "validation", 0)
     means, _ = si._structure(cfg)
     pred = (x @ means.T - 0.5 * (means**2).sum(1)).argmax(1)
     acc, super_acc = np.mean(pred == y), np.mean(pred // 10 == y // 10)
-    assert 0.6 < acc < 0.95 and super_acc > acc + 0.1
+    wrong = pred != y
+    in_super = np.mean(pred[wrong] // 10 == y[wrong] // 10)  # 9 / 999 if errors were uniform
+    assert 0.68 < acc < 0.78 and super_acc > 0.9 and in_super > 0.6
 
 
 @pytest.mark.parametrize(
