@@ -256,9 +256,9 @@ def _exact_removal(args, store, stats, codes, labels, val_labels, mesh):
     recount_s = time.perf_counter() - t
     same = removed.equals(recount)
     del recount
-    # The old values go before the new ones are derived: one [C, K, classes] table at a time.
-    store = stored_eval.with_values(store, _values(removed, mesh), mesh)
-    acc = float(np.asarray(stored_eval.base_correct(store)).mean())
+    acc = float(
+        np.asarray(stored_eval.correct_with_values(store, _values(removed, mesh), mesh)).mean()
+    )
     return dict(
         rows_removed=int(len(rm)),
         remove_s=remove_s,
@@ -274,9 +274,8 @@ def _oracle(args, store, stats, codes, labels, val_labels, classes, mesh):
     for c in progress_bar(classes[: args.oracle_classes], desc="retrain oracle"):
         idx = labels == c
         without = stats.remove(codes[idx], labels[idx])
-        store = store.replace(values=None, base=None)
-        store = stored_eval.with_values(store, _values(without, mesh), mesh)
-        rows.append(_split(np.asarray(stored_eval.base_correct(store)), val_labels, c))
+        correct = stored_eval.correct_with_values(store, _values(without, mesh), mesh)
+        rows.append(_split(np.asarray(correct), val_labels, c))
     rows = np.array(rows)
     return dict(
         classes=[int(c) for c in classes[: args.oracle_classes]],
