@@ -146,23 +146,25 @@ def build(
     span = max(1, int(np.diff(stats.offsets, axis=1).max()))
     # Padded by one class span so a dynamic slice starting at any class never clamps.
     length = max(p.size for p in stats.pairs) + span
-    arrays = dict(
-        codes=blocks(codes.astype(np.int32), 1),
-        ranked=blocks(ranked, 1),
-        queries=blocks(queries, 1),
-        keys=blocks(keys, 0),
-        pairs=np.stack([np.pad(p, (0, length - p.size)) for p in stats.pairs]),
-        counts=np.stack(
+    # Host copies made one array at a time and dropped once on the device, so at most one
+    # padded copy of any input exists beside the device arrays (GBs at ImageNet size).
+    host = dict(
+        codes=lambda: blocks(codes.astype(np.int32), 1),
+        ranked=lambda: blocks(ranked, 1),
+        queries=lambda: blocks(queries, 1),
+        keys=lambda: blocks(keys, 0),
+        pairs=lambda: np.stack([np.pad(p, (0, length - p.size)) for p in stats.pairs]),
+        counts=lambda: np.stack(
             [np.pad(c.astype(stats.counts[0].dtype), (0, length - c.size)) for c in stats.counts]
         ),
-        offsets=stats.offsets.astype(np.int32),
+        offsets=lambda: stats.offsets.astype(np.int32),
     )
     if mesh is None:
-        put = {k: jnp.asarray(v) for k, v in arrays.items()}
+        put = {k: jnp.asarray(make()) for k, make in host.items()}
         labels_d = jnp.asarray(labels, jnp.int32)
     else:
         shard = NamedSharding(mesh, P(CODEBOOK))
-        put = {k: jax.device_put(v, shard) for k, v in arrays.items()}
+        put = {k: jax.device_put(make(), shard) for k, make in host.items()}
         labels_d = jax.device_put(np.asarray(labels, np.int32), NamedSharding(mesh, P()))
     derived = dict.fromkeys(("values", "top", "floor", "base", "rival"))
     store = StoredEval(**put, **derived, labels=labels_d, class_span=span)
