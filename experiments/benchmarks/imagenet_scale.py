@@ -17,7 +17,7 @@ decoder, value dim 1000) and the whole pipeline:
    sample of classes, the exact removal of a random 1% of train rows (checked bit for bit
    against a recount), and the retrain oracle (values refitted without the class) on a sample.
 
-    python experiments/benchmarks/imagenet_scale.py --quick        # 1000 classes x 100 rows
+    python experiments/benchmarks/imagenet_scale.py --quick        # 1000 classes x 100 rows, 10 val
     python experiments/benchmarks/imagenet_scale.py                # 1,281,167 rows
     python experiments/benchmarks/imagenet_scale.py --quick --devices 8   # codebook mesh
 
@@ -34,7 +34,9 @@ from pathlib import Path
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1000 classes x 100 train rows each")
+    p.add_argument(
+        "--quick", action="store_true", help="1000 classes x 100 train (10 validation) rows each"
+    )
     p.add_argument("--devices", type=int, default=1, help="forced CPU devices (codebook mesh)")
     p.add_argument("--n-keys", type=int, default=None, help="UvA N_a (default: chosen)")
     p.add_argument("--target", type=float, default=0.0, help="forget accuracy N_a must reach")
