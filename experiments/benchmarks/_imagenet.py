@@ -88,8 +88,14 @@ def _probe_chunk(params, opt, x, y, mu, sd):
 
 
 @jax.jit
+def _probe_predict(params, x, mu, sd):
+    """The probe's class of each row of `x` `[n, dim]`: int `[n]`."""
+    return (((x - mu) / sd) @ params["w"] + params["b"]).argmax(-1)
+
+
+@jax.jit
 def _probe_correct(params, x, y, mu, sd):
-    return jnp.sum((((x - mu) / sd) @ params["w"] + params["b"]).argmax(-1) == y)
+    return jnp.sum(_probe_predict(params, x, mu, sd) == y)
 
 
 # --------------------------------------------------------------------------- stages

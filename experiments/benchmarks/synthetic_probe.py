@@ -51,7 +51,7 @@ def measure(cfg, epochs: int, log=print) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from _imagenet import _probe_chunk, _probe_correct, _probe_init
+    from _imagenet import _probe_chunk, _probe_correct, _probe_init, _probe_predict
 
     from dkvb_jax.data import synthetic_imagenet as si
 
@@ -79,7 +79,6 @@ def measure(cfg, epochs: int, log=print) -> dict:
     x0, _ = si.chunk(cfg, "train", 0)
     mu, sd = jnp.asarray(x0.mean(0)), jnp.asarray(x0.std(0) + 1e-6)
     params, opt = _probe_init(cfg.dim, cfg.num_classes)
-    predict = jax.jit(lambda p, x: (((x - mu) / sd) @ p["w"] + p["b"]).argmax(-1))
     for epoch in range(1, epochs + 1):
         for i in range(n_chunks):
             c = time.process_time()
@@ -91,7 +90,7 @@ def measure(cfg, epochs: int, log=print) -> dict:
             params, opt = jax.block_until_ready(_probe_chunk(params, opt, x, y, mu, sd))
             probe_cpu += time.process_time() - c
         acc = sum(int(_probe_correct(params, x, y, mu, sd)) for x, y in val) / len(yv)
-        share = _super_share(np.asarray(predict(params, xv)), yv, per_super)
+        share = _super_share(np.asarray(_probe_predict(params, xv, mu, sd)), yv, per_super)
         out["probe"].append(dict(epoch=epoch, val_accuracy=acc, errors_in_superclass=share))
         log(
             f"probe epoch {epoch}: val {acc:.4f} (errors in superclass {share:.3f}) | "
