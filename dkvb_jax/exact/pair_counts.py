@@ -101,6 +101,13 @@ class PairClassCounts:
         """Class `label`'s usage histogram, int32 `[codebooks, keys]`."""
         return np.concatenate([self.class_block(label, b) for b in range(self.num_blocks)])
 
+    def _class_entries(self, block: int):
+        """Per class of block `block`: its sorted pairs and their counts (views)."""
+        off = self.offsets[block]
+        pairs, counts = self.pairs[block], self.counts[block]
+        for y in range(self.num_classes):
+            yield pairs[off[y] : off[y + 1]], counts[off[y] : off[y + 1]]
+
     def dense_block(self, block: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Exact counts of codebooks `[start, stop)` of block `block` (default all), int32
         `[stop - start, keys, classes]`: the layout :func:`dkvb_jax.exact.derive_values` takes."""
@@ -111,11 +118,12 @@ class PairClassCounts:
                 f"[{start}, {stop})."
             )
         lo, hi = start * self.num_keys, stop * self.num_keys
-        pairs = self.pairs[block]
-        keep = (pairs >= lo) & (pairs < hi)
-        cls = np.repeat(np.arange(self.num_classes, dtype=np.int32), np.diff(self.offsets[block]))
         out = np.zeros((hi - lo, self.num_classes), np.int32)
-        out[pairs[keep] - lo, cls[keep]] = self.counts[block][keep]
+        # Class by class: each class's pairs are sorted, so its cells in [lo, hi) are one
+        # slice; no temporary the size of all entries (GBs at ImageNet size).
+        for y, (seg, cnt) in enumerate(self._class_entries(block)):
+            i, j = np.searchsorted(seg, (lo, hi))
+            out[seg[i:j] - lo, y] = cnt[i:j]
         return out.reshape(stop - start, self.num_keys, self.num_classes)
 
     def class_totals(self) -> np.ndarray:
@@ -249,11 +257,11 @@ def count_pairs(
             hist = np.bincount(local[block >= 0], minlength=cells)
             nz = np.flatnonzero(hist)
             pairs[b].append(nz.astype(np.int32))
-            counts[b].append(hist[nz])
+            counts[b].append(_compact(hist[nz]))
             offsets[b, y + 1] = offsets[b, y] + nz.size
     return PairClassCounts(
-        pairs=tuple(np.concatenate(p) for p in pairs),
-        counts=tuple(_compact(np.concatenate(c)) for c in counts),
+        pairs=tuple(_concatenate(p) for p in pairs),
+        counts=tuple(_concatenate(c) for c in counts),
         offsets=offsets,
         num_codebooks=num_codebooks,
         num_keys=num_keys,
@@ -268,35 +276,55 @@ def _compact(counts: np.ndarray) -> np.ndarray:
     return counts.astype(np.int32)
 
 
+def _concatenate(pieces: list[np.ndarray]) -> np.ndarray:
+    """One array of per-class pieces (emptied as it goes), in the widest of their dtypes: at
+    most one copy of the entries beside the pieces, never an int64 copy of all of them."""
+    dtype = np.result_type(*{p.dtype for p in pieces}) if pieces else np.uint16
+    out = np.empty(sum(p.size for p in pieces), dtype)
+    at = 0
+    for i, p in enumerate(pieces):
+        out[at : at + p.size] = p
+        at += p.size
+        pieces[i] = None  # the piece goes as soon as it is copied
+    pieces.clear()
+    return out
+
+
 def _subtract(stats: PairClassCounts, removed: PairClassCounts) -> PairClassCounts:
-    """`stats - removed`, cell by cell; cells that reach zero are dropped."""
+    """`stats - removed`, cell by cell; cells that reach zero are dropped. Class by class, so
+    the temporaries are one class's entries (the result is the only full-size allocation)."""
 
     def shape(s: PairClassCounts) -> tuple[int, ...]:
         return (s.num_codebooks, s.num_keys, s.num_classes, s.num_blocks)
 
     if shape(removed) != shape(stats):
         raise InputError("the removed examples' codes do not match these statistics' shape.")
-    cells = stats.block_codebooks * stats.num_keys
     pairs, counts = [], []
     offsets = np.zeros_like(stats.offsets)
     for b in range(stats.num_blocks):
-        cls = np.repeat(np.arange(stats.num_classes, dtype=np.int64), np.diff(stats.offsets[b]))
-        key = cls * cells + stats.pairs[b]
-        rcls = np.repeat(np.arange(stats.num_classes, dtype=np.int64), np.diff(removed.offsets[b]))
-        rkey = rcls * cells + removed.pairs[b]
-        pos = np.searchsorted(key, rkey)
-        found = (pos < key.size) & (key[np.minimum(pos, key.size - 1)] == rkey)
-        new = stats.counts[b].astype(np.int64)
-        if not found.all() or np.any(new[pos] < removed.counts[b]):
-            raise InputError(
-                "cannot remove examples that were never counted: some (class, pair) cells would "
-                "go negative. Pass the codes and labels of examples counted in these statistics."
-            )
-        new[pos] -= removed.counts[b]
-        keep = new > 0
-        pairs.append(stats.pairs[b][keep])
-        counts.append(_compact(new[keep]))
-        offsets[b, 1:] = np.cumsum(np.bincount(cls[keep], minlength=stats.num_classes))
+        kept_pairs, kept_counts = [], []
+        gone = removed._class_entries(b)
+        for y, (seg, cnt) in enumerate(stats._class_entries(b)):
+            rseg, rcnt = next(gone)
+            if rseg.size:
+                pos = np.searchsorted(seg, rseg)
+                found = (pos < seg.size) & (seg[np.minimum(pos, seg.size - 1)] == rseg)
+                new = cnt.astype(np.int64)
+                if not found.all() or np.any(new[pos] < rcnt):
+                    raise InputError(
+                        "cannot remove examples that were never counted: some (class, pair) "
+                        "cells would go negative. Pass the codes and labels of examples counted "
+                        "in these statistics."
+                    )
+                new[pos] -= rcnt
+                keep = new > 0
+                seg, cnt = seg[keep], new[keep]
+            kept_pairs.append(seg)
+            # int32 pieces narrow when they fit: the block is uint16 if every class's is.
+            kept_counts.append(cnt if cnt.dtype == np.uint16 else _compact(cnt))
+            offsets[b, y + 1] = offsets[b, y] + seg.size
+        pairs.append(_concatenate(kept_pairs))
+        counts.append(_concatenate(kept_counts))
     return dataclasses.replace(stats, pairs=tuple(pairs), counts=tuple(counts), offsets=offsets)
 
 

@@ -109,7 +109,7 @@ def _vote_sums(values, codes):
 
 def build(
     stats: PairClassCounts,
-    values: jax.Array,
+    values: jax.Array | None,
     codes: np.ndarray,
     ranked: np.ndarray,
     queries: np.ndarray,
@@ -123,7 +123,9 @@ def build(
     Args:
       stats: the statistics, in `S` blocks (one per ``'codebook'`` device with a mesh).
       values: int32 `[S, Cb, K, classes]`
-        (:func:`~dkvb_jax.exact.pair_counts.derive_fixed_point_values`).
+        (:func:`~dkvb_jax.exact.pair_counts.derive_fixed_point_values`), or None to add them
+        later with :func:`with_values` (so the 4 GB table at ImageNet size need not exist
+        beside the host copies made here).
       codes: int `[M, C]` unmasked codes; ranked: int `[M, C, depth]`;
       queries: float32 `[M, C, key_dim]`; keys: float32 `[C, K, key_dim]`; labels: int `[M]`.
       mesh: a mesh with a ``'codebook'`` axis of size `S`, or None for one device.
@@ -134,7 +136,7 @@ def build(
             f"the statistics have {s} codebook blocks but the mesh's '{CODEBOOK}' axis has "
             f"{mesh.shape.get(CODEBOOK, 1)} devices; count them with num_blocks equal to it."
         )
-    if values.shape[:2] != (s, stats.block_codebooks):
+    if values is not None and values.shape[:2] != (s, stats.block_codebooks):
         raise ValueError(
             f"values must have shape [blocks={s}, codebooks per block="
             f"{stats.block_codebooks}, keys, classes], got {tuple(values.shape)}."
@@ -168,7 +170,7 @@ def build(
         labels_d = jax.device_put(np.asarray(labels, np.int32), NamedSharding(mesh, P()))
     derived = dict.fromkeys(("values", "top", "floor", "base", "rival"))
     store = StoredEval(**put, **derived, labels=labels_d, class_span=span)
-    return with_values(store, values, mesh)
+    return store if values is None else with_values(store, values, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))

@@ -339,16 +339,16 @@ def run(args) -> dict:
             num_classes=data.num_classes,
             num_blocks=args.devices,
         )
-    with clock("values"):
-        values = _values(stats, mesh)
     with clock("validation codes"):
         val, probe_accuracy = _val_pass(args, model, variables, data, probe)
     with clock("store"):
         keys = np.asarray(variables["frozen"]["keys"])
         store = stored_eval.build(
-            stats, values, val["codes"], val["ranked"], val["queries"], keys, val_labels, mesh=mesh
+            stats, None, val["codes"], val["ranked"], val["queries"], keys, val_labels, mesh=mesh
         )
-        del values, val
+        del val  # the host copies go before the 4 GB value table is derived
+    with clock("values"):
+        store = stored_eval.with_values(store, _values(stats, mesh), mesh)
         val_accuracy = float(np.asarray(stored_eval.base_correct(store)).mean())
     classes = list(range(data.num_classes if args.eval_classes is None else args.eval_classes))
     with clock("choose N_a"):
@@ -367,8 +367,9 @@ def run(args) -> dict:
     with clock("uve"):
         uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh, caps)
     memory = _device_memory(store)
-    # Each later stage derives its own values: the current table goes first (one at a time).
-    stripped = store.replace(values=None, base=None)
+    # Each later stage derives its own values: the current table goes first (one at a time),
+    # and so do the store's device copy of the statistics (UvA's selections are done).
+    stripped = store.replace(values=None, base=None, pairs=None, counts=None)
     del store
     with clock("exact removal"):
         exact = _exact_removal(args, stripped, stats, codes, train_labels, val_labels, mesh)

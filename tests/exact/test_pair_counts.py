@@ -58,10 +58,16 @@ def test_removal_equals_recount_and_fingerprint_ignores_layout():
     assert one_block.fingerprint() == removed.fingerprint() != stats.fingerprint()
 
 
-def test_large_counts_widen_to_int32():
-    codes = np.zeros((70_000, 2), np.int16)
-    stats = pair_counts.count_pairs(codes, np.zeros(70_000, int), num_keys=4, num_classes=1)
+def test_large_counts_widen_to_int32_and_narrow_after_a_removal():
+    """One class's count above uint16 widens the whole block; removing below narrows it."""
+    codes = np.zeros((70_003, 2), np.int16)
+    codes[-3:] = 1
+    labels = np.r_[np.zeros(70_000, int), np.ones(3, int)]
+    stats = pair_counts.count_pairs(codes, labels, num_keys=4, num_classes=2)
     assert stats.counts[0].dtype == np.int32 and stats.class_histogram(0)[0, 0] == 70_000
+    removed = stats.remove(codes[:10_000], labels[:10_000])
+    recount = pair_counts.count_pairs(codes[10_000:], labels[10_000:], num_keys=4, num_classes=2)
+    assert removed.counts[0].dtype == np.uint16 and removed.equals(recount)
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,16 @@ def test_every_class_counts_match_brute_force_and_caps_grow():
         assert sizes[label].tolist()[:3:2] == [hits.sum(), hits.any(1).sum()]
 
 
+def test_values_added_after_the_build_give_the_same_store():
+    problem = _problem(seed=1, blocks=2)
+    keys, q_ev, y_ev, ranked, stats, values = problem
+    bare = stored_eval.build(stats, None, ranked[..., 0], ranked, q_ev, keys, y_ev)
+    assert bare.values is None and bare.base is None
+    later, now = stored_eval.with_values(bare, values), _store(problem)
+    for name in ("values", "top", "floor", "base", "rival", *stored_eval.BLOCK_FIELDS):
+        np.testing.assert_array_equal(getattr(later, name), getattr(now, name), err_msg=name)
+
+
 def test_key_bounds_match_numpy():
     rng = np.random.default_rng(3)
     values = rng.integers(-50, 0, (2, 3, 5, 4)).astype(np.int32)
