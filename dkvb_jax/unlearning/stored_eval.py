@@ -342,13 +342,15 @@ def _block_delta(r, b, old, new, live, values, slot, caps: Caps):
 
 class Sizes(NamedTuple):
     """What one evaluation touched: masked pairs and fallbacks beyond the ranking (all blocks),
-    affected rows, rows given full logits, the :class:`Caps` it needed (int32 `[4]`) and a
-    count of overflowed caps (must be 0)."""
+    affected rows, rows given full logits and their masked pairs (each a `[classes]` value
+    gather), the :class:`Caps` it needed (int32 `[4]`) and a count of overflowed caps (must be
+    0)."""
 
     pairs: jax.Array
     exact: jax.Array
     rows: jax.Array
     undecided: jax.Array
+    undecided_pairs: jax.Array
     need: jax.Array
     overflow: jax.Array
 
@@ -382,7 +384,8 @@ def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
     hits, beyond = sizes[:, 0], sizes[:, 1]
     need = jnp.stack([hits.max(), beyond.max(), num_rows, row_pairs[:, 0].max()])
     overflow = sizes[:, 2:].sum() + row_pairs[:, 1].sum() + (num_rows > caps.rows)
-    return correct, Sizes(hits.sum(), beyond.sum(), affected.sum(), num_rows, need, overflow)
+    sizes = (hits.sum(), beyond.sum(), affected.sum(), num_rows, row_pairs[:, 0].sum())
+    return correct, Sizes(*sizes, need, overflow)
 
 
 def make_caps(pairs: int, exact: int, rows: int, row_pairs: int) -> Caps:
@@ -463,8 +466,9 @@ def evaluate_every_class(store, classes, n: int, *, caps=None, mesh=None, batch:
 
     Returns:
       int `[len(classes), 2]` correct rows of the forgotten class and of the others; int
-      `[len(classes), 4]` masked pairs, fallbacks beyond the ranking, affected and undecided
-      rows; and the caps used at the end (grown when a batch overflowed them).
+      `[len(classes), 5]` masked pairs, fallbacks beyond the ranking, affected and undecided
+      rows, and the undecided rows' masked pairs; and the caps used at the end (grown when a
+      batch overflowed them).
     """
     classes = [int(c) for c in classes]
     counts, sizes = [], []
@@ -475,7 +479,7 @@ def evaluate_every_class(store, classes, n: int, *, caps=None, mesh=None, batch:
         fn = functools.partial(evaluate_uva_classes, store, padded, n, mesh=mesh)
         got, sz, caps = _retrying(lambda c, fn=fn: fn(caps=c), caps)
         counts.append(np.asarray(got)[: len(chunk)])
-        cols = (sz.pairs, sz.exact, sz.rows, sz.undecided)
+        cols = (sz.pairs, sz.exact, sz.rows, sz.undecided, sz.undecided_pairs)
         sizes.append(np.stack([np.asarray(a) for a in cols], -1)[: len(chunk)])
     return np.concatenate(counts), np.concatenate(sizes), caps
 

@@ -59,6 +59,7 @@ def uva_record(args, n_choice, forget, retain, timing, sizes, caps) -> dict:
         affected_rows_mean=float(sizes[:, 2].mean()),
         undecided_rows_mean=float(sizes[:, 3].mean()),
         undecided_rows_max=int(sizes[:, 3].max()),
+        undecided_pairs_mean=float(sizes[:, 4].mean()),
         caps=caps._asdict(),
         batch=args.eval_batch,
     )

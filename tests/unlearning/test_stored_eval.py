@@ -83,6 +83,8 @@ def test_uva_matches_brute_force_masked_search_on_one_device_and_a_mesh(blocks, 
         want = _reference(keys, q_ev, y_ev, values, np.asarray(sel).reshape(C, K))
         np.testing.assert_array_equal(np.asarray(correct), want)
         assert int(sizes.overflow) == 0
+        # Each undecided row has at least one masked pair.
+        assert int(sizes.undecided) <= int(sizes.undecided_pairs) <= int(sizes.pairs)
         undecided, affected = undecided + int(sizes.undecided), affected + int(sizes.rows)
         exact += int(sizes.exact)
     assert exact > 0
