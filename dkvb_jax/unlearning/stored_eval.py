@@ -261,8 +261,19 @@ def class_block_histogram(pairs, counts, offsets, label, span: int, shape: tuple
     return jnp.zeros(shape[0] * shape[1], jnp.int32).at[p].add(c).reshape(shape)
 
 
+def _require(store: StoredEval, *names: str) -> None:
+    """Raises a clear error (at trace time) when the store lacks a field the call needs."""
+    missing = [name for name in names if getattr(store, name) is None]
+    if missing:
+        raise ValueError(
+            f"this StoredEval has no {', '.join(missing)}: build it with values (or add them "
+            "with stored_eval.with_values) and keep its statistics (pairs, counts) for UvA."
+        )
+
+
 def uva_selection(store: StoredEval, label, n: int) -> jax.Array:
     """UvA's selection for forgetting class `label`: bool `[S, Cb, K]`, each block's top `n`."""
+    _require(store, "pairs", "counts", "offsets")
     shape = store.keys.shape[1:3]
 
     def one(pairs, counts, offsets):
@@ -357,6 +368,7 @@ class Sizes(NamedTuple):
 
 def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
     """bool `[M]` correct predictions under selection `sel` `[S, Cb, K]`, and :class:`Sizes`."""
+    _require(store, "values", "top", "floor", "base", "rival")
     blocks = (sel, store.codes, store.ranked, store.queries, store.keys)
     blocks += (store.values, store.top, store.floor)
     moves, (pairs, sizes) = _over_blocks(

@@ -10,10 +10,9 @@ This times, on random pairs over a table of that shape, alternately (A B A B):
 - ``gathers``: the two row gathers alone (summed, so nothing is written per row): the floor
   set by memory traffic, whatever the arithmetic around it.
 
-and prints (and writes to ``results/value_gather_floor.json``) nanoseconds per pair, wall and CPU,
-and, for the per-class pair count of a result
-JSON (``undecided_pairs_mean``), the seconds per class and for 1000 classes that the floor
-alone implies.
+and prints (and writes to ``results/value_gather_floor.json``) nanoseconds per pair, wall and
+CPU, and, for the per-class pair count of a result JSON (``undecided_pairs_mean``), the seconds
+per class and for 1000 classes that each implies.
 
     python experiments/benchmarks/value_gather_floor.py \
         --json experiments/benchmarks/results/imagenet_scale/full_48classes.json
@@ -60,13 +59,8 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     values = jnp.asarray(rng.integers(-(2**22), 0, (c, k, y), dtype=np.int32))
     step = min(n, stored_eval._DELTA_CHUNK)
-    pairs = dict(
-        r=np.sort(rng.integers(0, m, n)),  # pairs come row by row, as the compaction gives them
-        b=rng.integers(0, c, n),
-        old=rng.integers(0, k, n),
-        new=rng.integers(0, k, n),
-    )
-    r, b, old, new = (jnp.asarray(pairs[name], jnp.int32) for name in ("r", "b", "old", "new"))
+    r = jnp.asarray(np.sort(rng.integers(0, m, n)), jnp.int32)  # row by row, as compacted
+    b, old, new = (jnp.asarray(rng.integers(0, hi, n), jnp.int32) for hi in (c, k, k))
     live = jnp.ones(n, bool)
     slot = jnp.arange(m, dtype=jnp.int32)
     caps = stored_eval.make_caps(n, 1, m, n)

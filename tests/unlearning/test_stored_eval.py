@@ -115,6 +115,10 @@ def test_values_added_after_the_build_give_the_same_store():
     keys, q_ev, y_ev, ranked, stats, values = problem
     bare = stored_eval.build(stats, None, ranked[..., 0], ranked, q_ev, keys, y_ev)
     assert bare.values is None and bare.base is None
+    with pytest.raises(ValueError, match="no values, top, floor, base, rival"):
+        stored_eval.evaluate_selection(bare, _uva(_store(problem), 0, 3), CAPS)
+    with pytest.raises(ValueError, match="no pairs, counts"):
+        stored_eval.uva_selection(bare.replace(pairs=None, counts=None), 0, 3)
     later, now = stored_eval.with_values(bare, values), _store(problem)
     for name in ("values", "top", "floor", "base", "rival", *stored_eval.BLOCK_FIELDS):
         np.testing.assert_array_equal(getattr(later, name), getattr(now, name), err_msg=name)
