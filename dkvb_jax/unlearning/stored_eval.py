@@ -263,8 +263,7 @@ def class_block_histogram(pairs, counts, offsets, label, span: int, shape: tuple
 
 def _require(store: StoredEval, *names: str) -> None:
     """Raises a clear error (at trace time) when the store lacks a field the call needs."""
-    missing = [name for name in names if getattr(store, name) is None]
-    if missing:
+    if missing := [name for name in names if getattr(store, name) is None]:
         raise ValueError(
             f"this StoredEval has no {', '.join(missing)}: build it with values (or add them "
             "with stored_eval.with_values) and keep its statistics (pairs, counts) for UvA."
