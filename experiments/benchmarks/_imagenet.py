@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -292,6 +296,57 @@ def _oracle(args, store, stats, codes, labels, val_labels, classes, mesh):
     )
 
 
+_CACHED = ("train_codes", "val_codes", "val_ranked", "val_queries", "keys")
+
+
+def _fingerprint(args, data, cfg) -> str:
+    """What the cached stages depend on: their settings and every library and script source."""
+    settings = dict(
+        data=dataclasses.asdict(data),
+        model=dataclasses.asdict(cfg),
+        **{
+            k: getattr(args, k) for k in ("key_rows", "key_epochs", "probe_epochs", "depth", "seed")
+        },
+    )
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    here = Path(__file__).resolve().parent
+    for path in sorted([*(here.parents[1] / "dkvb_jax").rglob("*.py"), *here.glob("_*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _encode(args, model, variables, data, clock, cache: Path | None, fingerprint: str):
+    """Key init, train codes + probe and validation codes; with `--cache`, loaded from a cache
+    of the same fingerprint when there is one, else computed and saved (written to a temporary
+    folder first, so an interrupted save never leaves a partial cache)."""
+    if cache is not None and (cache / "meta.json").is_file():
+        meta = json.loads((cache / "meta.json").read_text())
+        if meta["fingerprint"] == fingerprint:
+            with clock("load cache"):
+                arrays = {k: np.load(cache / f"{k}.npy") for k in _CACHED}
+            return arrays, meta["probe_accuracy"], meta["key_init"], True
+        note(f"cache {cache} is for other settings or code ({meta['fingerprint']}): recomputing")
+    with clock("key init"):
+        variables, keyinit = _fit_keys(args, model, variables, data)
+    with clock("train codes + probe"):
+        codes, probe = _train_pass(args, model, variables, data)
+    with clock("validation codes"):
+        val, probe_accuracy = _val_pass(args, model, variables, data, probe)
+    arrays = dict(train_codes=codes, keys=np.asarray(variables["frozen"]["keys"]))
+    arrays.update({f"val_{k}": v for k, v in val.items()})
+    if cache is not None:
+        part = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        for k in _CACHED:
+            np.save(part / f"{k}.npy", arrays[k])
+        meta = dict(fingerprint=fingerprint, probe_accuracy=probe_accuracy, key_init=keyinit)
+        (part / "meta.json").write_text(json.dumps(meta, indent=2, default=float))
+        shutil.rmtree(cache, ignore_errors=True)
+        part.rename(cache)
+    return arrays, probe_accuracy, keyinit, False
+
+
 def _device_memory(store) -> dict:
     """Bytes of each store array in all, and on the device holding the most of it."""
     out = {}
@@ -327,10 +382,12 @@ def run(args) -> dict:
     train_labels = np.asarray(si.labels(data, "train"))
     val_labels = np.asarray(si.labels(data, "validation"))
 
-    with clock("key init"):
-        variables, keyinit = _fit_keys(args, model, variables, data)
-    with clock("train codes + probe"):
-        codes, probe = _train_pass(args, model, variables, data)
+    cache = Path(args.cache) if args.cache else None
+    fingerprint = _fingerprint(args, data, cfg)
+    arrays, probe_accuracy, keyinit, cache_hit = _encode(
+        args, model, variables, data, clock, cache, fingerprint
+    )
+    codes = arrays.pop("train_codes")
     with clock("statistics"):
         stats = pair_counts.count_pairs(
             codes,
@@ -339,14 +396,15 @@ def run(args) -> dict:
             num_classes=data.num_classes,
             num_blocks=args.devices,
         )
-    with clock("validation codes"):
-        val, probe_accuracy = _val_pass(args, model, variables, data, probe)
     with clock("store"):
-        keys = np.asarray(variables["frozen"]["keys"])
         store = stored_eval.build(
-            stats, None, val["codes"], val["ranked"], val["queries"], keys, val_labels, mesh=mesh
+            stats,
+            None,
+            *(arrays.pop(k) for k in ("val_codes", "val_ranked", "val_queries", "keys")),
+            val_labels,
+            mesh=mesh,
         )
-        del val  # the host copies go before the 4 GB value table is derived
+        del arrays  # the host copies go before the 4 GB value table is derived
     with clock("values"):
         store = stored_eval.with_values(store, _values(stats, mesh), mesh)
         val_accuracy = float(np.asarray(stored_eval.base_correct(store)).mean())
@@ -398,6 +456,7 @@ def run(args) -> dict:
         exact_removal=exact,
         retrain_oracle=oracle,
         key_init=keyinit,
+        cache=dict(dir=args.cache, fingerprint=fingerprint, hit=cache_hit) if args.cache else None,
         statistics=report.statistics_record(stats),
         codes=dict(dtype=str(codes.dtype), mib=round(codes.nbytes / 2**20, 1)),
         device_memory=memory,

@@ -20,6 +20,7 @@ decoder, value dim 1000) and the whole pipeline:
     python experiments/benchmarks/imagenet_scale.py --quick        # 1000 classes x 100 rows, 10 val
     python experiments/benchmarks/imagenet_scale.py                # 1,281,167 rows
     python experiments/benchmarks/imagenet_scale.py --quick --devices 8   # codebook mesh
+    python experiments/benchmarks/imagenet_scale.py --cache DIR --devices 8  # reuse the codes
 
 Prints a summary and writes ``results/imagenet_scale/<name>.json`` and a histogram plot.
 """
@@ -59,6 +60,13 @@ def _args(argv=None):
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/imagenet_scale/)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="reuse (or save) the keys, train codes, probe and validation codes in DIR: they do "
+        "not depend on --devices, so a second run (e.g. --devices 8) skips the encoding passes",
+    )
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report", nargs="+", metavar="JSON", help="print a table of results; exit")
     args = p.parse_args(argv)

@@ -51,12 +51,24 @@ def test_one_device_and_eight_give_identical_statistics_and_accuracies(tmp_path)
 
     sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
     script = load_script("experiments/benchmarks/imagenet_scale.py", "imagenet_scale_script")
-    one = script.main([*TINY, "--out", str(tmp_path / "one.json")])
+    cache = ["--cache", str(tmp_path / "cache")]
+    one = script.main([*TINY, *cache, "--out", str(tmp_path / "one.json")])
     eight = script.main([*TINY, "--devices", "8", "--out", str(tmp_path / "eight.json")])
+    # The encoding passes do not depend on the devices: a cached 8-device run equals both.
+    cached = script.main([*TINY, "--devices", "8", *cache, "--out", str(tmp_path / "c.json")])
+    assert not one["cache"]["hit"] and cached["cache"]["hit"] and eight["cache"] is None
+    assert "key init" not in cached["stages"] and "load cache" in cached["stages"]
     assert all(k in one for k in KEYS) and one["classes_evaluated"] == 10
     assert one["statistics"]["sha256"] == eight["statistics"]["sha256"]
     for key in ("val_accuracy", "probe_accuracy", "per_class", "uve", "retrain_oracle"):
-        assert one[key] == eight[key], key
+        assert one[key] == eight[key] == cached[key], key
+    assert one["key_init"] == cached["key_init"]
+    # A cache of other settings or code is recomputed and replaced, not silently reused.
+    meta = tmp_path / "cache" / "meta.json"
+    meta.write_text(meta.read_text().replace(one["cache"]["fingerprint"], "0" * 16))
+    again = script.main([*TINY, *cache, "--out", str(tmp_path / "again.json")])
+    assert not again["cache"]["hit"] and again["per_class"] == one["per_class"]
+    assert one["cache"]["fingerprint"] in meta.read_text()
     assert one["exact_removal"]["counts_bit_identical_to_recount"]
     assert (
         one["exact_removal"]["val_accuracy_after"] == eight["exact_removal"]["val_accuracy_after"]
