@@ -42,16 +42,11 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = _args(argv)
-    import jax
-    import jax.numpy as jnp
-    from _common import write_json
-
+def _load_store(args):
+    """The full run's evaluation store, rebuilt from an imagenet_scale.py cache."""
     from dkvb_jax.data import synthetic_imagenet as si
     from dkvb_jax.exact import pair_counts
     from dkvb_jax.unlearning import stored_eval as se
-    from dkvb_jax.unlearning.compaction import compact
 
     cache = Path(args.cache)
     load = {k: np.load(cache / f"{k}.npy") for k in ("train_codes", "val_codes", "val_ranked")}
@@ -82,6 +77,19 @@ def main(argv=None) -> dict:
     )
     store = se.with_values(store, pair_counts.derive_fixed_point_values(stats, progress=False))
     del load
+    return store, data
+
+
+def main(argv=None) -> dict:
+    args = _args(argv)
+    import jax
+    import jax.numpy as jnp
+    from _common import write_json
+
+    from dkvb_jax.unlearning import stored_eval as se
+    from dkvb_jax.unlearning.compaction import compact
+
+    store, data = _load_store(args)
     m, cb = store.codes.shape[1:]
     caps = se.make_caps(min(m * cb, 2**22), 4096, m, min(m * cb, 2**22))
     n, slots = args.n_keys, args.slots
