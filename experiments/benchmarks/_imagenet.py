@@ -320,12 +320,16 @@ def _encode(args, model, variables, data, clock, cache: Path | None, fingerprint
     of the same fingerprint when there is one, else computed and saved (written to a temporary
     folder first, so an interrupted save never leaves a partial cache)."""
     if cache is not None and (cache / "meta.json").is_file():
-        meta = json.loads((cache / "meta.json").read_text())
-        if meta["fingerprint"] == fingerprint:
+        try:
+            meta = json.loads((cache / "meta.json").read_text())
+            found = meta["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            meta, found = None, f"unreadable meta.json: {e!r}"
+        if found == fingerprint:
             with clock("load cache"):
                 arrays = {k: np.load(cache / f"{k}.npy") for k in _CACHED}
             return arrays, meta["probe_accuracy"], meta["key_init"], True
-        note(f"cache {cache} is for other settings or code ({meta['fingerprint']}): recomputing")
+        note(f"cache {cache} is for other settings or code ({found}): recomputing")
     with clock("key init"):
         variables, keyinit = _fit_keys(args, model, variables, data)
     with clock("train codes + probe"):

@@ -69,6 +69,9 @@ def test_one_device_and_eight_give_identical_statistics_and_accuracies(tmp_path)
     again = script.main([*TINY, *cache, "--out", str(tmp_path / "again.json")])
     assert not again["cache"]["hit"] and again["per_class"] == one["per_class"]
     assert one["cache"]["fingerprint"] in meta.read_text()
+    meta.write_text("{")  # an unreadable cache is a miss too
+    corrupt = script.main([*TINY, *cache, "--out", str(tmp_path / "corrupt.json")])
+    assert not corrupt["cache"]["hit"] and one["cache"]["fingerprint"] in meta.read_text()
     assert one["exact_removal"]["counts_bit_identical_to_recount"]
     assert (
         one["exact_removal"]["val_accuracy_after"] == eight["exact_removal"]["val_accuracy_after"]
