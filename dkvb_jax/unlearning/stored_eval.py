@@ -9,7 +9,8 @@ the queries (for the rare fallback beyond it: an exact search over that one code
 Most affected rows need no new logits either: each changed pair moves the label's logit and the
 runner-up's by known amounts, and any class's by at most `max value of the new key - min value
 of the old key`. A row whose label beats that bound stays right, one whose runner-up overtakes
-the label goes wrong; only the rows left undecided get full `[classes]` logits. The vote is
+the label goes wrong; only the rows left undecided get full `[classes]` logits, a chunk of rows
+at a time (so the sum is `[row_chunk, classes]` per device, whatever their number). The vote is
 summed in fixed point (:func:`dkvb_jax.exact.pair_counts.fixed_point`), so every sum and every
 decision is exact in integers: the result is the argmax of the full logits, bit for bit, on one
 device or with one block of codebooks per device of a codebook mesh.
@@ -30,24 +31,10 @@ from jax.sharding import PartitionSpec as P
 from dkvb_jax._progress import progress_bar
 from dkvb_jax.exact.pair_counts import PairClassCounts
 from dkvb_jax.parallel.mesh import CODEBOOK
+from dkvb_jax.unlearning import _stored_blocks as kernels
+from dkvb_jax.unlearning._stored_blocks import DELTA_CHUNK, EXACT_CHUNK, ROW_CHUNK, Caps
 from dkvb_jax.unlearning.compaction import compact
 from dkvb_jax.unlearning.selection import mask_top_n
-
-# Fallback searches over one codebook's keys run in chunks of this many (row, codebook) pairs.
-_EXACT_CHUNK = 64
-# Masked pairs whose value changes are gathered at once: [4096, 1000] int32, 16 MB.
-_DELTA_CHUNK = 4096
-
-
-class Caps(NamedTuple):
-    """Static sizes of one evaluation: per block, masked pairs (`pairs`), fallbacks beyond the
-    ranking (`exact`) and masked pairs of undecided rows (`row_pairs`); over all blocks, the
-    rows left undecided by the bounds (`rows`)."""
-
-    pairs: int
-    exact: int
-    rows: int
-    row_pairs: int
 
 
 @flax.struct.dataclass
@@ -95,16 +82,6 @@ class StoredEval:
 
 
 BLOCK_FIELDS = tuple("codes ranked queries keys values top floor pairs counts offsets".split())
-
-
-def _vote_sums(values, codes):
-    """int32 `[M, classes]`: sum over the block's codebooks of `values[b, codes[:, b]]`."""
-
-    def add(acc, b):
-        return acc + values[b][codes[:, b]], None
-
-    # Started from codebook 0's values (not zeros), so the carry is per-device on a mesh.
-    return jax.lax.scan(add, values[0][codes[:, 0]], jnp.arange(1, codes.shape[1]))[0]
 
 
 def build(
@@ -176,7 +153,7 @@ def build(
 @functools.partial(jax.jit, static_argnames=("mesh",))
 def vote_sums(values: jax.Array, codes: jax.Array, mesh=None) -> jax.Array:
     """Fixed-point vote sums int32 `[M, classes]` of block values and block codes `[S, M, Cb]`."""
-    return _over_blocks(mesh, lambda v, c: (_vote_sums(v, c), ()), (values, codes))[0]
+    return kernels.over_blocks(mesh, lambda v, c: (kernels.vote_sums(v, c), ()), (values, codes))[0]
 
 
 def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
@@ -227,31 +204,6 @@ def key_bounds(values: jax.Array, mesh=None) -> tuple[jax.Array, jax.Array]:
     return jax.shard_map(jax.vmap(block), mesh=mesh, in_specs=spec, out_specs=(spec, spec))(values)
 
 
-def _over_blocks(mesh, fn, block_args, shared=()):
-    """`fn(*block, *shared)` on each block (block args carry a leading block axis, shared args
-    are whole); `fn` returns `(part, own)`. Returns the sum of the parts over blocks and the
-    `own` outputs stacked along a block axis: a scan on one device, a `psum` over
-    ``'codebook'`` on a mesh. Integer parts, so both give the same, exact sum."""
-    if mesh is None:
-        first, own0 = fn(*(a[0] for a in block_args), *shared)
-
-        def step(acc, args):
-            part, own = fn(*args, *shared)
-            return acc + part, own
-
-        total, own = jax.lax.scan(step, first, tuple(a[1:] for a in block_args))
-        return total, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), own0, own)
-
-    def local(*args):
-        part, own = jax.vmap(fn, in_axes=(0,) * len(block_args) + (None,) * len(shared))(*args)
-        return jax.lax.psum(part[0], CODEBOOK), own
-
-    specs = tuple(P(CODEBOOK) for _ in block_args) + tuple(P() for _ in shared)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P(CODEBOOK)))(
-        *block_args, *shared
-    )
-
-
 def class_block_histogram(pairs, counts, offsets, label, span: int, shape: tuple[int, int]):
     """One block's usage histogram of class `label`, int32 `[Cb, K]`, from its entries."""
     lo = offsets[label]
@@ -282,74 +234,6 @@ def uva_selection(store: StoredEval, label, n: int) -> jax.Array:
     return jax.vmap(one)(store.pairs, store.counts, store.offsets)
 
 
-def _hits(sel, codes):
-    """bool `[M, Cb]`: the rows' stored code in each codebook is selected."""
-    return sel[jnp.arange(codes.shape[1])[None], codes]
-
-
-def _exact_nearest(q, keys_b, sel_b):
-    """Nearest unselected key of each pair's codebook: q `[U, d]`, keys_b `[U, K, d]`."""
-    d = jnp.sum(jnp.square(q[:, None, :] - keys_b), axis=-1)
-    return jnp.argmin(jnp.where(sel_b, jnp.inf, d), axis=-1).astype(jnp.int32)
-
-
-def _block_pairs(sel, codes, ranked, queries, keys, caps: Caps):
-    """One block's masked pairs `[caps.pairs]`: rows, codebooks, stored and new codes, live;
-    and int32 `[4]`: masked pairs, fallbacks beyond the ranking, and their overflows."""
-    flat, num_hits = compact(_hits(sel, codes).reshape(-1), caps.pairs)
-    live = jnp.arange(caps.pairs) < num_hits
-    flat = jnp.where(live, flat, 0)
-    r, b = flat // codes.shape[1], flat % codes.shape[1]
-    rk = ranked[r, b].astype(jnp.int32)  # [P, depth]
-    active = ~sel[b[:, None], rk]
-    new = jnp.take_along_axis(rk, jnp.argmax(active, -1)[:, None], -1)[:, 0]
-    u, num_beyond = compact(live & ~active.any(-1), caps.exact)
-    ur, ub = r.at[u].get(mode="fill", fill_value=0), b.at[u].get(mode="fill", fill_value=0)
-    chunks = caps.exact // _EXACT_CHUNK
-    exact = jax.lax.map(
-        lambda a: _exact_nearest(queries[a[0], a[1]], keys[a[1]], sel[a[1]]),
-        (ur.reshape(chunks, -1), ub.reshape(chunks, -1)),
-    ).reshape(-1)
-    new = new.at[u].set(exact, mode="drop")
-    sizes = [num_hits, num_beyond, num_hits > caps.pairs, num_beyond > caps.exact]
-    return (r, b, codes[r, b], new, live), jnp.stack(sizes).astype(jnp.int32)
-
-
-def _block_moves(sel, codes, ranked, queries, keys, values, top, floor, labels, rival, caps):
-    """One block's part of each row's moves, int32 `[M, 4]`: of the label's logit, of the
-    runner-up's, the bound on any class's, and the row's masked pairs; and its pairs."""
-    pairs, sizes = _block_pairs(sel, codes, ranked, queries, keys, caps)
-    r, b, old, new, live = pairs
-    y, j = labels[r], rival[r]
-    dy, dj = values[b, new, y] - values[b, old, y], values[b, new, j] - values[b, old, j]
-    bound = jnp.maximum(top[b, new] - floor[b, old], 0)
-    moves = jnp.stack([dy, dj, bound, jnp.ones_like(r)], axis=-1)
-    to = jnp.where(live, r, codes.shape[0])
-    moves = jnp.zeros((codes.shape[0], 4), jnp.int32).at[to].add(moves, mode="drop")
-    return moves, (pairs, sizes)
-
-
-def _block_delta(r, b, old, new, live, values, slot, caps: Caps):
-    """One block's change of the vote sums of the undecided rows, int32 `[caps.rows, classes]`,
-    from the changed pairs' values; and int32 `[2]`: those pairs, and whether they overflowed."""
-    to = jnp.where(live, slot[r], caps.rows)
-    u, num = compact(to < caps.rows, caps.row_pairs)
-    b, new, old = (a.at[u].get(mode="fill", fill_value=0) for a in (b, new, old))
-    to = to.at[u].get(mode="fill", fill_value=caps.rows)
-    # Pairs in chunks, so the gathered values stay [chunk, classes] whatever the cap.
-    step = min(caps.row_pairs, _DELTA_CHUNK)
-
-    def add(delta, chunk):
-        cb, new_, old_, to_ = chunk
-        return delta.at[to_].add(values[cb, new_] - values[cb, old_], mode="drop"), None
-
-    # The zeros take a (zero) term of `values` so that, on a mesh, the carry is per-device too.
-    zeros = jnp.zeros((caps.rows, values.shape[-1]), jnp.int32) + 0 * values[0, 0, 0]
-    chunks = tuple(a.reshape(-1, step) for a in (b, new, old, to))
-    delta = jax.lax.scan(add, zeros, chunks)[0]
-    return delta, jnp.stack([num, num > caps.row_pairs]).astype(jnp.int32)
-
-
 class Sizes(NamedTuple):
     """What one evaluation touched: masked pairs and fallbacks beyond the ranking (all blocks),
     affected rows, rows given full logits and their masked pairs (each a `[classes]` value
@@ -365,58 +249,106 @@ class Sizes(NamedTuple):
     overflow: jax.Array
 
 
-def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
-    """bool `[M]` correct predictions under selection `sel` `[S, Cb, K]`, and :class:`Sizes`."""
+class Decided(NamedTuple):
+    """What the bounds decide under a selection, for `M` rows: int32 `[M]` the label's exact new
+    logit `ly`; bool `[M]` `affected` (a masked pair), `right` (the label beats every other
+    class's bound), `wrong` (the runner-up beats the label) and `unmasked` (right without the
+    mask); each block's masked pairs (`[S, caps.pairs]` rows, codebooks, stored and new codes,
+    live) and int32 `[S, 4]` their sizes (:func:`_stored_blocks.block_pairs`)."""
+
+    ly: jax.Array
+    affected: jax.Array
+    right: jax.Array
+    wrong: jax.Array
+    unmasked: jax.Array
+    pairs: tuple
+    sizes: jax.Array
+
+
+def decide(store: StoredEval, sel, caps: Caps, mesh=None) -> Decided:
+    """The exact decisions of the bounds under selection `sel` `[S, Cb, K]` (traceable)."""
     _require(store, "values", "top", "floor", "base", "rival")
     blocks = (sel, store.codes, store.ranked, store.queries, store.keys)
     blocks += (store.values, store.top, store.floor)
-    moves, (pairs, sizes) = _over_blocks(
-        mesh, functools.partial(_block_moves, caps=caps), blocks, (store.labels, store.rival)
+    moves, (pairs, sizes) = kernels.over_blocks(
+        mesh, functools.partial(kernels.block_moves, caps=caps), blocks, (store.labels, store.rival)
     )
     m, labels, rival = store.labels.shape[0], store.labels, store.rival
     base_y = store.base[jnp.arange(m), labels]
     base_j = store.base[jnp.arange(m), rival]
     ly, lj = base_y + moves[:, 0], base_j + moves[:, 1]
-    affected = moves[:, 3] > 0
     # Exact in integers: the label beats every other class's bound, or the runner-up beats the
     # label (ties go to the lower index, as argmax does).
     right = ly > base_j + moves[:, 2]
     wrong = (lj > ly) | ((lj == ly) & (rival < labels))
-    put, num_rows = compact(affected & ~right & ~wrong, caps.rows)
-    live = put < m
-    rows = jnp.where(live, put, 0)
-    slot = jnp.full(m, caps.rows, jnp.int32).at[put].set(jnp.arange(caps.rows), mode="drop")
-    delta, row_pairs = _over_blocks(
-        mesh, functools.partial(_block_delta, caps=caps), (*pairs, store.values), (slot,)
-    )
-    exact_right = (store.base[rows] + delta).argmax(-1) == labels[rows]
     unmasked = (base_y > base_j) | ((base_y == base_j) & (rival > labels))
-    correct = jnp.where(affected, right, unmasked).at[put].set(exact_right, mode="drop")
-    hits, beyond = sizes[:, 0], sizes[:, 1]
+    return Decided(ly, moves[:, 3] > 0, right, wrong, unmasked, pairs, sizes)
+
+
+def _correct_rows(store, rows, logits):
+    return logits.argmax(-1) == store.labels[rows]
+
+
+def undecided_logits(store: StoredEval, pairs, put, caps: Caps, mesh=None, reduce=_correct_rows):
+    """`reduce(store, rows, logits)` of the rows `put` `[caps.rows]` (padded with `M`), from
+    their exact logits `[caps.row_chunk, classes]` summed a chunk of rows at a time (their
+    masked `pairs` as :func:`decide` gives them), concatenated over the chunks; and int32
+    `[S, 2]` each block's masked pairs of those rows and whether they overflowed
+    `caps.row_pairs`. By default `reduce` gives bool `[caps.rows]`: the argmax is the label."""
+    m = store.labels.shape[0]
+    slot = jnp.full(m, caps.rows, jnp.int32).at[put].set(jnp.arange(caps.rows), mode="drop")
+    _, (row_pairs, sizes) = kernels.over_blocks(
+        mesh, functools.partial(kernels.block_row_pairs, caps=caps), pairs, (slot,)
+    )
+    chunk = min(caps.rows, caps.row_chunk)
+    rows = jnp.where(put < m, put, 0).reshape(-1, chunk)
+
+    def one(args):
+        lo, rows_c = args
+        delta, _ = kernels.over_blocks(
+            mesh,
+            lambda *a: (kernels.block_delta(*a, caps=caps), ()),
+            (*row_pairs, store.values),
+            (lo,),
+        )
+        return reduce(store, rows_c, store.base[rows_c] + delta)
+
+    los = jnp.arange(0, caps.rows, chunk, dtype=jnp.int32)
+    out = jax.lax.map(one, (los, rows))
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out), sizes
+
+
+def _evaluate(store: StoredEval, sel, caps: Caps, mesh):
+    """bool `[M]` correct predictions under selection `sel` `[S, Cb, K]`, and :class:`Sizes`."""
+    d = decide(store, sel, caps, mesh)
+    put, num_rows = compact(d.affected & ~d.right & ~d.wrong, caps.rows)
+    exact_right, row_pairs = undecided_logits(store, d.pairs, put, caps, mesh)
+    correct = jnp.where(d.affected, d.right, d.unmasked).at[put].set(exact_right, mode="drop")
+    hits, beyond = d.sizes[:, 0], d.sizes[:, 1]
     need = jnp.stack([hits.max(), beyond.max(), num_rows, row_pairs[:, 0].max()])
-    overflow = sizes[:, 2:].sum() + row_pairs[:, 1].sum() + (num_rows > caps.rows)
-    sizes = (hits.sum(), beyond.sum(), affected.sum(), num_rows, row_pairs[:, 0].sum())
+    overflow = d.sizes[:, 2:].sum() + row_pairs[:, 1].sum() + (num_rows > caps.rows)
+    sizes = (hits.sum(), beyond.sum(), d.affected.sum(), num_rows, row_pairs[:, 0].sum())
     return correct, Sizes(*sizes, need, overflow)
 
 
-def make_caps(pairs: int, exact: int, rows: int, row_pairs: int) -> Caps:
+def make_caps(pairs: int, exact: int, rows: int, row_pairs: int, row_chunk: int = ROW_CHUNK):
     """:class:`Caps` at least as large as given: powers of two (so few shapes compile), at
     least one fallback chunk."""
-    sizes = (pairs, exact, rows, row_pairs)
-    return Caps(*(max(_EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length()) for x in sizes))
+    sizes = (pairs, exact, rows, row_pairs, row_chunk)
+    return Caps(*(max(EXACT_CHUNK, 1 << (max(int(x), 1) - 1).bit_length()) for x in sizes))
 
 
 def initial_caps(store: StoredEval) -> Caps:
     """Caps to start from: every pair and row of a small store (one compile), at most 4096."""
     m, cb = store.codes.shape[1:]
-    return make_caps(min(m * cb, _DELTA_CHUNK), 1, min(m, _DELTA_CHUNK), min(m * cb, _DELTA_CHUNK))
+    return make_caps(min(m * cb, DELTA_CHUNK), 1, min(m, DELTA_CHUNK), min(m * cb, DELTA_CHUNK))
 
 
 def grown(caps: Caps, sizes: Sizes) -> Caps:
     """Caps that fit what `sizes` needed (and at least `caps`). After an overflow of the masked
     pairs the undecided rows' needs are undercounted, so retry until `sizes.overflow` is 0."""
     need = np.asarray(sizes.need).reshape(-1, 4).max(0)
-    return make_caps(*np.maximum(need, np.asarray(caps)))
+    return make_caps(*np.maximum(need, np.asarray(caps[:4])), row_chunk=caps.row_chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("caps", "mesh"))

@@ -100,27 +100,17 @@ def main(argv=None) -> dict:
     def undecided(store, label):
         """The rows the global bound leaves undecided, the label's exact new logit, the pairs."""
         sel = se.uva_selection(store, label, n)
-        blocks = (sel, store.codes, store.ranked, store.queries, store.keys, store.values)
-        blocks += (store.top, store.floor)
-        moves, (pairs, _) = se._over_blocks(
-            None, lambda *a: se._block_moves(*a, caps=caps), blocks, (store.labels, store.rival)
-        )
-        m, y, j = store.labels.shape[0], store.labels, store.rival
-        base_y, base_j = store.base[jnp.arange(m), y], store.base[jnp.arange(m), j]
-        ly, lj = base_y + moves[:, 0], base_j + moves[:, 1]
-        right = ly > base_j + moves[:, 2]
-        wrong = (lj > ly) | ((lj == ly) & (j < y))
-        und = (moves[:, 3] > 0) & ~right & ~wrong
+        d = se.decide(store, sel, caps)
+        und = d.affected & ~d.right & ~d.wrong
         # The exact logits of the undecided rows, as the evaluation computes them, to check
         # that the group bounds never drop a class that reaches the label.
         put, _ = compact(und, caps.rows)
-        slot = jnp.full(m, caps.rows, jnp.int32).at[put].set(jnp.arange(caps.rows), mode="drop")
-        delta, _ = se._over_blocks(
-            None, functools.partial(se._block_delta, caps=caps), (*pairs, store.values), (slot,)
-        )
-        rows = jnp.where(put < m, put, 0)
-        logits = (store.base[rows] + delta).at[jnp.arange(caps.rows), y[rows]].set(imin)
-        return und, ly, [a[0] for a in pairs], (put, logits)
+
+        def others(store, rows, logits):  # the label's logit out of the way
+            return logits.at[jnp.arange(rows.shape[0]), store.labels[rows]].set(imin)
+
+        logits, _ = se.undecided_logits(store, d.pairs, put, caps, reduce=others)
+        return und, d.ly, [a[0] for a in d.pairs], (put, logits)
 
     @functools.partial(jax.jit, static_argnums=1)
     def survivors(store, width, und, ly, pairs, exact):

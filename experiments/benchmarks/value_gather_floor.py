@@ -2,7 +2,7 @@
 
 A row the integer bounds leave undecided gets its full logits: for each of its masked pairs
 the evaluation gathers the old and the new key's `[classes]` value rows and adds their
-difference to the row's logits (`stored_eval._block_delta`). At ImageNet size the value table
+difference to the row's logits (`_stored_blocks.block_delta`). At ImageNet size the value table
 is `[256, 4096, 1000]` int32 (4.2 GB), so each pair reads two 4 KB rows from anywhere in it.
 This times, on random pairs over a table of that shape, alternately (A B A B):
 
@@ -50,6 +50,7 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from dkvb_jax.unlearning import _stored_blocks as kernels
     from dkvb_jax.unlearning import stored_eval
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,16 +59,17 @@ def main(argv=None) -> dict:
     c, k, y, n, m = args.codebooks, args.keys, args.classes, args.pairs, args.rows
     rng = np.random.default_rng(0)
     values = jnp.asarray(rng.integers(-(2**22), 0, (c, k, y), dtype=np.int32))
-    step = min(n, stored_eval._DELTA_CHUNK)
+    step = min(n, stored_eval.DELTA_CHUNK)
     r = jnp.asarray(np.sort(rng.integers(0, m, n)), jnp.int32)  # row by row, as compacted
     b, old, new = (jnp.asarray(rng.integers(0, hi, n), jnp.int32) for hi in (c, k, k))
     live = jnp.ones(n, bool)
     slot = jnp.arange(m, dtype=jnp.int32)
-    caps = stored_eval.make_caps(n, 1, m, n)
+    caps = stored_eval.make_caps(n, 1, m, n, row_chunk=m)  # every row in one chunk
 
     @jax.jit
     def delta(values, r, b, old, new):
-        return stored_eval._block_delta(r, b, old, new, live, values, slot, caps)[0]
+        pairs = kernels.block_row_pairs(r, b, old, new, live, slot, caps)[1][0]
+        return kernels.block_delta(*pairs, values, jnp.int32(0), caps)
 
     @jax.jit
     def gathers(values, r, b, old, new):

@@ -13,8 +13,9 @@ from dkvb_jax.exact import pair_counts  # noqa: E402
 from dkvb_jax.unlearning import stored_eval  # noqa: E402
 
 C, K, D, Y, M, N_TRAIN, DEPTH = 8, 64, 3, 6, 300, 600, 4
-# One set of caps that fits every case below, so each store shape compiles once.
-CAPS = stored_eval.make_caps(M * C, M * C, M, M * C)
+# One set of caps that fits every case below, so each store shape compiles once; the undecided
+# rows' logits are summed 64 rows at a time (8 chunks of the 512 row slots).
+CAPS = stored_eval.make_caps(M * C, M * C, M, M * C, row_chunk=64)
 
 
 def _nearest(q, keys, sel=None):
@@ -96,11 +97,11 @@ def test_every_class_counts_match_brute_force_and_caps_grow():
     problem = _problem(seed=2, blocks=2)  # two blocks on one device: a scan over them
     keys, q_ev, y_ev, _, stats, values = problem
     store = _store(problem)
-    small = stored_eval.make_caps(1, 1, 1, 1)
+    small = stored_eval.make_caps(1, 1, 1, 1, row_chunk=64)
     # Batches of 4 over 6 classes: the last batch is padded. The caps start at the smallest,
     # too small for the masked pairs, so this also checks that overflows are reported.
     counts, sizes, caps = stored_eval.evaluate_every_class(store, range(Y), 5, caps=small, batch=4)
-    assert caps.pairs > small.pairs
+    assert caps.pairs > small.pairs and caps.rows > caps.row_chunk == small.row_chunk
     for label in range(Y):
         sel = np.asarray(_uva(store, label, 5)).reshape(C, K)
         want = _reference(keys, q_ev, y_ev, values, sel)
