@@ -8,7 +8,10 @@ This times, on random pairs over a table of that shape, alternately (A B A B):
 
 - ``delta``: the library's dense path itself (gathers, difference, scatter-add into the rows);
 - ``gathers``: the two row gathers alone (summed, so nothing is written per row): the floor
-  set by memory traffic, whatever the arithmetic around it.
+  set by memory traffic, whatever the arithmetic around it;
+- ``coarse_uint8``: the dense path over a uint8 copy of the table, each key's row decoded as
+  `offset + (q << shift)` (4x fewer bytes): what a coarse, still exact bounding pass before
+  the dense one would cost per pair at least (decoding and scatter-add included).
 
 and prints (and writes to ``results/value_gather_floor.json``) nanoseconds per pair, wall and
 CPU, and, for the per-class pair count of a result JSON (``undecided_pairs_mean``), the seconds
@@ -80,7 +83,26 @@ def main(argv=None) -> dict:
         chunks = tuple(a.reshape(-1, step) for a in (b, old, new))
         return jax.lax.scan(add, jnp.zeros(y, jnp.int32), chunks)[0]
 
-    fns = dict(delta=delta, gathers=gathers)
+    coarse = jnp.asarray(rng.integers(0, 256, (c, k, y), dtype=np.uint8))
+    shift = jnp.asarray(rng.integers(10, 13, (c, k)), jnp.int32)
+    offset = jnp.asarray(rng.integers(-(2**22), 0, (c, k)), jnp.int32)
+
+    @jax.jit
+    def coarse_uint8(values, r, b, old, new):
+        del values  # the uint8 copy instead
+
+        def add(acc, chunk):
+            cb, o, w, to = chunk
+            decoded = [
+                (coarse[cb, i].astype(jnp.int32) << shift[cb, i][:, None]) + offset[cb, i][:, None]
+                for i in (w, o)
+            ]
+            return acc.at[to].add(decoded[0] - decoded[1], mode="drop"), None
+
+        chunks = tuple(a.reshape(-1, step) for a in (b, old, new, r))
+        return jax.lax.scan(add, jnp.zeros((m, y), jnp.int32), chunks)[0]
+
+    fns = dict(delta=delta, gathers=gathers, coarse_uint8=coarse_uint8)
     # Compiles both; the two sum the same differences (int32 wraps alike), so they must agree.
     total = delta(values, r, b, old, new).sum(0)
     if not bool((total == gathers(values, r, b, old, new)).all()):
@@ -105,7 +127,7 @@ def main(argv=None) -> dict:
         result[name] = entry
         line = ", ".join(f"{k_}={v:,.1f}" for k_, v in entry.items())
         repeats = [tuple(round(x, 3) for x in t) for t in runs]
-        print(f"{name:8s} {line}  (wall, CPU-s per repeat: {repeats})")
+        print(f"{name:12s} {line}  (wall, CPU-s per repeat: {repeats})")
     write_json("value_gather_floor", result, args.out)
     return result
 

@@ -1,4 +1,4 @@
-"""The dense-path floor benchmark at a tiny size: its two paths agree, its arithmetic holds."""
+"""The dense-path floor benchmark at a tiny size: its paths agree, its arithmetic holds."""
 
 import json
 
@@ -14,7 +14,7 @@ def test_floor_benchmark_runs_and_scales_by_the_json_pair_count(tmp_path):
     tiny = "--codebooks 4 --keys 64 --classes 10 --pairs 8192 --rows 256 --repeats 1"
     result = script.main([*tiny.split(), "--json", str(run), "--out", str(out)])
     assert json.loads(out.read_text())["pairs"] == 8192
-    for name in ("delta", "gathers"):
+    for name in ("delta", "gathers", "coarse_uint8"):
         entry = result[name]
         assert entry["ns_per_pair"] > 0
         assert entry["s_per_class"] == pytest.approx(entry["ns_per_pair"] * 2e6 / 1e9)
