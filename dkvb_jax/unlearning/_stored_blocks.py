@@ -64,9 +64,16 @@ def over_blocks(mesh, fn, block_args, shared=()):
         total, own = jax.lax.scan(step, first, tuple(a[1:] for a in block_args))
         return total, jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), own0, own)
 
+    nb = len(block_args)
+
     def local(*args):
-        part, own = jax.vmap(fn, in_axes=(0,) * len(block_args) + (None,) * len(shared))(*args)
-        return jax.lax.psum(part[0], CODEBOOK), own
+        if args[0].shape[0] == 1:
+            # One block per device: called directly, since under vmap a while_loop (as in
+            # block_delta) selects its whole carry at every step.
+            part, own = fn(*(a[0] for a in args[:nb]), *args[nb:])
+            return jax.lax.psum(part, CODEBOOK), jax.tree.map(lambda a: a[None], own)
+        part, own = jax.vmap(fn, in_axes=(0,) * nb + (None,) * len(shared))(*args)
+        return jax.lax.psum(part.sum(0), CODEBOOK), own
 
     specs = tuple(P(CODEBOOK) for _ in block_args) + tuple(P() for _ in shared)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P(CODEBOOK)))(
