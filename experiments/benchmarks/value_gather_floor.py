@@ -103,10 +103,12 @@ def main(argv=None) -> dict:
         return jax.lax.scan(add, jnp.zeros((m, y), jnp.int32), chunks)[0]
 
     fns = dict(delta=delta, gathers=gathers, coarse_uint8=coarse_uint8)
-    # Compiles both; the two sum the same differences (int32 wraps alike), so they must agree.
+    # Compiles all three before timing; the first two sum the same differences (int32 wraps
+    # alike), so they must agree.
     total = delta(values, r, b, old, new).sum(0)
     if not bool((total == gathers(values, r, b, old, new)).all()):
         raise AssertionError("the dense path's row deltas do not sum to the gathered differences")
+    coarse_uint8(values, r, b, old, new).block_until_ready()
     times = {name: [] for name in fns}
     for _ in range(args.repeats):
         for name, f in fns.items():
