@@ -150,10 +150,34 @@ def build(
     return store if values is None else with_values(store, values, mesh)
 
 
+def _by_row_chunks(values, codes, mesh, reduce):
+    """`reduce(lo, sums)` of the vote sums of rows `[lo, lo + chunk)`, `ROW_CHUNK` rows at a
+    time, written into one `[M, ...]` output (the last chunk overlaps the one before and
+    rewrites its rows with the same values): the sums are `[chunk, classes]` per device,
+    however many rows there are."""
+    m, classes = codes.shape[1], values.shape[-1]
+    chunk = min(m, ROW_CHUNK)
+
+    def sums(lo):
+        def part(v, c, lo):
+            return kernels.vote_sums(v, jax.lax.dynamic_slice_in_dim(c, lo, chunk, 0)), ()
+
+        return kernels.over_blocks(mesh, part, (values, codes), (lo,))[0]
+
+    like = jax.eval_shape(reduce, 0, jax.ShapeDtypeStruct((chunk, classes), jnp.int32))
+    out = jnp.zeros((m, *like.shape[1:]), like.dtype)
+
+    def step(out, lo):
+        return jax.lax.dynamic_update_slice_in_dim(out, reduce(lo, sums(lo)), lo, 0), None
+
+    los = jnp.minimum(jnp.arange(-(-m // chunk)) * chunk, m - chunk).astype(jnp.int32)
+    return jax.lax.scan(step, out, los)[0]
+
+
 @functools.partial(jax.jit, static_argnames=("mesh",))
 def vote_sums(values: jax.Array, codes: jax.Array, mesh=None) -> jax.Array:
     """Fixed-point vote sums int32 `[M, classes]` of block values and block codes `[S, M, Cb]`."""
-    return kernels.over_blocks(mesh, lambda v, c: (kernels.vote_sums(v, c), ()), (values, codes))[0]
+    return _by_row_chunks(values, codes, mesh, lambda lo, sums: sums)
 
 
 def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
@@ -166,10 +190,16 @@ def with_values(store: StoredEval, values: jax.Array, mesh=None) -> StoredEval:
     )
 
 
+@functools.partial(jax.jit, static_argnames=("mesh",))
 def correct_with_values(store: StoredEval, values: jax.Array, mesh=None) -> jax.Array:
     """bool `[M]` correct predictions of the unmasked model with other `values` (a refit or an
-    exact removal): their vote sums only, without the bounds a masked evaluation needs."""
-    return vote_sums(values, store.codes, mesh).argmax(-1) == store.labels
+    exact removal): their vote sums only, without the bounds a masked evaluation needs, and
+    no `[M, classes]` sums beyond one chunk of rows."""
+
+    def right(lo, sums):
+        return sums.argmax(-1) == jax.lax.dynamic_slice_in_dim(store.labels, lo, sums.shape[0])
+
+    return _by_row_chunks(values, store.codes, mesh, right)
 
 
 @jax.jit

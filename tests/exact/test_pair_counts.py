@@ -1,10 +1,13 @@
 """Sparse per-(class, pair) counts against a dense brute-force count."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dkvb_jax import parallel
 from dkvb_jax.errors import InputError
-from dkvb_jax.exact import pair_counts
+from dkvb_jax.exact import EstimatorConfig, derive_values, pair_counts
 
 C, K, Y = 8, 32, 5
 
@@ -95,3 +98,23 @@ def test_bad_input(call, match):
     stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y)
     with pytest.raises(InputError, match=match):
         call(stats, codes, labels)
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (1, 8), (2, 4), (1, 2)])
+def test_derived_values_on_each_device_equal_the_whole_table(mesh_shape):
+    """Each device derives only its own blocks (a 'data' axis holds copies): the assembled
+    array equals the fixed-point values of the whole dense table, laid out over the mesh."""
+    codes, labels = _data(seed=3)
+    stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y, num_blocks=8)
+    mesh = None if mesh_shape is None else parallel.data_codebook_mesh(*mesh_shape)
+    values = pair_counts.derive_fixed_point_values(stats, mesh=mesh, progress=False)
+    full = jnp.asarray(np.concatenate([stats.dense_block(b) for b in range(8)]))
+    want = np.asarray(pair_counts.fixed_point(derive_values(full, EstimatorConfig())))
+    want = want.reshape(values.shape)
+    np.testing.assert_array_equal(np.asarray(values), want)
+    if mesh is not None:
+        assert values.sharding.is_equivalent_to(
+            jax.NamedSharding(mesh, jax.P("codebook")), values.ndim
+        )
+        for shard in values.addressable_shards:
+            np.testing.assert_array_equal(shard.data, want[shard.index])

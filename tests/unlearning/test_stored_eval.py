@@ -143,3 +143,25 @@ def test_compact_is_nonzero_with_a_size(n, density, size):
     want = np.flatnonzero(mask)[:size]
     np.testing.assert_array_equal(got, np.pad(want, (0, size - want.size), constant_values=n))
     assert int(count) == mask.sum()
+
+
+@pytest.mark.parametrize("blocks", [1, 8])
+def test_vote_sums_and_correct_rows_by_row_chunks_equal_the_whole_sums(blocks, monkeypatch):
+    """300 rows in chunks of 64: the last chunk overlaps the one before, on one device or a
+    mesh, and the sums and correct rows equal NumPy's over all rows at once."""
+    problem = _problem(seed=3, blocks=blocks)
+    keys, q_ev, y_ev, ranked, _, values = problem
+    mesh = parallel.data_codebook_mesh(1, blocks) if blocks > 1 else None
+    store = _store(problem, mesh)
+    monkeypatch.setattr(stored_eval, "ROW_CHUNK", 64)
+    for fn in (stored_eval.vote_sums, stored_eval.correct_with_values):
+        fn.clear_cache()  # traced with the default chunk elsewhere
+    codes = ranked[..., 0]
+    qv = np.asarray(values).reshape(C, K, Y).astype(np.int64)
+    want = qv[np.arange(C)[None], codes].sum(1)
+    sums = stored_eval.vote_sums(store.values, store.codes, mesh)
+    np.testing.assert_array_equal(np.asarray(sums), want)
+    correct = stored_eval.correct_with_values(store, store.values, mesh)
+    np.testing.assert_array_equal(np.asarray(correct), want.argmax(-1) == y_ev)
+    for fn in (stored_eval.vote_sums, stored_eval.correct_with_values):
+        fn.clear_cache()  # so later callers trace with the default chunk again
