@@ -188,6 +188,34 @@ class PairClassCounts:
             )
         )
 
+    def equals_recount(
+        self, codes: np.ndarray, labels: np.ndarray, *, where: np.ndarray | None = None
+    ) -> bool:
+        """Whether these counts equal :func:`count_pairs` of the given rows in this layout, bit
+        for bit, compared one class and block at a time as the recount goes: no second set of
+        statistics (GBs at ImageNet size) and no copy of the rows' codes is made.
+
+        Args:
+          codes: int `[n, codebooks]` or `[n, codebooks, top_k]`, as for :func:`count_pairs`.
+          labels: int `[n]`.
+          where: optional bool `[n]`: recount only these rows.
+        """
+        codes, width = _check_counted(
+            codes, labels, self.num_keys, self.num_classes, self.num_blocks, where
+        )
+        if codes.shape[1] != self.num_codebooks:
+            return False
+        for y, b, nz, cnt in _histograms(
+            codes, labels, self.num_keys, self.num_classes, width, where
+        ):
+            lo, hi = self.offsets[b, y], self.offsets[b, y + 1]
+            if not (
+                np.array_equal(self.pairs[b][lo:hi], nz)
+                and np.array_equal(self.counts[b][lo:hi].astype(np.int64), cnt.astype(np.int64))
+            ):
+                return False
+        return True
+
 
 def _codes_2d(codes: np.ndarray, num_keys: int) -> np.ndarray:
     codes = np.asarray(codes)
@@ -210,6 +238,7 @@ def count_pairs(
     num_keys: int,
     num_classes: int,
     num_blocks: int = 1,
+    where: np.ndarray | None = None,
 ) -> PairClassCounts:
     """Counts examples per class and pair from their codes.
 
@@ -220,10 +249,31 @@ def count_pairs(
       num_keys: Keys per codebook.
       num_classes: Classes.
       num_blocks: Blocks of codebooks (must divide the codebooks), e.g. one per device.
+      where: optional bool `[n]`: count only these rows (no copy of their codes is made).
 
     Returns:
       The :class:`PairClassCounts`; the same whatever the order of the examples.
     """
+    codes, width = _check_counted(codes, labels, num_keys, num_classes, num_blocks, where)
+    pairs, counts = [[] for _ in range(num_blocks)], [[] for _ in range(num_blocks)]
+    offsets = np.zeros((num_blocks, num_classes + 1), np.int64)
+    for y, b, nz, cnt in _histograms(codes, labels, num_keys, num_classes, width, where):
+        pairs[b].append(nz)
+        counts[b].append(cnt)
+        offsets[b, y + 1] = offsets[b, y] + nz.size
+    return PairClassCounts(
+        pairs=tuple(_concatenate(p) for p in pairs),
+        counts=tuple(_concatenate(c) for c in counts),
+        offsets=offsets,
+        num_codebooks=codes.shape[1],
+        num_keys=num_keys,
+        num_classes=num_classes,
+    )
+
+
+def _check_counted(codes, labels, num_keys, num_classes, num_blocks, where):
+    """Validated `(codes, codebooks per block)` for :func:`count_pairs`; raises
+    :class:`InputError` naming what is wrong."""
     codes = _codes_2d(codes, num_keys)
     labels = np.asarray(labels)
     n, num_codebooks = codes.shape[:2]
@@ -242,31 +292,32 @@ def count_pairs(
             f"num_blocks must be a positive int dividing num_codebooks={num_codebooks}, got "
             f"{num_blocks!r}."
         )
+    if where is not None and (np.shape(where) != (n,) or np.asarray(where).dtype != bool):
+        raise InputError(
+            f"where must be bool [n={n}] (the rows to count), got "
+            f"{np.asarray(where).dtype} {np.shape(where)}."
+        )
+    return codes, num_codebooks // num_blocks
+
+
+def _histograms(codes, labels, num_keys, num_classes, width, where):
+    """Per class `y`, then block `b`: `(y, b, pairs, counts)`, the non-zero local pairs
+    (int32, sorted) of the class's rows (those in `where`) and their compact counts."""
+    labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
+    if where is not None:
+        order = order[np.asarray(where)[order]]
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
-    width = num_codebooks // num_blocks
     cells = width * num_keys
-    pairs, counts = [[] for _ in range(num_blocks)], [[] for _ in range(num_blocks)]
-    offsets = np.zeros((num_blocks, num_classes + 1), np.int64)
     starts = np.arange(width, dtype=np.int64) * num_keys
     for y in range(num_classes):
         rows = codes[order[bounds[y] : bounds[y + 1]]]
-        for b in range(num_blocks):
+        for b in range(codes.shape[1] // width):
             block = rows[:, b * width : (b + 1) * width]
             local = starts.reshape((1, width) + (1,) * (block.ndim - 2)) + block
             hist = np.bincount(local[block >= 0], minlength=cells)
             nz = np.flatnonzero(hist)
-            pairs[b].append(nz.astype(np.int32))
-            counts[b].append(_compact(hist[nz]))
-            offsets[b, y + 1] = offsets[b, y] + nz.size
-    return PairClassCounts(
-        pairs=tuple(_concatenate(p) for p in pairs),
-        counts=tuple(_concatenate(c) for c in counts),
-        offsets=offsets,
-        num_codebooks=num_codebooks,
-        num_keys=num_keys,
-        num_classes=num_classes,
-    )
+            yield y, b, nz.astype(np.int32), _compact(hist[nz])
 
 
 def _compact(counts: np.ndarray) -> np.ndarray:

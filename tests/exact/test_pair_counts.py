@@ -91,6 +91,16 @@ def test_large_counts_widen_to_int32_and_narrow_after_a_removal():
             lambda s, c, y: pair_counts.count_pairs(c, y, num_keys=4, num_classes=Y),
             "codes must lie in",
         ),
+        (
+            lambda s, c, y: s.equals_recount(c, y, where=np.ones(len(y), int)),
+            "where must be bool",
+        ),
+        (
+            lambda s, c, y: pair_counts.count_pairs(
+                c, y, num_keys=K, num_classes=Y, where=np.ones(3, bool)
+            ),
+            "where must be bool",
+        ),
     ],
 )
 def test_bad_input(call, match):
@@ -118,3 +128,31 @@ def test_derived_values_on_each_device_equal_the_whole_table(mesh_shape):
         )
         for shard in values.addressable_shards:
             np.testing.assert_array_equal(shard.data, want[shard.index])
+
+
+@pytest.mark.parametrize("blocks, top_k", [(1, None), (4, None), (2, 2)])
+def test_recount_of_kept_rows_compares_without_building_it(blocks, top_k):
+    """`equals_recount(where=keep)` agrees with building `count_pairs(codes[keep])` and
+    comparing, for the counts after a removal (equal) and before it (not); so does
+    `count_pairs(where=keep)` itself."""
+    codes, labels = _data(seed=4, top_k=top_k)
+    stats = pair_counts.count_pairs(codes, labels, num_keys=K, num_classes=Y, num_blocks=blocks)
+    keep = np.random.default_rng(5).random(len(labels)) > 0.1
+    removed = stats.remove(codes[~keep], labels[~keep])
+    built = pair_counts.count_pairs(
+        codes[keep], labels[keep], num_keys=K, num_classes=Y, num_blocks=blocks
+    )
+    masked = pair_counts.count_pairs(
+        codes, labels, num_keys=K, num_classes=Y, num_blocks=blocks, where=keep
+    )
+    assert masked.equals(built) and removed.equals(built)
+    assert removed.equals_recount(codes, labels, where=keep)
+    assert stats.equals_recount(codes, labels) and not stats.equals_recount(
+        codes, labels, where=keep
+    )
+    assert not removed.equals_recount(codes, labels)
+    # One changed code in one kept row is found.
+    changed = codes.copy()
+    row = np.flatnonzero(keep)[0]
+    changed[row, 0] = (changed[row, 0] + 1) % K
+    assert not removed.equals_recount(changed, labels, where=keep)
