@@ -426,11 +426,15 @@ def derive_fixed_point_values(
             spans.setdefault(idx[0].indices(s)[:2], []).append(dev)
     jobs = [(span, b, c) for span in spans for b in range(*span) for c in range(0, cb, step)]
     bufs = {span: zeros((span[1] - span[0], cb, k, y), devs[0]) for span, devs in spans.items()}
+    last = None
     for span, b, c in progress_bar(jobs, desc="values from counts", disable=not progress):
         counts = jax.device_put(stats.dense_block(b, c, c + step), spans[span][0])
         # One write in flight: writes to different devices would otherwise run at once, each
-        # with its own float32 temporaries.
-        bufs[span] = put(bufs[span], b - span[0], c, counts).block_until_ready()
+        # with its own float32 temporaries. Waiting for the previous write only after the next
+        # block's counts are made keeps the host's work beside the device's.
+        if last is not None:
+            last.block_until_ready()
+        bufs[span] = last = put(bufs[span], b - span[0], c, counts)
     if sharding is None:
         return bufs[(0, s)]
     # Replicas (a 'data' axis) get copies of the derived blocks.
