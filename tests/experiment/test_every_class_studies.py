@@ -55,3 +55,22 @@ def test_dense_levels_on_a_tiny_cache_are_exact_and_agree_with_the_evaluation(ti
         assert depths[0] > 0 and all(a >= b for a, b in zip(depths, depths[1:], strict=False))
     assert 0 <= got["deeper_share"] < 1 and got["checked_rows"] == 8
     assert set(got["dense_level_one"]) == {"f32", "bf16"}
+
+
+def test_every_class_at_once_on_a_tiny_cache_agrees_with_the_run_and_the_per_class_path(
+    tiny_cache, tmp_path
+):
+    """The script raises if its counts differ from the per-class evaluation's on the checked
+    classes or from the imagenet_scale run's per-class accuracies."""
+    study = load_script("experiments/benchmarks/every_class_at_once.py", "every_class_at_once")
+    run = json.loads((tiny_cache.parent / "run.json").read_text())
+    out = tmp_path / "at_once.json"
+    got = study.main(
+        ["--cache", str(tiny_cache), *SHAPE, "--n-keys", str(run["uva"]["n_keys"])]
+        + ["--rows", "8", "--check-classes", "3", "--no-plot", "--out", str(out)]
+        + ["--compare", str(tiny_cache.parent / "run.json")]
+    )
+    assert got["compared"] == dict(path=str(tiny_cache.parent / "run.json"), classes=10, equal=True)
+    assert got["classes_evaluated"] == 10 and len(got["checked_by_per_class"]) == 3
+    assert got["per_class"]["forget"] == json.loads(out.read_text())["per_class"]["forget"]
+    assert 0 < got["sizes"]["undecided_share"] < 1
