@@ -49,11 +49,13 @@ class AllClassSizes(NamedTuple):
     """What :func:`evaluate_all_classes` touched, per evaluated class, int `[Y]` each: masked
     (row, codebook) pairs, pairs past the first fallback (beyond the stored ranking included),
     fallbacks beyond the stored ranking,
-    and (row, class) cases left undecided by the bounds (each summed from its masked pairs)."""
+    affected rows (a masked pair), and rows left undecided by the bounds (each summed from its
+    masked pairs)."""
 
     pairs: np.ndarray
     deeper: np.ndarray
     beyond: np.ndarray
+    rows: np.ndarray
     undecided: np.ndarray
 
 
@@ -288,7 +290,7 @@ def _step(store, cmin, cmax, bits, classes, carry, i, *, rows, shift, mesh):
     correct = jax.lax.while_loop(lambda c: c[0] < num, settle, (0, right))[1] & valid
     forget = lab[:, None] == classes[None, :]
     counts = counts + jnp.stack([(correct & forget).sum(0), (correct & ~forget).sum(0)], -1)
-    add = jnp.stack([small[..., HITS], small[..., DEEPER], small[..., BEYOND], open_], -1)
+    add = jnp.stack([small[..., HITS], small[..., DEEPER], small[..., BEYOND], affected, open_], -1)
     return (counts, sizes + jnp.where(valid[..., None], add, 0).sum(0)), None
 
 
@@ -343,7 +345,7 @@ def evaluate_all_classes(
     shift = value_shift(store.values, store.num_blocks * store.codes.shape[-1])
     cmin, cmax = _extremes(store.values, mesh)
     y = classes.shape[0]
-    carry = (jnp.zeros((y, 2), jnp.int32), jnp.zeros((y, 4), jnp.int32))
+    carry = (jnp.zeros((y, 2), jnp.int32), jnp.zeros((y, len(AllClassSizes._fields)), jnp.int32))
     num_steps = -(-m // rows)
     fn = functools.partial(
         _steps, store, cmin, cmax, bits, classes, rows=rows, shift=shift, mesh=mesh
@@ -354,4 +356,4 @@ def evaluate_all_classes(
         steps = jnp.arange(start, start + steps_per_call, dtype=jnp.int32)
         carry = fn(carry, jnp.minimum(steps, num_steps))
     counts, sizes = (np.asarray(a) for a in carry)
-    return counts, AllClassSizes(*(sizes[:, i] for i in range(4)))
+    return counts, AllClassSizes(*sizes.T)

@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+import _imagenet_every_class as every_class
 import _imagenet_report as report
 import jax
 import jax.numpy as jnp
@@ -190,18 +191,6 @@ def _choose_n(args, store, labels, classes, mesh):
         if grid[n]["worst_forget"] <= args.target or 2 * n > store.keys.shape[2]:
             return n, dict(sample_classes=[int(c) for c in sample], grid=grid), caps
         n *= 2
-
-
-def _every_class(args, store, labels, classes, mesh, caps):
-    """Forget and retain accuracy of each class forgotten alone (UvA), the sizes touched
-    (masked pairs, fallbacks beyond the ranking, affected and undecided rows), and the caps."""
-    counts, sizes, caps = stored_eval.evaluate_every_class(
-        store, classes, args.n_keys, caps=caps, mesh=mesh, batch=args.eval_batch
-    )
-    forget_rows = np.bincount(labels, minlength=max(classes) + 1)[classes]
-    forget = counts[:, 0] / forget_rows
-    retain = counts[:, 1] / (len(labels) - forget_rows)
-    return forget, retain, sizes, caps
 
 
 def _timing(args, store, classes) -> dict:
@@ -412,14 +401,8 @@ def run(args) -> dict:
         args.n_keys, n_choice, caps = _choose_n(args, store, val_labels, classes, mesh)
     with clock("forget one class"):
         timing = _timing(args, store, classes)
-    t_eval, c_eval = time.perf_counter(), time.process_time()
-    forget, retain, sizes, caps = _every_class(args, store, val_labels, classes, mesh, caps)
-    every_class_eval_s = time.perf_counter() - t_eval
-    every_class_cpu_s = time.process_time() - c_eval
-    clock.stages["every class"] = dict(
-        wall_s=round(every_class_eval_s, 3),
-        cpu_s=round(every_class_cpu_s, 3),
-        peak_rss_mib=_rss_mib(),
+    forget, retain, sizes, caps, checked = every_class.stage(
+        args, store, val_labels, classes, mesh, caps, clock
     )
     with clock("uve"):
         uve = _uve(args, store, codes, train_labels, val_labels, classes, cfg.num_keys, mesh, caps)
@@ -441,15 +424,15 @@ def run(args) -> dict:
         classes=data.num_classes,
         peak_rss_mib=round(_rss_mib(), 1),
         forget_one_class_ms=timing["forget_one_class_ms"],
-        every_class_eval_s=round(every_class_eval_s, 2),
-        every_class_eval_cpu_s=round(every_class_cpu_s, 2),
+        every_class_eval_s=clock.stages["every class"]["wall_s"],
+        every_class_eval_cpu_s=clock.stages["every class"]["cpu_s"],
         classes_evaluated=len(classes),
         val_accuracy=val_accuracy,
         probe_accuracy=probe_accuracy,
         total_s=round(time.perf_counter() - t_start, 1),
         devices=args.devices,
         model=report.model_record(cfg, data.num_classes),
-        uva=report.uva_record(args, n_choice, forget, retain, timing, sizes, caps),
+        uva=report.uva_record(args, n_choice, forget, retain, timing, sizes, caps, checked),
         per_class=dict(forget=forget.round(4).tolist(), retain=retain.round(5).tolist()),
         uve=uve,
         exact_removal=exact,

@@ -45,8 +45,12 @@ def plot(path: Path, forget, retain, title: str) -> None:
     plt.close(fig)
 
 
-def uva_record(args, n_choice, forget, retain, timing, sizes, caps) -> dict:
-    """The UvA part of the result: the chosen N_a, the distributions over classes, the work done."""
+def uva_record(args, n_choice, forget, retain, timing, sizes, caps, checked) -> dict:
+    """The UvA part of the result: the chosen N_a, the distributions over classes, the work done
+    (`sizes`: per-class `[classes, 4]` masked pairs, fallbacks beyond the ranking, affected and
+    undecided rows, and the evaluation's own extra means), and the classes the per-class
+    evaluation checked."""
+    sizes, extra = sizes
     return dict(
         n_keys=args.n_keys,
         n_choice=n_choice,
@@ -54,14 +58,17 @@ def uva_record(args, n_choice, forget, retain, timing, sizes, caps) -> dict:
         retain=distribution(retain),
         worst_forget=float(forget.max()),
         timing=timing,
+        every_class=args.every_class,
         masked_pairs_mean=float(sizes[:, 0].mean()),
         beyond_ranking_mean=float(sizes[:, 1].mean()),
         affected_rows_mean=float(sizes[:, 2].mean()),
         undecided_rows_mean=float(sizes[:, 3].mean()),
         undecided_rows_max=int(sizes[:, 3].max()),
-        undecided_pairs_mean=float(sizes[:, 4].mean()),
-        caps=caps._asdict(),
+        **extra,
+        checked_by_per_class=checked,
+        caps=caps._asdict() if caps is not None else None,
         batch=args.eval_batch,
+        rows_per_step=args.eval_rows,
     )
 
 

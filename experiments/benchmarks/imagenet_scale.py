@@ -50,7 +50,16 @@ def _args(argv=None):
     p.add_argument("--sample-classes", type=int, default=10, help="UvE sample size")
     p.add_argument("--oracle-classes", type=int, default=3, help="retrain-oracle sample size")
     p.add_argument("--timing-classes", type=int, default=50)
-    p.add_argument("--eval-batch", type=int, default=8, help="classes per evaluation call")
+    p.add_argument(
+        "--every-class",
+        choices=("at-once", "per-class"),
+        default="at-once",
+        help="evaluate every class's forgetting all at once, row by row (all_classes), or class "
+        "by class (stored_eval.evaluate_every_class)",
+    )
+    p.add_argument("--eval-rows", type=int, default=16, help="rows per step (at-once)")
+    p.add_argument("--check-classes", type=int, default=4, help="per-class check (at-once)")
+    p.add_argument("--eval-batch", type=int, default=8, help="classes per call (per-class)")
     p.add_argument("--rows-per-class", type=int, default=None, help="override (tests)")
     p.add_argument(
         "--val-per-class", type=int, default=None, help="validation rows per class (50; 10 quick)"

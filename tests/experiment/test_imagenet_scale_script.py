@@ -80,3 +80,18 @@ def test_one_device_and_eight_give_identical_statistics_and_accuracies(tmp_path)
         memory = eight["device_memory"][name]
         assert memory["per_device_bytes"] * 8 == memory["total_bytes"], name
     assert one["retrain_oracle"]["forget_mean"] == 0.0  # the class's values are gone
+    # Every class at once (checked against the per-class path on 4 classes by the run) and
+    # class by class give the same accuracies, and the same sizes on one device and eight.
+    sizes = ("masked_pairs_mean", "beyond_ranking_mean", "affected_rows_mean")
+    sizes += ("undecided_rows_mean", "past_first_fallback_mean")
+    assert one["uva"]["every_class"] == "at-once" and len(one["uva"]["checked_by_per_class"]) == 4
+    assert {k: one["uva"][k] for k in sizes} == {k: eight["uva"][k] for k in sizes}
+    per_class = script.main(
+        [*TINY, *cache, "--every-class", "per-class", "--out", str(tmp_path / "per.json")]
+    )
+    assert (
+        per_class["per_class"] == one["per_class"]
+        and per_class["uva"]["every_class"] == "per-class"
+    )
+    for key in sizes[:3]:
+        assert per_class["uva"][key] == one["uva"][key], key

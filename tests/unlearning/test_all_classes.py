@@ -44,6 +44,8 @@ def test_counts_equal_brute_force_and_the_per_class_evaluation(seed, blocks, har
     # Masked pairs and fallbacks beyond the ranking, as the per-class evaluation counts them.
     np.testing.assert_array_equal(sizes.pairs, per_sizes[:, 0])
     np.testing.assert_array_equal(sizes.beyond, per_sizes[:, 1])
+    np.testing.assert_array_equal(sizes.rows, per_sizes[:, 2])
+    assert (sizes.undecided <= sizes.rows).all()
     assert (sizes.deeper >= sizes.beyond).all() and (sizes.pairs >= sizes.deeper).all()
     if hard:
         assert sizes.beyond.sum() > 0
