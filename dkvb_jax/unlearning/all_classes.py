@@ -342,7 +342,16 @@ def evaluate_all_classes(
     m = store.labels.shape[0]
     rows = min(rows, m)
     bits = class_masks(store, np.asarray(classes), n)
-    shift = value_shift(store.values, store.num_blocks * store.codes.shape[-1])
+    codebooks = store.num_blocks * store.codes.shape[-1]
+    low, high = int(store.values.min()), int(store.values.max())
+    # The bounds add up to two value spans per codebook to a logit: all must stay int32.
+    if codebooks * (max(-low, high) + 2 * (high - low)) >= 2**31:
+        raise ValueError(
+            f"fixed-point values in [{low}, {high}] over {codebooks} codebooks would overflow "
+            "the int32 bounds; use stored_eval.evaluate_every_class, or values of a smaller "
+            "range (e.g. EstimatorConfig(absent_class_value=None))."
+        )
+    shift = value_shift(store.values, codebooks)
     cmin, cmax = _extremes(store.values, mesh)
     y = classes.shape[0]
     carry = (jnp.zeros((y, 2), jnp.int32), jnp.zeros((y, len(AllClassSizes._fields)), jnp.int32))

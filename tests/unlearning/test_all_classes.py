@@ -99,9 +99,14 @@ def test_value_shift_is_the_smallest_exact_one(span, codebooks, shift):
     assert codebooks * -(-span // 2**shift) <= 2**24
 
 
-def test_a_ranking_that_does_not_start_with_the_codes_is_refused():
+def test_stores_it_cannot_evaluate_exactly_are_refused():
     problem = _problem(seed=0)
     store = _store(problem)
     bad = store.replace(codes=(store.codes + 1) % K)
     with pytest.raises(ValueError, match=r"ranked\[..., 0\] == codes"):
         all_classes.evaluate_all_classes(bad, [0], 3, progress=False)
+    wide = store.replace(values=store.values.at[0, 0, 0, 0].set(-(2**27)))
+    with pytest.raises(ValueError, match="would overflow the int32 bounds"):
+        all_classes.evaluate_all_classes(wide, [0], 3, progress=False)
+    with pytest.raises(ValueError, match="at least 3 keys per codebook"):
+        all_classes.evaluate_all_classes(store.replace(ranked=store.ranked[..., :2]), [0], 3)
