@@ -100,12 +100,13 @@ ROWS = (
     ("devices", lambda r: r["devices"]),
     ("peak RSS (ru_maxrss)", lambda r: f"{r['peak_rss_mib'] / 1024:.2f} GiB"),
     ("forget one class (warm median)", lambda r: f"{r['forget_one_class_ms']:.1f} ms"),
+    ("every-class evaluation", lambda r: r["uva"].get("every_class", "per-class")),
     (
         "every-class eval, wall (CPU)",
         lambda r: f"{r['every_class_eval_s']:.0f} s ({r['every_class_eval_cpu_s']:.0f} CPU-s)",
     ),
     (
-        "per class: masked pairs / affected rows / full-logit rows (mean)",
+        "per class: masked pairs / affected rows / rows given full logits (mean)",
         lambda r: (
             f"{r['uva']['masked_pairs_mean']:,.0f} / {r['uva']['affected_rows_mean']:,.0f} / "
             f"{r['uva']['undecided_rows_mean']:,.0f}"
