@@ -122,31 +122,60 @@ def _exact_dot(hits, vecs):
     return sum(out[..., i * v : (i + 1) * v] << (i * width) for i in range(len(digits)))
 
 
-# The per-(row, class) sums of _block_bounds beside its product: masked pairs; the label's and
-# the runner-up's exact first-fallback moves; their moves past it, at least / at most (exact
-# within the ranking); any class's gain beyond the ranking, at most; pairs past the first
-# fallback, and beyond the ranking.
+# The per-(row, class) sums of _block_bounds beside its products' operands: masked pairs; the
+# label's and the runner-up's exact first-fallback moves; their moves past it, at least / at
+# most (exact within the ranking); any class's gain beyond the ranking, at most; pairs past the
+# first fallback, and beyond the ranking.
 COLUMNS = "hits label1 rival1 label_lo label_hi rival_lo others_hi deeper beyond".split()
 HITS, LABEL1, RIVAL1, LABEL_LO, LABEL_HI, RIVAL_LO, OTHERS_HI, DEEPER, BEYOND = range(9)
 
 
 def _shifted_product(hits, shifted):
-    """int32 `[B, Y, classes]`: `sum_c hits[b, c, y] * shifted[b, c, j]`, exact in float32
-    (shifted values whose sum over all codebooks stays within 2^24, :func:`value_shift`)."""
+    """int32 `[B, Y, classes]`: `sum_{s, c} hits[s, b, c, y] * shifted[s, b, c, j]` over every
+    block's codebooks, exact in float32 (shifted values whose sum over all codebooks stays
+    within 2^24, :func:`value_shift`)."""
     return jnp.einsum(
-        "bcy,bcj->byj",
+        "sbcy,sbcj->byj",
         hits.astype(jnp.float32),
         shifted.astype(jnp.float32),
         precision=jax.lax.Precision.HIGHEST,
     ).astype(jnp.int32)
 
 
+def _products(h1, first, h2, gain, mesh):
+    """The shifted products of every block's operands (leading block axis `S`): int32
+    `[B, Y, classes]`, the first fallbacks' changes plus each class's gain past them.
+
+    On a mesh the operands (`[S, B, Cb, Y]` hits, `[S, B, Cb, classes]` shifted values, a few
+    MB) are gathered and each device takes the product for its slice of the `Y` classes over
+    all codebooks: no device holds a whole `[B, Y, classes]` part sum, and what follows is
+    computed once per slice, not on every device."""
+
+    def local(h1, first, h2, gain):
+        return _shifted_product(h1, first) + _shifted_product(h2, gain)
+
+    if mesh is None:
+        return local(h1, first, h2, gain)
+    y, devices = h1.shape[-1], mesh.shape[CODEBOOK]
+    pad = lambda h: jnp.pad(h, [(0, 0)] * 3 + [(0, -y % devices)])  # noqa: E731
+    by_class, whole = P(None, None, None, CODEBOOK), P()
+    out = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(by_class, whole, by_class, whole),
+        out_specs=P(None, CODEBOOK),
+    )(pad(h1), first, pad(h2), gain)
+    return out[:, :y]
+
+
 def _block_bounds(
     ranked, values, top, floor, cmin, cmax, bits, lo, labels, rival, *, rows, shift, y
 ):
-    """One block's part of the bounds for rows `[lo, lo + rows)` under each of `Y` masks:
-    int32 `[rows, Y, classes + 9]`, the shifted products (first fallbacks' changes, rounded
-    down, plus each class's largest gain past them, rounded up), then the :data:`COLUMNS`."""
+    """One block's part of the bounds for rows `[lo, lo + rows)` under each of `Y` masks: int32
+    `[rows, Y, 9]`, the :data:`COLUMNS`, and the operands of the shifted products
+    (:func:`_products`): the first fallbacks' hits `[rows, Cb, Y]` and changes, rounded down,
+    and the hits past them and each class's largest gain there, rounded up
+    (`[rows, Cb, classes]`)."""
     k = jax.lax.dynamic_slice_in_dim(ranked, lo, rows, 0).astype(jnp.int32)  # [B, Cb, D]
     depth, c = k.shape[-1], jnp.arange(k.shape[1])[None, :]
     # Bit y of run[b, c, l] is set where class y masks k_0 .. k_l: a running AND along the
@@ -159,8 +188,7 @@ def _block_bounds(
     # Past the first fallback (within the ranking) a class gains at most its largest value
     # over k_2 .. k_{D-1} less that at k_1.
     gain = functools.reduce(jnp.maximum, v[2:]) - v[1]
-    prod = _shifted_product(h1, (v[1] - v[0]) >> shift)
-    prod += _shifted_product(levels[0], -(-gain >> shift))
+    operands = (h1, (v[1] - v[0]) >> shift, levels[0], -(-gain >> shift))
 
     lab, riv = (jax.lax.dynamic_slice_in_dim(a, lo, rows)[:, None] for a in (labels, rival))
     lv, rv = values[c[..., None], k, lab[..., None]], values[c[..., None], k, riv[..., None]]
@@ -186,7 +214,7 @@ def _block_bounds(
         -1,
     )
     small = _exact_dot(jnp.concatenate(levels, 1), deeper) + _exact_dot(hb, beyond)
-    return jnp.concatenate([prod, _exact_dot(h1, first), small], -1), ()
+    return jnp.concatenate([_exact_dot(h1, first), small], -1), operands
 
 
 def _block_exact(codes, ranked, queries, keys, values, bits, lo, slot_rows, slot_classes, live):
@@ -254,8 +282,8 @@ def _step(store, cmin, cmax, bits, classes, carry, i, *, rows, shift, mesh):
     lo = jnp.minimum(i * rows, m - rows)
     blocks = (store.ranked, store.values, store.top, store.floor, cmin, cmax, bits)
     bounds = functools.partial(_block_bounds, rows=rows, shift=shift, y=y)
-    both, _ = kernels.over_blocks(mesh, bounds, blocks, (lo, store.labels, store.rival))
-    prod, small = both[..., : -len(COLUMNS)], both[..., -len(COLUMNS) :]
+    small, operands = kernels.over_blocks(mesh, bounds, blocks, (lo, store.labels, store.rival))
+    prod = _products(*operands, mesh)
     r = lo + jnp.arange(rows)
     base, lab, riv = store.base[r], store.labels[r], store.rival[r]
     base_l, base_r = base[jnp.arange(rows), lab][:, None], base[jnp.arange(rows), riv][:, None]
